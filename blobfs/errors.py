@@ -1,0 +1,26 @@
+"""Exceptions shared by every layer.
+
+Every error a user can cause (bad input, unreadable files, usage) is a ``BlobfsError`` whose
+``str()`` is one line naming the file and the problem; the CLI prints it without a traceback.
+"""
+from __future__ import annotations
+
+
+class BlobfsError(Exception):
+    """Base class: one line, names the file and the problem."""
+
+
+class InputError(BlobfsError):
+    """Input that cannot be read or is refused as a whole (CLI exit code 2)."""
+
+
+class OffsetsError(InputError):
+    """An offsets pickle that is refused as a whole (forbidden global, bomb, not a pickle)."""
+
+
+class TarFormatError(InputError):
+    """A tar whose headers cannot be parsed, or a member blobfs refuses to serve (sparse)."""
+
+
+class ProjectError(InputError):
+    """A source that is not a blob project, dataset or tar."""

@@ -1,0 +1,80 @@
+"""Item names and file-name rules of the Supervisely project format (FORMAT.md §1, §7).
+
+One place decides which names are acceptable as item names (they become file names in the
+mount, so they must be single, safe path components) and which files count as images.
+"""
+from __future__ import annotations
+
+import re
+
+#: FORMAT.md §1: image extensions of files in ``img/``, matched case-insensitively.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".mpo", ".bmp", ".png", ".webp", ".tiff", ".tif", ".nrrd", ".jfif"}
+)
+
+#: Linux NAME_MAX: the kernel refuses longer path components (ENAMETOOLONG).
+NAME_MAX = 255
+
+# C0 controls and DEL. NUL and "/" are impossible in a file name; the other controls are
+# legal on Linux but break line-based tools and terminals, so blobfs refuses them too.
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f/]")
+_BAD_BYTES = re.compile(b"[\x00-\x1f\x7f/]")
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` has one of the SDK's image extensions (case-insensitive)."""
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be an item name, or None when it can.
+
+    An item name becomes ``img/<name>`` and ``ann/<name>.json``, so it must be one path
+    component: non-empty, not ``.``/``..``, no ``/``, no NUL or other control character, and
+    at most 250 bytes of UTF-8 so that ``<name>.json`` still fits in NAME_MAX.
+    """
+    if not isinstance(name, str):
+        return f"name is {type(name).__name__}, not str"
+    if not name:
+        return "empty name"
+    if name in (".", ".."):
+        return f"name {name!r} is not a file name"
+    m = _BAD_CHARS.search(name)
+    if m:
+        return f"name {name!r} contains {m.group()!r}"
+    try:
+        n = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"name {name!r} is not valid UTF-8"
+    if n > NAME_MAX - len(".json"):
+        return f"name of {n} bytes is too long (at most {NAME_MAX - len('.json')})"
+    return None
+
+
+def name_bytes_problem(raw: bytes) -> str | None:
+    """``name_problem`` for a UTF-8 encoded name, without building a str when it is fine."""
+    if not raw:
+        return "empty name"
+    if raw in (b".", b".."):
+        return f"name {raw.decode()!r} is not a file name"
+    if len(raw) > NAME_MAX - len(".json"):
+        return f"name of {len(raw)} bytes is too long (at most {NAME_MAX - len('.json')})"
+    m = _BAD_BYTES.search(raw)
+    if m:
+        return f"name {raw.decode('utf-8', 'backslashreplace')!r} contains {m.group().decode()!r}"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"name {raw.decode('utf-8', 'backslashreplace')!r} is not valid UTF-8"
+    return None
+
+
+def ann_names(item: str) -> tuple[str, str | None]:
+    """The annotation file names an item may use, new rule first (FORMAT.md §7).
+
+    ``x.png`` → (``x.png.json``, ``x.json``); a name without extension has no old form.
+    """
+    dot = item.rfind(".")
+    old = item[:dot] + ".json" if dot > 0 else None
+    return item + ".json", old
