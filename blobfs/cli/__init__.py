@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-def main() -> None:  # replaced by the click group in blobfs/cli/main.py
-    from blobfs.cli.main import cli
+def main() -> None:
+    from blobfs.cli.main import main as _main
 
-    cli()
+    _main()

@@ -1,0 +1,173 @@
+"""Inspection commands: info, ls, cat, index, verify. Thin: arguments in, text out."""
+from __future__ import annotations
+
+import contextlib
+import json
+import stat as st
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from blobfs.model.project import SourceSpec
+
+
+def source_options(f):
+    """SOURCE plus the bare-tar options, shared by every command that opens a source."""
+    f = click.option("--ann", type=click.Path(path_type=Path),
+                     help="Annotation folder for a bare TAR source.")(f)
+    f = click.option("--offsets", type=click.Path(path_type=Path),
+                     help="Offsets file for a bare TAR source (default: the sibling "
+                          "STEM_offsets.pkl, else the tar's own headers).")(f)
+    return click.argument("source", type=click.Path(path_type=Path))(f)
+
+
+def spec(source: Path, offsets: Path | None, ann: Path | None, synthesize_ann: bool = False) -> SourceSpec:
+    return SourceSpec(source, offsets, ann, synthesize_ann)
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str) -> Iterator:
+    """A progress bar on stderr when it is a terminal and the work is long; else a no-op."""
+    if total < 1000 or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr,
+                           show_pos=True, show_eta=True) as bar:
+        yield bar.update
+
+
+@click.command("info")
+@source_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--images", is_flag=True, help="Also read every image header: formats, modes, sizes.")
+def info_cmd(source: Path, offsets: Path | None, ann: Path | None, as_json: bool, images: bool) -> None:
+    """Datasets, item counts, bytes, blobs and problems of SOURCE.
+
+    SOURCE is a project folder, a dataset folder or a bare TAR. Exit 1 when problems were
+    found, 2 when SOURCE cannot be read.
+    """
+    from blobfs.model.verify import summary
+
+    with spec(source, offsets, ann).open(lenient=True) as p:
+        report = summary(p)
+        if images:
+            from blobfs.cli.preview import format_images_report, images_report
+
+            report["images"] = images_report(p, progress=sys.stderr.isatty())
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            _print_info(report)
+            if images:
+                click.echo(format_images_report(report["images"]))
+    sys.exit(1 if report["problems"] else 0)
+
+
+def _print_info(r: dict) -> None:
+    click.echo(f"{r['kind']}: {r['source'] or ', '.join(b['path'] for b in r['blobs'])}")
+    click.echo(f"items: {r['items']} in {len(r['datasets'])} dataset(s)")
+    for d in r["datasets"]:
+        click.echo(f"  {d['name']:<30} {d['items']:>9} items ({d['blob_items']} in blobs, "
+                   f"{d['disk_items']} in img/)  {_human(d['bytes'])}")
+    for b in r["blobs"]:
+        click.echo(f"blob: {b['path']}  {_human(b['bytes'])}")
+    if r["problems"]:
+        click.echo(f"problems: {len(r['problems'])}")
+        for line in r["problems"]:
+            click.echo(f"  {line}")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.command("ls")
+@source_options
+@click.argument("path", default="")
+@click.option("-l", "long", is_flag=True, help="Long listing: type, size, name.")
+def ls_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str, long: bool) -> None:
+    """List PATH of the classic view of SOURCE (what the mount would show)."""
+    with spec(source, offsets, ann).open() as p:
+        try:
+            a = p.view.getattr(path)
+            entries = p.view.listdir(path) if st.S_ISDIR(a.mode) else [(path.rsplit("/", 1)[-1], a.mode)]
+        except OSError as e:
+            raise click.ClickException(f"{path or '/'}: {e.strerror}") from None
+        for name, mode in entries:
+            if long:
+                full = f"{path.strip('/')}/{name}".strip("/") if st.S_ISDIR(a.mode) else path
+                size = p.view.getattr(full).size
+                click.echo(f"{'d' if st.S_ISDIR(mode) else '-'} {size:>10} {name}")
+            else:
+                click.echo(name + ("/" if st.S_ISDIR(mode) else ""))
+
+
+@click.command("cat")
+@source_options
+@click.argument("path")
+def cat_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str) -> None:
+    """Write the bytes of view PATH (e.g. ds1/img/x.png) of SOURCE to stdout."""
+    with spec(source, offsets, ann).open() as p:
+        try:
+            data = p.read(path)
+        except OSError as e:
+            raise click.ClickException(f"{path}: {e.strerror}") from None
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+@click.command("index")
+@click.argument("tar", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for STEM_offsets.pkl (default: beside the tar).")
+@click.option("--include", multiple=True, help="Only members matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip members matching this glob (repeatable).")
+@click.option("--force", is_flag=True, help="Replace an existing offsets file.")
+def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
+              exclude: tuple[str, ...], force: bool) -> None:
+    """Write TAR's offsets file, byte-identical to the SDK's save_blob_offsets_pkl.
+
+    Every regular member in archive order, named by its base name. Globs match the full
+    member name or its base name.
+    """
+    from blobfs.errors import InputError
+    from blobfs.format.offsets_write import offsets_path_for_tar, write_offsets
+    from blobfs.format.tarheaders import index_tar
+
+    out = offsets_path_for_tar(tar, output_dir)
+    if out.exists() and not force:
+        raise InputError(f"{out}: exists (use --force to replace it)")
+    entries = index_tar(tar, include, exclude)
+    write_offsets(out, entries)
+    click.echo(f"{out}: {len(entries)} entries")
+
+
+@click.command("verify")
+@source_options
+@click.option("--decode", is_flag=True, help="Also decode every image and check its size "
+                                             "against the annotation.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify_cmd(source: Path, offsets: Path | None, ann: Path | None, decode: bool, as_json: bool) -> None:
+    """Check SOURCE: offsets against tar headers, one parseable annotation per item,
+    and with --decode every image. Exit 0 clean, 1 problems found, 2 unreadable input."""
+    from blobfs.model.verify import verify
+
+    with spec(source, offsets, ann).open(lenient=True) as p:
+        with progress(p.item_count, "verify") as bar:
+            problems = verify(p, decode=decode, progress=bar)
+        if as_json:
+            click.echo(json.dumps({"items": p.item_count, "problems": problems}, indent=2))
+        else:
+            for line in problems:
+                click.echo(line)
+            click.echo(f"{p.item_count} items checked, {len(problems)} problem(s)")
+    sys.exit(1 if problems else 0)
+
+
+COMMANDS = [info_cmd, ls_cmd, cat_cmd, index_cmd, verify_cmd]

@@ -1,0 +1,96 @@
+"""Which folders of a project are datasets, exactly as the SDK decides (FORMAT.md §1).
+
+``sly.Project(dir, READ)`` treats every sub-folder as a candidate dataset, recursively, except
+that a folder whose project-relative path *ends with* (plain string suffix) one of
+``img ann img_info seg meta blob datasets`` is not a dataset, and the SDK does not descend into
+folders ending with ``img ann img_info seg meta blob`` (it does descend into ``datasets``, which
+is how nested datasets ``A/datasets/B`` — named ``A/B`` — are found). The suffix quirk is kept on
+purpose: a folder called ``train_img`` is ignored by the SDK, so blobfs ignores it too.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from blobfs.format.names import is_image_name
+
+NOT_DATASET_SUFFIXES = ("img", "ann", "img_info", "seg", "meta", "blob", "datasets")
+NO_DESCEND_SUFFIXES = ("img", "ann", "img_info", "seg", "meta", "blob")
+OFFSETS_SUFFIX = "_offsets.pkl"
+
+
+@dataclass(frozen=True)
+class FoundDataset:
+    name: str      # SDK name: "A/B" for A/datasets/B
+    relpath: str   # folder relative to the project root
+    offsets: tuple[str, ...]  # offsets file names directly inside, sorted
+    has_img: bool
+    has_ann: bool
+
+
+def dataset_name(relpath: str) -> str:
+    """SDK dataset name of a project-relative folder (``A/datasets/B`` → ``A/B``)."""
+    return "/".join(part for part in relpath.split("/") if part != "datasets")
+
+
+def scan_dataset_dir(path: Path) -> tuple[tuple[str, ...], bool, bool]:
+    """(offsets file names, has img/ folder, has ann/ folder) of one candidate folder."""
+    offsets: list[str] = []
+    has_img = has_ann = False
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                name = entry.name
+                if name.endswith(OFFSETS_SUFFIX) and len(name) > len(OFFSETS_SUFFIX):
+                    if entry.is_file():
+                        offsets.append(name)
+                elif name == "img":
+                    has_img = entry.is_dir()
+                elif name == "ann":
+                    has_ann = entry.is_dir()
+    except OSError:
+        pass
+    return tuple(sorted(offsets)), has_img, has_ann
+
+
+def find_datasets(root: Path) -> list[FoundDataset]:
+    """Every folder below ``root`` that could hold items (has offsets, ``img/`` or ``ann/``),
+    in sorted order. Whether the SDK would *load* it is decided later, item by item."""
+    found: list[FoundDataset] = []
+    root_real = os.path.realpath(root)
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            with os.scandir(root / rel if rel else root) as it:
+                subdirs = sorted(e.name for e in it if e.is_dir())
+        except OSError:
+            continue
+        for name in reversed(subdirs):
+            child = f"{rel}/{name}" if rel else name
+            real = os.path.realpath(root / child)
+            if not (real + "/").startswith(root_real + "/"):
+                continue  # a symlink leading out of the project is never followed
+            if not child.endswith(NO_DESCEND_SUFFIXES):
+                stack.append(child)
+        if rel and not rel.endswith(NOT_DATASET_SUFFIXES):
+            offsets, has_img, has_ann = scan_dataset_dir(root / rel)
+            if offsets or has_img or has_ann:
+                found.append(FoundDataset(dataset_name(rel), rel, offsets, has_img, has_ann))
+    found.sort(key=lambda d: d.relpath)
+    return found
+
+
+def list_image_files(img_dir: Path) -> list[tuple[str, int]]:
+    """(name, size) of the image files directly inside ``img_dir`` (sub-folders ignored)."""
+    out: list[tuple[str, int]] = []
+    try:
+        with os.scandir(img_dir) as it:
+            for entry in it:
+                if is_image_name(entry.name) and entry.is_file():
+                    out.append((entry.name, entry.stat().st_size))
+    except FileNotFoundError:
+        pass
+    out.sort()
+    return out

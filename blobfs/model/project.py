@@ -1,0 +1,362 @@
+"""The project model: datasets, their items and where each item's bytes live.
+
+``open_project`` accepts a project folder, a single dataset folder, or a bare tar, validates
+everything up front (so a mount fails before its mount point appears) and returns a
+``Project`` whose ``view`` is the classic-project file tree the mount and ``unpack`` show.
+
+Fatal input (a missing, unreadable or compressed tar; an offsets file refused as a whole) raises
+``InputError`` unless ``lenient=True``, which turns it into a problem line and skips that part —
+what ``info`` and ``verify`` use to report everything at once. Entry-level faults (bad names,
+ranges outside the tar, duplicates) never stop anything: the entry is skipped or shadowed and
+one problem line says so.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from blobfs.errors import InputError, ProjectError
+from blobfs.format.entries import EntryTable
+from blobfs.format.names import ann_names, name_problem
+from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
+from blobfs.model.items import BlobSource, ItemIndex
+
+if TYPE_CHECKING:
+    from blobfs.model.view import ClassicView
+
+#: First bytes of compressed files that users sometimes name ``.tar``.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+#: meta.json shown for a bare tar whose annotations come with no project meta.
+EMPTY_META = json.dumps({"classes": [], "tags": [], "projectSettings": {}}, indent=4).encode()
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What to open, as the CLI was told: the one options object the commands pass down."""
+
+    path: Path
+    offsets: Path | None = None
+    ann: Path | None = None
+    synthesize_ann: bool = False
+
+    def open(self, *, lenient: bool = False) -> "Project":
+        return open_project(self.path, offsets=self.offsets, ann=self.ann,
+                            synthesize_ann=self.synthesize_ann, lenient=lenient)
+
+
+@dataclass
+class Dataset:
+    name: str                 # SDK name ("A/B" for A/datasets/B)
+    relpath: str              # folder in the view, relative to its root
+    path: Path | None         # the real dataset folder (None for a bare tar)
+    items: ItemIndex
+    ann_dir: Path | None
+    offsets_files: list[str] = field(default_factory=list)
+
+    def ann_path(self, name: str) -> Path | None:
+        """The annotation file of item ``name``: ``NAME.json``, else ``STEM.json`` (FORMAT §7)."""
+        if self.ann_dir is None:
+            return None
+        for candidate in ann_names(name):
+            if candidate is not None:
+                p = self.ann_dir / candidate
+                if p.is_file():
+                    return p
+        return None
+
+
+class Project:
+    """An opened source. Thread-safe for reading; call ``close()`` (or use ``with``)."""
+
+    def __init__(self, root: Path | None, datasets: list[Dataset], meta_path: Path | None,
+                 sources: list[BlobSource], problems: list[str], *, kind: str,
+                 synthesize_ann: bool = False, virtual_root: bool = False) -> None:
+        self.root = root
+        self.datasets = datasets
+        self.meta_path = meta_path
+        self.sources = sources
+        self.problems = problems
+        self.kind = kind  # "project" | "dataset" | "tar"
+        self.synthesize_ann = synthesize_ann
+        self.virtual_root = virtual_root
+        self._view: ClassicView | None = None
+
+    @property
+    def view(self) -> "ClassicView":
+        if self._view is None:
+            from blobfs.model.view import ClassicView
+
+            self._view = ClassicView(self)
+        return self._view
+
+    def meta_bytes(self) -> bytes:
+        return self.meta_path.read_bytes() if self.meta_path else EMPTY_META
+
+    # -- reading by view path -------------------------------------------------------------
+    def read(self, path: str) -> bytes:
+        """All bytes of the file at view path ``path`` (e.g. ``"ds1/img/x.png"``)."""
+        return self.view.read_all(path)
+
+    def open(self, path: str) -> "ProjectFile":
+        """A read-only, seekable file object for view path ``path``."""
+        return ProjectFile(self.view, path)
+
+    def files(self) -> Iterator[str]:
+        """Every file path of the view, directory by directory, sorted within each."""
+        for top, _dirs, files in self.view.walk():
+            for f in files:
+                yield f"{top}/{f}" if top else f
+
+    def iter_bytes(self) -> Iterator[tuple[str, bytes]]:
+        """(view path, bytes) of every image item, dataset by dataset in index order."""
+        for ds in self.datasets:
+            items = ds.items
+            prefix = f"{ds.relpath}/img/"
+            for i in range(len(items)):
+                yield prefix + items.name(i), items.read(i)
+
+    @property
+    def item_count(self) -> int:
+        return sum(len(ds.items) for ds in self.datasets)
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ProjectFile(io.RawIOBase):
+    """File object over a view path; every read is a positional read (no shared offset)."""
+
+    def __init__(self, view: "ClassicView", path: str) -> None:
+        super().__init__()
+        self._view = view
+        self._path = "/" + path.strip("/")
+        self._size = view.getattr(self._path).size
+        self._pos = 0
+        self.name = path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        data = self._view.read(self._path, len(buf), self._pos)
+        n = len(data)
+        buf[:n] = data
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self._size - self._pos, 0)
+        data = self._view.read(self._path, size, self._pos)
+        self._pos += len(data)
+        return data
+
+    readall = read
+
+
+# -- opening -----------------------------------------------------------------------------
+
+class _Opener:
+    """Collects sources and problems while a project is opened."""
+
+    def __init__(self, lenient: bool) -> None:
+        self.lenient = lenient
+        self.problems: list[str] = []
+        self.sources: dict[Path, BlobSource] = {}
+
+    def fail(self, message: str) -> None:
+        if not self.lenient:
+            raise InputError(message)
+        self.problems.append(message)
+
+    def tar(self, path: Path) -> BlobSource | None:
+        """Open (once) and sanity-check a tar; None when it cannot be used."""
+        if path in self.sources:
+            return self.sources[path]
+        try:
+            src = BlobSource.open(path)
+        except FileNotFoundError:
+            self.fail(f"{path}: tar not found")
+            return None
+        except OSError as e:
+            self.fail(f"{path}: cannot open tar: {e.strerror}")
+            return None
+        head = os.pread(src.fd, 6, 0)
+        kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+        if kind:
+            src.close()
+            self.fail(f"{path}: {kind}-compressed; only plain uncompressed tars are supported")
+            return None
+        self.sources[path] = src
+        return src
+
+    def offsets(self, pkl: Path, tar: BlobSource) -> EntryTable | None:
+        from blobfs.format.offsets_read import read_offsets
+
+        try:
+            result = read_offsets(pkl, tar_size=tar.size)
+        except InputError as e:
+            self.fail(str(e))
+            return None
+        except OSError as e:
+            self.fail(f"{pkl}: cannot read offsets file: {e.strerror}")
+            return None
+        self.problems.extend(result.problems)
+        return result.table
+
+    def headers(self, tar: BlobSource) -> EntryTable | None:
+        """Entries of a tar without offsets file: its regular members, by their own headers."""
+        from blobfs.format.tarheaders import index_tar
+
+        try:
+            entries = index_tar(tar.path)
+        except InputError as e:
+            self.fail(str(e))
+            return None
+        table = EntryTable()
+        for name, start, end in entries:
+            why = name_problem(name)
+            if why:
+                self.problems.append(f"{tar.path}: member {name!r}: {why} (skipped)")
+            else:
+                table.append(name.encode("utf-8"), start, end)
+        return table
+
+    def disk_images(self, img_dir: Path, root_real: str) -> list[tuple[str, int]]:
+        files = []
+        for name, size in list_image_files(img_dir):
+            why = name_problem(name)
+            real = os.path.realpath(img_dir / name)
+            if why:
+                self.problems.append(f"{img_dir / name}: {why} (skipped)")
+            elif not real.startswith(root_real + "/"):
+                self.problems.append(f"{img_dir / name}: symlink leads outside the project (skipped)")
+            else:
+                files.append((name, size))
+        return files
+
+    def dataset(self, name: str, relpath: str, path: Path, offsets: tuple[str, ...],
+                blob_dir: Path, root_real: str) -> Dataset:
+        parts = []
+        for pkl_name in offsets:
+            stem = pkl_name[: -len(OFFSETS_SUFFIX)]
+            tar = self.tar(blob_dir / f"{stem}.tar")
+            if tar is None:
+                continue
+            table = self.offsets(path / pkl_name, tar)
+            if table is not None:
+                parts.append((table, list(self.sources.values()).index(tar), pkl_name))
+        img_dir = path / "img"
+        disk = self.disk_images(img_dir, root_real) if img_dir.is_dir() else []
+        items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk)
+        self.problems.extend(f"{path}: {d}" for d in dups)
+        ann_dir = path / "ann"
+        return Dataset(name, relpath, path, items, ann_dir if ann_dir.is_dir() else None,
+                       list(offsets))
+
+
+def _find_root(dataset_dir: Path) -> Path:
+    """The project folder of a dataset folder: the nearest ancestor with ``blob/`` or
+    ``meta.json`` (skipping the ``datasets`` level of nested datasets)."""
+    for parent in dataset_dir.parents:
+        if (parent / "blob").is_dir() or (parent / "meta.json").is_file():
+            return parent
+    return dataset_dir.parent
+
+
+def open_project(source: str | os.PathLike, *, offsets: str | os.PathLike | None = None,
+                 ann: str | os.PathLike | None = None, synthesize_ann: bool = False,
+                 lenient: bool = False) -> Project:
+    """Open a project folder, a dataset folder or a bare tar (see the module docstring)."""
+    src = Path(source)
+    if not src.exists():
+        raise ProjectError(f"{src}: no such file or directory")
+    op = _Opener(lenient)
+    try:
+        if src.is_file():
+            project = _open_tar(op, src, offsets, ann, synthesize_ann)
+        elif not src.is_dir():
+            raise ProjectError(f"{src}: not a folder or a tar file")
+        elif offsets is not None or ann is not None:
+            raise ProjectError(f"{src}: --offsets and --ann apply to a bare tar only")
+        else:
+            own_offsets, has_img, has_ann = scan_dataset_dir(src)
+            if own_offsets or has_img or has_ann:
+                project = _open_dataset(op, src, own_offsets, synthesize_ann)
+            else:
+                project = _open_folder(op, src, synthesize_ann)
+    except BaseException:
+        for s in op.sources.values():
+            s.close()
+        raise
+    return project
+
+
+def _open_folder(op: _Opener, root: Path, synthesize_ann: bool) -> Project:
+    root_real = os.path.realpath(root)
+    found = find_datasets(root)
+    if not found and not (root / "meta.json").is_file():
+        raise ProjectError(f"{root}: not a Supervisely project (no meta.json and no datasets)")
+    datasets = [op.dataset(f.name, f.relpath, root / f.relpath, f.offsets, root / "blob", root_real)
+                for f in found]
+    meta = root / "meta.json"
+    if not meta.is_file():
+        op.problems.append(f"{root}: meta.json is missing (the SDK cannot open this project)")
+    return Project(root, datasets, meta if meta.is_file() else None, list(op.sources.values()),
+                   op.problems, kind="project", synthesize_ann=synthesize_ann)
+
+
+def _open_dataset(op: _Opener, path: Path, own_offsets: tuple[str, ...],
+                  synthesize_ann: bool) -> Project:
+    root = _find_root(path.resolve())
+    ds = op.dataset(path.name, path.name, path, own_offsets, root / "blob", os.path.realpath(root))
+    meta = root / "meta.json"
+    return Project(root, [ds], meta if meta.is_file() else None, list(op.sources.values()),
+                   op.problems, kind="dataset", synthesize_ann=synthesize_ann, virtual_root=True)
+
+
+def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
+              ann: str | os.PathLike | None, synthesize_ann: bool) -> Project:
+    tar = op.tar(tar_path)
+    if tar is None:  # only reachable when lenient
+        return Project(None, [], None, [], op.problems, kind="tar", virtual_root=True)
+    pkl = Path(offsets) if offsets is not None else tar_path.with_name(tar_path.stem + OFFSETS_SUFFIX)
+    if offsets is not None and not pkl.is_file():
+        raise ProjectError(f"{pkl}: offsets file not found")
+    table = op.offsets(pkl, tar) if pkl.is_file() else op.headers(tar)
+    ann_dir = Path(ann) if ann is not None else None
+    if ann_dir is not None and not ann_dir.is_dir():
+        raise ProjectError(f"{ann_dir}: annotation folder not found")
+    parts = [(table, 0, pkl.name if pkl.is_file() else tar_path.name)] if table is not None else []
+    items, dups = ItemIndex.build(parts, [tar])
+    op.problems.extend(f"{tar_path}: {d}" for d in dups)
+    stem = tar_path.name[:-4] if tar_path.name.endswith(".tar") else tar_path.name
+    ds = Dataset(stem, stem, None, items, ann_dir, [pkl.name] if pkl.is_file() else [])
+    meta = ann_dir.parent.parent / "meta.json" if ann_dir is not None else None
+    return Project(None, [ds], meta if meta is not None and meta.is_file() else None, [tar],
+                   op.problems, kind="tar", synthesize_ann=synthesize_ann, virtual_root=True)

@@ -1,0 +1,124 @@
+"""Checks behind ``blobfs verify``: offsets against tar headers, annotations, optional decode.
+
+Every check produces one-line problems naming the file; nothing here raises for bad input.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Callable
+
+from blobfs.errors import BlobfsError
+from blobfs.format.names import ann_names
+from blobfs.model.project import Dataset, Project
+from blobfs.model.items import BlobSource
+
+Progress = Callable[[int], None]
+
+
+def _member_ranges(src: BlobSource, problems: list[str]) -> set[tuple[int, int]] | None:
+    from blobfs.format.tarheaders import regular_members
+
+    try:
+        return {(m.offset_data, m.offset_data + m.size) for m in regular_members(src.path)}
+    except BlobfsError as e:
+        problems.append(str(e))
+        return None
+
+
+def check_ranges(project: Project, problems: list[str]) -> None:
+    """Each blob item's range must be exactly one regular member's data in its tar: a range
+    that covers headers or other members' bytes is served as given but reported here."""
+    ranges = {id(s): _member_ranges(s, problems) for s in project.sources}
+    for ds in project.datasets:
+        items = ds.items
+        for i in range(len(items)):
+            src = items.source(i)
+            if src is None:
+                continue
+            members = ranges.get(id(src))
+            if members is not None and items.range(i) not in members:
+                start, end = items.range(i)
+                problems.append(f"{src.path}: item {ds.relpath}/img/{items.name(i)} range "
+                                f"[{start}, {end}) is not the data of a member of this tar")
+
+
+def check_annotations(ds: Dataset, decode: bool, problems: list[str],
+                      progress: Progress | None = None) -> None:
+    """Exactly one annotation per item, parseable JSON; with ``decode`` the image opens with
+    Pillow and its size matches the annotation's ``size``."""
+    where = ds.path or ds.relpath
+    if ds.ann_dir is None:
+        problems.append(f"{where}: no ann/ folder (the SDK skips this dataset)")
+    owners: dict[str, str] = {}
+    items = ds.items
+    for i in range(len(items)):
+        name = items.name(i)
+        ann = ds.ann_path(name) if ds.ann_dir is not None else None
+        if ds.ann_dir is not None and ann is None:
+            new, _old = ann_names(name)
+            problems.append(f"{ds.ann_dir / new}: missing: item {name!r} has no annotation "
+                            "(the SDK drops the dataset)")
+        doc = None
+        if ann is not None:
+            if ann.name in owners:
+                problems.append(f"{ann}: shared by items {owners[ann.name]!r} and {name!r} "
+                                "(the SDK drops the dataset)")
+            owners[ann.name] = name
+            try:
+                doc = json.loads(ann.read_bytes())
+            except (OSError, ValueError) as e:
+                problems.append(f"{ann}: not valid JSON ({e})")
+        if decode:
+            _check_decode(ds, i, name, doc, problems)
+        if progress:
+            progress(1)
+
+
+def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[str]) -> None:
+    from PIL import Image
+
+    where = f"{ds.relpath}/img/{name}"
+    try:
+        data = ds.items.read(i)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            size = img.size
+    except Exception as e:  # Pillow raises many types for corrupt data; all mean "undecodable"
+        problems.append(f"{where}: image does not decode ({type(e).__name__}: {e})")
+        return
+    if isinstance(doc, dict):
+        want = doc.get("size") if isinstance(doc.get("size"), dict) else {}
+        if (want.get("width"), want.get("height")) != size:
+            problems.append(f"{where}: image is {size[0]}x{size[1]} but its annotation says "
+                            f"{want.get('width')}x{want.get('height')}")
+
+
+def verify(project: Project, *, decode: bool = False,
+           progress: Progress | None = None) -> list[str]:
+    """All problems of an opened (lenient) project, opening problems first."""
+    problems = list(project.problems)
+    check_ranges(project, problems)
+    for ds in project.datasets:
+        check_annotations(ds, decode, problems, progress)
+    return problems
+
+
+def dataset_summary(ds: Dataset) -> dict:
+    items = ds.items
+    blob = sum(1 for i in range(len(items)) if items.is_blob(i))
+    total = sum(items.size(i) for i in range(len(items)))
+    return {"name": ds.name, "dir": ds.relpath, "items": len(items), "blob_items": blob,
+            "disk_items": len(items) - blob, "bytes": total, "offsets_files": ds.offsets_files}
+
+
+def summary(project: Project) -> dict:
+    return {
+        "source": str(project.root) if project.root else None,
+        "kind": project.kind,
+        "datasets": [dataset_summary(ds) for ds in project.datasets],
+        "items": project.item_count,
+        "blobs": [{"path": str(s.path), "bytes": s.size} for s in project.sources],
+        "problems": list(project.problems),
+    }
+

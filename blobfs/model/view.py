@@ -1,0 +1,420 @@
+"""The classic-project view of a source: the file tree the mount, ``ls``/``cat`` and ``unpack`` show.
+
+The tree is the real project folder with a few overlays, resolved path by path (nothing is
+materialized per file, so a 1,000,000-item dataset costs no memory here):
+
+* ``<dataset>/img/`` is the dataset's items (blob entries and on-disk image files);
+* the project-level ``blob/`` and each dataset's ``*_offsets.pkl`` are hidden, because a client
+  that sees both the pickles and ``img/`` counts every blob item twice (FORMAT.md §9);
+* with ``synthesize_ann`` an item without annotation gets a generated ``ann/`` file;
+* everything else passes through: real files and folders, write bits removed. A symlink is
+  followed only when it stays inside the project (with ``allow_other`` anything else would let
+  other users read files through the mount); FIFOs, sockets and devices are hidden, so a reader
+  can never hang on one.
+
+Errors are ``OSError`` with an errno; the FUSE adapter passes them through unchanged.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as st
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from blobfs.model.discovery import OFFSETS_SUFFIX
+
+if TYPE_CHECKING:
+    from blobfs.model.project import Dataset, Project
+
+log = logging.getLogger(__name__)
+
+#: Large enough that readers (cp, Python's buffered open) make big reads; 128 KiB is the
+#: default FUSE max_read, so larger buys nothing.
+BLKSIZE = 128 * 1024
+
+# Inode numbers of virtual nodes live far above what real file systems hand out, so they
+# never collide with passed-through files; each is a pure function of (dataset, item).
+_VDIR = 1 << 56
+_ITEM = 2 << 56
+_VFILE = 3 << 56
+_DIR_MODE = st.S_IFDIR | 0o555
+_FILE_MODE = st.S_IFREG | 0o444
+_WRITE_BITS = 0o222
+_SYNTH_OFF = 1 << 48
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    mode: int
+    ino: int
+    nlink: int
+    size: int
+    mtime_ns: int
+    uid: int
+    gid: int
+    blksize: int = BLKSIZE
+
+
+def _err(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)
+
+
+@dataclass
+class _DirNode:
+    """An explicit directory: real (with overlays) or virtual."""
+
+    rel: str
+    real: Path | None
+    ino: int
+    overlay: dict[str, tuple]          # name -> node (see ClassicView._resolve)
+    hidden: frozenset[str] = frozenset()
+    hide_offsets: bool = False
+    items_of: "Dataset | None" = None  # img/ of this dataset
+    ann_of: "Dataset | None" = None    # ann/ with synthesized files for this dataset
+    ds_index: int = -1
+
+
+class ClassicView:
+    """Path-level read-only view; every method is thread-safe."""
+
+    def __init__(self, project: "Project") -> None:
+        self.project = project
+        self._root_real = os.path.realpath(project.root) if project.root else None
+        self._dirs: dict[str, _DirNode] = {}
+        self._streams: OrderedDict[str, tuple[int, Iterator, tuple | None]] = OrderedDict()
+        self._streams_lock = threading.Lock()
+        self._synth_lock = threading.Lock()
+        self._missing_ann: dict[int, set[str]] = {}
+        self._synth_cache: dict[tuple[int, str], bytes] = {}
+        self._build()
+
+    # -- layout -------------------------------------------------------------------------
+    def _build(self) -> None:
+        p = self.project
+        root_overlay: dict[str, tuple] = {}
+        if p.virtual_root:
+            meta = ("real", p.meta_path) if p.meta_path else ("bytes", p.meta_bytes(), _VFILE)
+            root_overlay["meta.json"] = meta
+            self._dirs[""] = _DirNode("", None, _VDIR, root_overlay)
+        else:
+            hidden = frozenset({"blob"}) if p.root and (p.root / "blob").is_dir() else frozenset()
+            self._dirs[""] = _DirNode("", p.root, 0, root_overlay, hidden)
+        for k, ds in enumerate(p.datasets):
+            base = _VDIR | (k + 1) << 32
+            rel = ds.relpath
+            overlay: dict[str, tuple] = {"img": ("dir", f"{rel}/img")}
+            self._dirs[f"{rel}/img"] = _DirNode(f"{rel}/img", None, base | 1, {},
+                                                items_of=ds, ds_index=k)
+            if p.synthesize_ann or ds.path is None:
+                overlay["ann"] = ("dir", f"{rel}/ann")
+                self._dirs[f"{rel}/ann"] = _DirNode(
+                    f"{rel}/ann", ds.ann_dir, base | 2, {},
+                    ann_of=ds if p.synthesize_ann else None, ds_index=k)
+            self._dirs[rel] = _DirNode(rel, ds.path, base, overlay, hide_offsets=True, ds_index=k)
+            if p.virtual_root:
+                root_overlay[rel] = ("dir", rel)
+
+    # -- resolution ---------------------------------------------------------------------
+    def _resolve(self, rel: str) -> tuple:
+        """Node of view path ``rel`` ("" = root): ("dir", rel) | ("item", ds, i, k) |
+        ("real", path, stat) | ("bytes", data, ino) | ("synth", k, name)."""
+        if rel in self._dirs:
+            return ("dir", rel)
+        parent_rel, _, name = rel.rpartition("/")
+        if not name or name in (".", ".."):
+            raise _err(errno.ENOENT, rel)
+        if len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise _err(errno.ENAMETOOLONG, rel)
+        parent = self._dirs.get(parent_rel)
+        if parent is None:
+            node = self._resolve(parent_rel)
+            if node[0] == "real" and st.S_ISDIR(node[2].st_mode):
+                return self._real(node[1] / name, rel)
+            if node[0] == "dir":  # unreachable: explicit dirs are in self._dirs
+                raise _err(errno.ENOENT, rel)
+            raise _err(errno.ENOTDIR, rel)
+        if parent.items_of is not None:
+            i = parent.items_of.items.find(name)
+            if i < 0:
+                raise _err(errno.ENOENT, rel)
+            return ("item", parent.items_of, i, parent.ds_index)
+        if name in parent.overlay:
+            return parent.overlay[name]
+        if name in parent.hidden or (parent.hide_offsets and name.endswith(OFFSETS_SUFFIX)):
+            raise _err(errno.ENOENT, rel)
+        if parent.real is not None:
+            try:
+                return self._real(parent.real / name, rel)
+            except OSError as e:
+                if e.errno != errno.ENOENT or parent.ann_of is None:
+                    raise
+        if parent.ann_of is not None and name in self._missing(parent):
+            return ("synth", parent.ds_index, name)
+        raise _err(errno.ENOENT, rel)
+
+    def _real(self, path: Path, rel: str) -> tuple:
+        try:
+            s = os.lstat(path)
+            if st.S_ISLNK(s.st_mode):
+                real = os.path.realpath(path)
+                if self._root_real is None or not real.startswith(self._root_real + "/"):
+                    raise _err(errno.ENOENT, rel)
+                s = os.stat(real)
+        except FileNotFoundError:
+            raise _err(errno.ENOENT, rel) from None
+        except NotADirectoryError:
+            raise _err(errno.ENOTDIR, rel) from None
+        except PermissionError:
+            raise _err(errno.EACCES, rel) from None
+        if not (st.S_ISREG(s.st_mode) or st.S_ISDIR(s.st_mode)):
+            raise _err(errno.ENOENT, rel)
+        return ("real", path, s)
+
+    @staticmethod
+    def _rel(path: str) -> str:
+        return path.strip("/")
+
+    # -- attributes ---------------------------------------------------------------------
+    def getattr(self, path: str) -> Stat:
+        rel = self._rel(path)
+        node = self._resolve(rel)
+        kind = node[0]
+        if kind == "item":
+            ds, i, k = node[1], node[2], node[3]
+            items = ds.items
+            src = items.source(i)
+            if src is not None:
+                mtime, uid, gid = src.mtime_ns, src.uid, src.gid
+            else:
+                s = os.stat(items.disk_path(i))
+                mtime, uid, gid = s.st_mtime_ns, s.st_uid, s.st_gid
+            return Stat(_FILE_MODE, _ITEM | (k + 1) << 32 | (i + 1), 1, items.size(i), mtime, uid, gid)
+        if kind == "real":
+            s = node[2]
+            return Stat(s.st_mode & ~_WRITE_BITS, s.st_ino, s.st_nlink, s.st_size,
+                        s.st_mtime_ns, s.st_uid, s.st_gid)
+        if kind == "dir":
+            d = self._dirs[node[1]]
+            if d.real is not None and d.items_of is None:
+                try:
+                    s = os.stat(d.real)
+                    return Stat(s.st_mode & ~_WRITE_BITS, d.ino or s.st_ino, s.st_nlink, 0,
+                                s.st_mtime_ns, s.st_uid, s.st_gid)
+                except OSError:
+                    pass
+            return Stat(_DIR_MODE, d.ino, 2, 0, *self._dir_times(d))
+        if kind == "bytes":
+            mtime, uid, gid = self._dir_times(self._dirs[""])
+            return Stat(_FILE_MODE, node[2], 1, len(node[1]), mtime, uid, gid)
+        k, name = node[1], node[2]
+        ds = self.project.datasets[k]
+        data = self._synth(k, name)
+        mtime, uid, gid = self._dir_times(self._dirs[ds.relpath])
+        i = ds.items.find(name[: -len(".json")])
+        return Stat(_FILE_MODE, _VFILE | (k + 1) << 32 | (i + 1), 1, len(data), mtime, uid, gid)
+
+    def _dir_times(self, d: _DirNode) -> tuple[int, int, int]:
+        """mtime/uid/gid of a virtual folder: its real counterpart, else its dataset or tar."""
+        candidates = [d.real]
+        if d.ds_index >= 0:
+            ds = self.project.datasets[d.ds_index]
+            candidates += [ds.path, ds.items.img_dir]
+        candidates += [self.project.root] + [s.path for s in self.project.sources]
+        for c in candidates:
+            if c is not None:
+                try:
+                    s = os.stat(c)
+                    return s.st_mtime_ns, s.st_uid, s.st_gid
+                except OSError:
+                    continue
+        return 0, os.getuid(), os.getgid()
+
+    # -- listing ------------------------------------------------------------------------
+    def readdir(self, path: str, offset: int) -> Iterator[tuple[str, int, int]]:
+        """(name, mode, next offset) after ``offset``; "." and ".." come first."""
+        rel = self._rel(path)
+        node = self._resolve(rel)
+        if node[0] == "real":
+            if not st.S_ISDIR(node[2].st_mode):
+                raise _err(errno.ENOTDIR, rel)
+            d = None
+        elif node[0] == "dir":
+            d = self._dirs[node[1]]
+        else:
+            raise _err(errno.ENOTDIR, rel)
+        if offset < 1:
+            yield ".", _DIR_MODE, 1
+        if offset < 2:
+            yield "..", _DIR_MODE, 2
+        offset = max(offset, 2)
+        if d is not None and d.items_of is not None:
+            items = d.items_of.items
+            for i in range(offset - 2, len(items)):
+                yield items.name(i), _FILE_MODE, i + 3
+            return
+        overlay = list(d.overlay.items()) if d is not None else []
+        pos = 2
+        for name, child in overlay:
+            pos += 1
+            if pos > offset:
+                yield name, _DIR_MODE if child[0] == "dir" else _FILE_MODE, pos
+        real = d.real if d is not None else node[1]
+        if real is not None and offset < _SYNTH_OFF:
+            yield from self._real_entries(rel, real, d, offset, pos)
+        if d is not None and d.ann_of is not None:
+            # Synthesized names get offsets of their own, far above any real entry's, so
+            # resuming never has to count the real folder again.
+            for j, name in enumerate(sorted(self._missing(d))):
+                if _SYNTH_OFF + j + 1 > offset:
+                    yield name, _FILE_MODE, _SYNTH_OFF + j + 1
+
+    def _real_filter(self, entry: os.DirEntry, d: _DirNode | None) -> int:
+        """Mode to list a real entry with, or 0 to hide it (same rules as ``_resolve``)."""
+        name = entry.name
+        if d is not None and (name in d.overlay or name in d.hidden
+                              or (d.hide_offsets and name.endswith(OFFSETS_SUFFIX))):
+            return 0
+        try:
+            if entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                if self._root_real is None or not real.startswith(self._root_real + "/"):
+                    return 0
+            if entry.is_dir():
+                return _DIR_MODE
+            if entry.is_file():
+                return _FILE_MODE
+        except OSError:
+            pass
+        return 0
+
+    def _real_entries(self, rel: str, real: Path, d: _DirNode | None, offset: int,
+                      base: int) -> Iterator[tuple[str, int, int]]:
+        """Real folder entries numbered from ``base``+1, resumable without re-listing: the
+        kernel asks again from the last offset it kept, so the open scan is cached per path."""
+        with self._streams_lock:
+            cached = self._streams.pop(rel, None)
+        if cached is not None and cached[0] == offset:
+            pos, it, pending = cached
+        else:
+            it, pos, pending = self._scan(real, d), base, None
+            while pos < offset:
+                nxt = next(it, None)
+                if nxt is None:
+                    return
+                pos += 1
+        while True:
+            entry = pending if pending is not None else next(it, None)
+            pending = None
+            if entry is None:
+                return
+            with self._streams_lock:  # if the consumer stops after this yield, resume here
+                self._streams[rel] = (pos, it, entry)
+                while len(self._streams) > 64:
+                    self._streams.popitem(last=False)
+            yield entry[0], entry[1], pos + 1
+            with self._streams_lock:
+                self._streams.pop(rel, None)
+            pos += 1
+
+    def _scan(self, real: Path, d: _DirNode | None) -> Iterator[tuple[str, int]]:
+        try:
+            with os.scandir(real) as it:
+                for entry in it:
+                    mode = self._real_filter(entry, d)
+                    if mode:
+                        yield entry.name, mode
+        except OSError:
+            return
+
+    def listdir(self, path: str) -> list[tuple[str, int]]:
+        """All (name, mode) of a folder, without "." and "..", sorted by name."""
+        return sorted((n, m) for n, m, _ in self.readdir(path, 2))
+
+    def walk(self, top: str = "") -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like ``os.walk`` over view paths, top-down, sorted."""
+        stack = [top.strip("/")]
+        while stack:
+            rel = stack.pop()
+            dirs, files = [], []
+            for name, mode in self.listdir(rel):
+                (dirs if st.S_ISDIR(mode) else files).append(name)
+            yield rel, dirs, files
+            stack.extend(f"{rel}/{n}" if rel else n for n in reversed(dirs))
+
+    # -- data ---------------------------------------------------------------------------
+    def read(self, path: str, size: int, offset: int) -> bytes:
+        rel = self._rel(path)
+        node = self._resolve(rel)
+        kind = node[0]
+        if kind == "item":
+            return node[1].items.read(node[2], size, offset)
+        if kind == "real":
+            if st.S_ISDIR(node[2].st_mode):
+                raise _err(errno.EISDIR, rel)
+            fd = os.open(node[1], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                return os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+        if kind == "dir":
+            raise _err(errno.EISDIR, rel)
+        data = node[1] if kind == "bytes" else self._synth(node[1], node[2])
+        return data[offset : offset + size]
+
+    def read_all(self, path: str) -> bytes:
+        size = self.getattr(path).size
+        return self.read(path, size, 0)
+
+    def statfs(self) -> dict[str, int]:
+        total = sum(s.size for s in self.project.sources)
+        files = self.project.item_count
+        return {"f_bsize": BLKSIZE, "f_frsize": 4096, "f_blocks": -(-total // 4096),
+                "f_bfree": 0, "f_bavail": 0, "f_files": files, "f_ffree": 0, "f_favail": 0,
+                "f_namemax": 255}
+
+    # -- synthesized annotations --------------------------------------------------------
+    def _missing(self, d: _DirNode) -> set[str]:
+        """Names of ``ann/`` files to synthesize: items with neither annotation file."""
+        k = d.ds_index
+        with self._synth_lock:
+            if k in self._missing_ann:
+                return self._missing_ann[k]
+        from blobfs.format.names import ann_names
+
+        present: set[str] = set()
+        if d.real is not None:
+            present = {n for n, _ in self._scan(d.real, None)}
+        missing = set()
+        for name in d.ann_of.items.names():  # type: ignore[union-attr]
+            new, old = ann_names(name)
+            if new not in present and (old is None or old not in present):
+                missing.add(new)
+        with self._synth_lock:
+            self._missing_ann[k] = missing
+        return missing
+
+    def _synth(self, k: int, ann_name: str) -> bytes:
+        with self._synth_lock:
+            data = self._synth_cache.get((k, ann_name))
+        if data is None:
+            from blobfs.errors import BlobfsError
+            from blobfs.preview.imagefacts import HEADER_PREFIX, facts_from_prefix
+            from blobfs.preview.synth import synthesize_ann
+
+            items = self.project.datasets[k].items
+            i = items.find(ann_name[: -len(".json")])
+            try:
+                facts = facts_from_prefix(items.read(i, HEADER_PREFIX), lambda: items.read(i),
+                                          items.name(i))
+            except BlobfsError as e:
+                log.warning("cannot synthesize %s: %s", ann_name, e)
+                raise _err(errno.EIO, ann_name) from None
+            data = synthesize_ann(facts.width, facts.height)
+            with self._synth_lock:
+                self._synth_cache[(k, ann_name)] = data
+        return data

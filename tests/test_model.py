@@ -1,0 +1,233 @@
+"""The project model and its classic view, on the SDK's fixtures and generated projects."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+import blobfs
+from blobfs.errors import InputError, ProjectError
+from blobfs.format.offsets_write import write_offsets
+from blobfs.model.discovery import dataset_name, find_datasets
+from blobfs.model.project import open_project
+
+
+def view_files(project) -> dict[str, bytes]:
+    return {path: project.read(path) for path in project.files()}
+
+
+def test_view_equals_expected_mount(blob_project: Path, fixtures_dir: Path) -> None:
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())
+    with blobfs.open_project(blob_project) as p:
+        files = view_files(p)
+        assert sorted(files) == sorted(expected["files"])
+        for path, meta in expected["files"].items():
+            assert len(files[path]) == meta["size"], path
+            assert hashlib.sha256(files[path]).hexdigest() == meta["sha256"], path
+        got = [{"name": ds.name, "dir": ds.relpath, "items": len(ds.items),
+                "blob_items": sum(ds.items.is_blob(i) for i in range(len(ds.items))),
+                "offsets_files": ds.offsets_files} for ds in p.datasets]
+        assert got == expected["datasets"]
+        assert p.problems == []
+
+
+def test_view_equals_classic_fixture(blob_project: Path, classic_project: Path) -> None:
+    with open_project(blob_project) as p:
+        files = view_files(p)
+    classic = {str(f.relative_to(classic_project)): f.read_bytes()
+               for f in classic_project.rglob("*") if f.is_file()}
+    assert files == classic
+
+
+def test_classic_project_opens_as_itself(classic_project: Path) -> None:
+    with open_project(classic_project) as p:
+        assert [len(ds.items) for ds in p.datasets] == [62, 12]
+        assert all(not ds.items.is_blob(0) for ds in p.datasets)
+        assert p.read("ds1/img/photo_a.png") == (classic_project / "ds1/img/photo_a.png").read_bytes()
+
+
+def test_hidden_and_errno(blob_project: Path) -> None:
+    with open_project(blob_project) as p:
+        v = p.view
+        assert "blob" not in [n for n, _ in v.listdir("")]
+        assert not any(n.endswith("_offsets.pkl") for n, _ in v.listdir("ds1"))
+        for path, code in [("/blob", errno.ENOENT), ("/ds1/small_images_offsets.pkl", errno.ENOENT),
+                           ("/ds1/img/nope.png", errno.ENOENT), ("/meta.json/x", errno.ENOTDIR),
+                           ("/ds1/img/" + "a" * 300, errno.ENAMETOOLONG)]:
+            with pytest.raises(OSError) as e:
+                v.getattr(path)
+            assert e.value.errno == code, path
+        with pytest.raises(OSError) as e:
+            v.read("/ds1/img", 10, 0)
+        assert e.value.errno == errno.EISDIR
+        a = v.getattr("/ds2/img/scan 00.jpg")
+        assert a.mode & 0o222 == 0 and stat.S_ISREG(a.mode)
+        assert a.ino == v.getattr("/ds2/img/scan 00.jpg").ino
+        assert a.size == len(p.read("ds2/img/scan 00.jpg"))
+        assert a.mtime_ns == os.stat(blob_project / "blob/more_images.tar").st_mtime_ns
+        inos = {v.getattr("/" + f).ino for f in p.files()}
+        assert len(inos) == len(list(p.files()))
+
+
+def test_readdir_resumes_at_any_offset(blob_project: Path) -> None:
+    with open_project(blob_project) as p:
+        v = p.view
+        for path in ("/ds1/img", "/ds1/ann", "/"):
+            full = list(v.readdir(path, 0))
+            assert full[0][0] == "." and full[1][0] == ".."
+            for cut in range(len(full)):
+                # A consumer that stops after `cut` entries resumes from the offset it kept.
+                first = full[:cut]
+                rest = list(v.readdir(path, first[-1][2] if first else 0))
+                assert [e[0] for e in first + rest] == [e[0] for e in full]
+
+
+def test_file_object_api(blob_project: Path) -> None:
+    with open_project(blob_project) as p:
+        want = p.read("ds1/img/img_040.png")
+        with p.open("ds1/img/img_040.png") as f:
+            assert f.read(10) == want[:10]
+            f.seek(-5, os.SEEK_END)
+            assert f.read() == want[-5:]
+            f.seek(0)
+            assert f.read() == want
+        paths = [x for x in p.files() if "/img/" in x]
+        results: dict[str, bytes] = {}
+
+        def worker(chunk: list[str]) -> None:
+            for x in chunk:
+                results[x] = p.read(x)
+
+        threads = [threading.Thread(target=worker, args=(paths[k::4],)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == dict(p.iter_bytes())
+
+
+def test_dataset_folder_and_bare_tar_sources(blob_project: Path, tmp_path: Path) -> None:
+    with open_project(blob_project / "ds2") as p:
+        assert [n for n, _ in p.view.listdir("")] == ["ds2", "meta.json"]
+        assert p.read("meta.json") == (blob_project / "meta.json").read_bytes()
+        assert len(p.datasets[0].items) == 12
+    tar = blob_project / "blob/more_images.tar"
+    pkl = blob_project / "ds2/more_images_offsets.pkl"
+    with open_project(tar, offsets=pkl, ann=blob_project / "ds2/ann") as p:
+        assert p.read("more_images/ann/scan 00.jpg.json") == (blob_project / "ds2/ann/scan 00.jpg.json").read_bytes()
+        assert p.read("meta.json") == (blob_project / "meta.json").read_bytes()
+        via_tar = dict(p.iter_bytes())
+    # Without an offsets file the tar's own headers give the same items.
+    bare = tmp_path / "more_images.tar"
+    shutil.copy(tar, bare)
+    with open_project(bare) as p:
+        assert {k.split("/")[-1]: v for k, v in p.iter_bytes()} == {k.split("/")[-1]: v for k, v in via_tar.items()}
+        assert json.loads(p.read("meta.json"))["classes"] == []
+
+
+def _make_project(root: Path, layout: dict[str, dict[str, bytes]]) -> None:
+    """layout: dataset relpath -> {name: bytes}; one tar per dataset, empty annotations."""
+    (root / "blob").mkdir(parents=True)
+    (root / "meta.json").write_text('{"classes": [], "tags": []}')
+    for rel, files in layout.items():
+        stem = rel.replace("/", "_")
+        src = root.parent / f"src_{stem}"
+        src.mkdir()
+        for name, data in files.items():
+            (src / name).write_bytes(data)
+        tar_path = root / "blob" / f"{stem}.tar"
+        with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tf:
+            for name in sorted(files):
+                tf.add(src / name, arcname=name)
+        with tarfile.open(tar_path) as tf:
+            entries = [(Path(m.name).name, m.offset_data, m.offset_data + m.size)
+                       for m in tf if m.isreg()]
+        ds = root / rel
+        (ds / "ann").mkdir(parents=True)
+        for name in files:
+            (ds / "ann" / f"{name}.json").write_text("{}")
+        write_offsets(ds / f"{stem}_offsets.pkl", entries)
+
+
+def test_nested_datasets_and_discovery_quirks(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    _make_project(root, {"A": {"a.png": b"A" * 10}, "A/datasets/B": {"b.png": b"B" * 20},
+                         "train_img": {"t.png": b"T"}})
+    found = find_datasets(root)
+    # A folder whose path ends with "img" is not a dataset for the SDK (FORMAT.md §1 quirk).
+    assert [(f.name, f.relpath) for f in found] == [("A", "A"), ("A/B", "A/datasets/B")]
+    assert dataset_name("x/datasets/y/datasets/z") == "x/y/z"
+    with open_project(root) as p:
+        assert p.read("A/datasets/B/img/b.png") == b"B" * 20
+        assert p.read("A/img/a.png") == b"A" * 10
+        assert [n for n, _ in p.view.listdir("A")] == ["ann", "datasets", "img"]
+
+
+def test_duplicates_last_wins_and_img_dir_shadows(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    _make_project(root, {"ds": {"a.png": b"first", "b.png": b"bee"}})
+    ds = root / "ds"
+    tar = root / "blob/ds.tar"
+    with tarfile.open(tar) as tf:
+        m = {x.name: x for x in tf}
+    # Same name twice in one file: the later entry (pointing at b.png's bytes) wins.
+    write_offsets(ds / "ds_offsets.pkl", [
+        ("a.png", m["a.png"].offset_data, m["a.png"].offset_data + 5),
+        ("a.png", m["b.png"].offset_data, m["b.png"].offset_data + 3),
+    ])
+    (ds / "img").mkdir()
+    (ds / "img" / "c.png").write_bytes(b"disk")
+    with open_project(root) as p:
+        assert p.read("ds/img/a.png") == b"bee"
+        assert sorted(n for n, _ in p.view.listdir("ds/img")) == ["a.png", "c.png"]
+        assert any("duplicate item 'a.png'" in x for x in p.problems)
+    # An img/ file shadows a blob entry of the same name.
+    (ds / "img" / "a.png").write_bytes(b"on disk")
+    with open_project(root) as p:
+        assert p.read("ds/img/a.png") == b"on disk"
+        names = [n for n, _ in p.view.listdir("ds/img")]
+        assert names.count("a.png") == 1
+
+
+def test_symlinks_outside_project_are_hidden(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    _make_project(root, {"ds": {"a.png": b"x"}})
+    secret = tmp_path / "secret.json"
+    secret.write_text("secret")
+    os.symlink(secret, root / "ds/ann/leak.json")
+    os.symlink(root / "ds/ann/a.png.json", root / "ds/ann/inside.json")
+    os.mkfifo(root / "ds/ann/fifo.json")
+    with open_project(root) as p:
+        names = [n for n, _ in p.view.listdir("ds/ann")]
+        assert "leak.json" not in names and "fifo.json" not in names
+        assert "inside.json" in names
+        for name in names:
+            p.view.getattr(f"ds/ann/{name}")  # every listed name can be stat'ed
+        with pytest.raises(OSError):
+            p.read("ds/ann/leak.json")
+        with pytest.raises(OSError):
+            p.read("ds/ann/fifo.json")
+
+
+def test_fatal_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError, match="no such file"):
+        open_project(tmp_path / "missing")
+    root = tmp_path / "proj"
+    _make_project(root, {"ds": {"a.png": b"x"}})
+    (root / "blob/ds.tar").rename(root / "blob/gone.tar")
+    with pytest.raises(InputError, match="ds.tar: tar not found"):
+        open_project(root)
+    with open_project(root, lenient=True) as p:
+        assert any("tar not found" in x for x in p.problems)
+    import gzip
+    (root / "blob/ds.tar").write_bytes(gzip.compress(b"x" * 100))
+    with pytest.raises(InputError, match="gzip-compressed"):
+        open_project(root)
