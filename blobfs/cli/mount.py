@@ -1,0 +1,110 @@
+"""``blobfs mount`` and ``blobfs umount`` (thin: arguments in, one line out on failure).
+
+mount(8) runs FUSE filesystems of type ``fuse.blobfs`` through mount.fuse3, which executes
+``blobfs SOURCE MOUNTPOINT -o OPTS``; :func:`route_mount_helper_argv` turns that into
+``blobfs mount SOURCE MOUNTPOINT -o OPTS`` for the main group.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Iterable, NoReturn
+
+import click
+
+from blobfs.errors import BlobfsError, InputError
+
+log = logging.getLogger(__name__)
+
+
+def _fail(prog: str, e: BlobfsError) -> NoReturn:
+    click.echo(f"{prog}: {e}", err=True)
+    sys.exit(2 if isinstance(e, InputError) else 1)
+
+
+def _setup_logging(debug: bool) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("blobfs: %(levelname)s: %(message)s"))
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+@click.command("mount", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", type=click.Path())
+@click.argument("mountpoint", type=click.Path())
+@click.option("-f", "--foreground", is_flag=True, help="Stay attached (do not daemonize); log to stderr.")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="Mount options as mount(8) passes them: allow_other, auto_unmount, nonempty, "
+                   "threads, nothreads, libfuse=2|3, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
+                   "fsname=NAME, debug. Generic ones (ro, nofail, noauto, user, _netdev, x-systemd.*, "
+                   "...) are ignored.")
+@click.option("--offsets", type=click.Path(), help="Offsets pickle for a bare tar SOURCE.")
+@click.option("--ann", type=click.Path(), help="Folder of annotation JSONs (bare tar SOURCE).")
+@click.option("--synthesize-ann", is_flag=True, help="Show an empty annotation for items without one.")
+@click.option("--libfuse", type=click.Choice(["2", "3"]), default=None,
+              help="libfuse major version (default: $BLOBFS_LIBFUSE, else 3).")
+@click.option("--threads/--no-threads", default=None,
+              help="Multithreaded dispatch (default: single-threaded, faster on small machines).")
+@click.option("-d", "--debug", is_flag=True, help="Log every FUSE request (implies nothing else).")
+def mount_cmd(source: str, mountpoint: str, foreground: bool, options: tuple[str, ...], offsets: str | None,
+              ann: str | None, synthesize_ann: bool, libfuse: str | None, threads: bool | None,
+              debug: bool) -> None:
+    """Mount the blob project SOURCE read-only at MOUNTPOINT as a classic project.
+
+    Returns once the mount is listable (or with one line on stderr when it cannot mount).
+    """
+    from blobfs.fuse.daemon import run
+    from blobfs.fuse.options import build_options
+
+    try:
+        opts = build_options(source, mountpoint, o=options, foreground=foreground, libfuse=libfuse,
+                             threads=threads, offsets=offsets, ann=ann, synthesize_ann=synthesize_ann,
+                             debug=debug)
+        _setup_logging(opts.debug)
+        if opts.ignored:
+            log.debug("ignored generic mount options: %s", ",".join(opts.ignored))
+        code = run(opts)
+    except BlobfsError as e:
+        _fail("blobfs mount", e)
+    sys.exit(code)
+
+
+@click.command("umount", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("mountpoint", type=click.Path())
+@click.option("-l", "-z", "--lazy", is_flag=True,
+              help="Detach now, finish when the last file is closed (for a busy mount).")
+def umount_cmd(mountpoint: str, lazy: bool) -> None:
+    """Unmount a blobfs mount (also clears a stale mount of a killed daemon)."""
+    from blobfs.fuse.umount import unmount
+
+    try:
+        unmount(mountpoint, lazy=lazy)
+    except BlobfsError as e:
+        _fail("blobfs umount", e)
+
+
+def route_mount_helper_argv(argv: list[str], commands: Iterable[str]) -> list[str]:
+    """``[SOURCE, MOUNTPOINT, -o, OPTS]`` (mount.fuse3's call) -> ``["mount", SOURCE, ...]``.
+
+    ``argv`` excludes the program name; ``commands`` are the main group's command names.
+    Anything else is returned unchanged.
+    """
+    names = set(commands)
+    if len(argv) >= 2 and argv[0] not in names and not argv[0].startswith("-") \
+            and not argv[1].startswith("-"):
+        return ["mount", *argv]
+    return list(argv)
+
+
+@click.group()
+def _group() -> None:
+    """blobfs mount/umount (standalone entry point for development)."""
+
+
+_group.add_command(mount_cmd)
+_group.add_command(umount_cmd)
+
+if __name__ == "__main__":
+    _group(args=route_mount_helper_argv(sys.argv[1:], _group.commands), prog_name="blobfs")

@@ -1,0 +1,303 @@
+"""Mount lifecycle: validate, (daemonize), serve until unmounted or signalled, report.
+
+Background mode follows libfuse's own ``fuse_daemonize`` (lib/helper.c): every check runs in
+the parent first, the parent forks while it has no other thread (a fork with live threads can
+leave locks held forever in the child), the child starts a new session, moves to ``/`` and puts
+stdio on ``/dev/null`` — a daemon keeping its parent's stdout/stderr makes ``$(blobfs mount
+...)`` or ``subprocess.run(capture_output=True)`` wait for EOF forever — and tells the parent
+over a pipe once libfuse's ``init`` ran. The parent then lists the mount point and exits 0, or
+prints one line and exits non-zero.
+
+Signals: libfuse installs SIGTERM/SIGINT/SIGHUP handlers that end its loop; it then unmounts
+(lazily: ``umount2(MNT_DETACH)`` / ``fusermount -u -z``, so open files do not block it) and
+returns. libfuse >= 3.10 reports the signal as a non-zero status; once the mount was up that
+is a clean stop, exit 0.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import logging.handlers
+import os
+import select
+import signal
+import socket
+import stat as _stat
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable
+
+from blobfs.errors import BlobfsError
+from blobfs.fuse import binding as _binding
+from blobfs.fuse.ops import make_operations
+from blobfs.fuse.options import MountOptions, MountUsageError
+from blobfs.fuse.umount import is_stale, mount_entry, unmount
+
+log = logging.getLogger(__name__)
+
+#: How long the parent waits for the daemon's "mounted" message.
+READY_TIMEOUT = 60.0
+
+
+class MountError(BlobfsError):
+    """The filesystem could not be mounted (CLI exit code 1)."""
+
+
+# -- checks (all before the mount point changes) ---------------------------------------------
+def check_mountpoint(opts: MountOptions) -> None:
+    """Refuse a missing, non-directory, non-empty, stale or already mounted mount point."""
+    mp = opts.mountpoint
+    try:
+        st = os.stat(mp)
+    except FileNotFoundError:
+        raise MountUsageError(f"{mp}: mount point does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountError(
+                f"{mp}: stale mount left by a dead daemon (Transport endpoint is not connected); "
+                f"run 'blobfs umount {mp}' first"
+            ) from None
+        raise MountUsageError(f"{mp}: {e.strerror}") from None
+    if not _stat.S_ISDIR(st.st_mode):
+        raise MountUsageError(f"{mp}: mount point is not a directory")
+    entry = mount_entry(mp)
+    if entry is not None:
+        raise MountError(f"{mp}: already mounted ({entry[0]} from {entry[1]})")
+    src = opts.source
+    if mp == src or src in mp.parents:
+        # The daemon would stat its own mount through the project and wait on itself.
+        raise MountUsageError(f"{mp}: mount point is inside the source {src}")
+    if not opts.nonempty:
+        try:
+            with os.scandir(mp) as it:
+                nonempty = next(it, None) is not None
+        except OSError as e:
+            raise MountUsageError(f"{mp}: cannot list mount point: {e.strerror}") from None
+        if nonempty:
+            raise MountUsageError(f"{mp}: mount point is not empty (use -o nonempty to mount over it)")
+
+
+# -- systemd ---------------------------------------------------------------------------------
+def sd_notify(state: str) -> bool:
+    """Send ``state`` (e.g. ``"READY=1"``) to ``$NOTIFY_SOCKET``; False when not under systemd.
+
+    The protocol is one datagram on an AF_UNIX socket; a leading ``@`` names an abstract
+    socket (sd_notify(3)). Done by hand to avoid a dependency on libsystemd.
+    """
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr or addr[0] not in "/@":
+        return False
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), e)
+        return False
+    return True
+
+
+# -- serving ---------------------------------------------------------------------------------
+def open_source(opts: MountOptions) -> Any:
+    """Open (and so validate) the project; raises BlobfsError with one line."""
+    from blobfs.model.project import open_project
+
+    return open_project(opts.source, offsets=opts.offsets, ann=opts.ann, synthesize_ann=opts.synthesize_ann)
+
+
+def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Callable[[], None]) -> int:
+    """Run the filesystem in this process until unmounted or signalled; returns the exit code."""
+    started = threading.Event()
+
+    def _init() -> None:
+        started.set()
+        log.info("mounted %s on %s (%s, libfuse %d, %s)", opts.source, opts.mountpoint, fb.name,
+                 fb.libfuse, "multithreaded" if opts.threads else "single-threaded")
+        on_ready()
+
+    # ENOSYS from open is what enables zero-message opens; libfuse 2 passes it to the kernel
+    # the same way (fuse_lib_open replies the callback's error) — see tests/test_mount_* .
+    ops = make_operations(project.view, fb.name, on_init=_init)
+    kwargs = opts.fuse_kwargs(fb.libfuse)
+    log.debug("FUSE options: %s", kwargs)
+    try:
+        fb.FUSE(ops, str(opts.mountpoint), **kwargs)
+    except RuntimeError as e:
+        if not started.is_set():
+            raise MountError(f"{opts.mountpoint}: libfuse could not mount {opts.source} (status {e})") from None
+        # libfuse >= 3.10 returns non-zero after a signal ended the loop: a normal stop.
+        log.debug("libfuse loop ended with status %s", e)
+    finally:
+        close = getattr(project, "close", None)
+        if close is not None:
+            close()
+    if not started.is_set():
+        raise MountError(f"{opts.mountpoint}: libfuse exited before the mount came up")
+    log.info("unmounted %s", opts.mountpoint)
+    return 0
+
+
+def _daemon_logging(opts: MountOptions) -> int | None:
+    """Route logging to the log file (returns its fd for libfuse's stderr) or syslog."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    fmt = "blobfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    if opts.log_file is not None:
+        h: logging.Handler = logging.FileHandler(opts.log_file)
+        h.setFormatter(logging.Formatter("%(asctime)s " + fmt))
+        root.addHandler(h)
+        return h.stream.fileno()  # type: ignore[attr-defined]
+    if os.path.exists("/dev/log"):
+        try:
+            h = logging.handlers.SysLogHandler(address="/dev/log")
+            h.setFormatter(logging.Formatter(fmt))
+            root.addHandler(h)
+        except OSError:
+            pass
+    return None
+
+
+def _read_status(fd: int, timeout: float) -> str | None:
+    """First line the daemon writes, or None at EOF / timeout."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode("utf-8", "replace").partition("\n")[0] if buf else None
+
+
+def _child(project: Any, fb: _binding.Binding, opts: MountOptions, w: int) -> int:
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    # Until the mount is up, libfuse's own complaints ("fuse: ...") go to a scratch file so the
+    # parent can print them; after that fd 2 is the log file or /dev/null.
+    scratch = tempfile.TemporaryFile()
+    os.dup2(scratch.fileno(), 2)
+    log_fd = _daemon_logging(opts)
+    ready = [False]
+
+    def on_ready() -> None:
+        ready[0] = True
+        os.dup2(log_fd if log_fd is not None else devnull, 2)
+        try:
+            os.write(w, b"OK\n")
+        finally:
+            os.close(w)
+
+    try:
+        return serve(project, fb, opts, on_ready)
+    except BaseException as e:
+        if not ready[0]:
+            scratch.seek(0)
+            lines = [ln.strip() for ln in scratch.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            why = str(e) if isinstance(e, BlobfsError) else f"{type(e).__name__}: {e}"
+            if lines:
+                why = f"{why}: {lines[-1]}"
+            try:
+                os.write(w, ("ERR " + " ".join(why.split()) + "\n").encode())
+            except OSError:
+                pass
+        log.exception("daemon failed")
+        return 1
+
+
+def _background(project: Any, fb: _binding.Binding, opts: MountOptions) -> int:
+    if threading.active_count() != 1:
+        raise MountError(f"internal error: {threading.active_count()} threads alive before fork")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            code = _child(project, fb, opts, w)
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        status = _read_status(r, READY_TIMEOUT)
+    finally:
+        os.close(r)
+    if status == "OK":
+        try:
+            os.listdir(opts.mountpoint)
+        except OSError as e:
+            _stop_child(pid, opts)
+            raise MountError(f"{opts.mountpoint}: mounted but cannot be listed: {e.strerror}") from None
+        sd_notify(f"MAINPID={pid}\nREADY=1")
+        return 0
+    if status is None:
+        _stop_child(pid, opts)
+        raise MountError(f"{opts.mountpoint}: the daemon did not report a mount within {READY_TIMEOUT:.0f} s")
+    _reap(pid, 5.0)
+    msg = status[4:] if status.startswith("ERR ") else status
+    raise MountError(msg)
+
+
+def _reap(pid: int, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    return None
+
+
+def _stop_child(pid: int, opts: MountOptions) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if _reap(pid, 5.0) is None:
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid, 5.0)
+    if mount_entry(opts.mountpoint) is not None or is_stale(opts.mountpoint):
+        try:
+            unmount(opts.mountpoint, lazy=True)
+        except BlobfsError as e:
+            log.warning("%s", e)
+
+
+def run(opts: MountOptions) -> int:
+    """``blobfs mount``: validate everything, then serve (foreground) or daemonize."""
+    fb = _binding.load(opts.libfuse)
+    if opts.log_file is not None:
+        try:
+            with open(opts.log_file, "a"):
+                pass
+        except OSError as e:
+            raise MountUsageError(f"{opts.log_file}: cannot write log file: {e.strerror}") from None
+    check_mountpoint(opts)
+    project = open_source(opts)
+    for problem in getattr(project, "problems", ()):
+        log.warning("%s", problem)
+    if not opts.foreground:
+        return _background(project, fb, opts)
+    if opts.log_file is not None:
+        h = logging.FileHandler(opts.log_file)
+        h.setFormatter(logging.Formatter("%(asctime)s blobfs[%(process)d]: %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(h)
+    return serve(project, fb, opts, lambda: sd_notify("READY=1"))
+
+
+__all__ = ["MountError", "check_mountpoint", "run", "sd_notify", "serve"]

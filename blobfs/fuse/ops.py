@@ -1,0 +1,134 @@
+"""The FUSE adapter: paths in, ``ClassicView`` calls, errno out. Nothing else lives here.
+
+Every request that reaches this process costs a user/kernel/user round trip, so the adapter
+implements as few callbacks as possible and lets the kernel cache the rest (the data never
+changes while mounted):
+
+* ``open`` and ``flush`` answer ENOSYS. The kernel then sets ``no_open`` / ``no_flush`` for the
+  connection and stops sending OPEN, FLUSH and RELEASE at all ("zero-message open", kernel
+  fs/fuse/file.c ``fuse_file_open``); its default for such files is FOPEN_KEEP_CACHE, so
+  page-cache contents survive across opens.
+* ``ioctl``, ``release``, ``opendir``, ``releasedir``, ``access`` are left NULL: libfuse answers
+  them in C without entering Python (``default_permissions`` makes the kernel check modes).
+* Write-type callbacks are absent; the ``ro`` mount makes the kernel refuse them with EROFS
+  before they could reach us.
+
+The class is a plain object, not a subclass of the binding's ``Operations``: mfusepy and fusepy
+register a libfuse callback for every method the object has, so an absent method means a NULL
+callback under both bindings.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any, Callable, Iterator, Protocol
+
+log = logging.getLogger(__name__)
+
+_ENOSYS = errno.ENOSYS
+
+
+class View(Protocol):
+    """What the adapter needs from ``blobfs.model.view.ClassicView``."""
+
+    def getattr(self, path: str) -> Any: ...
+    def readdir(self, path: str, offset: int) -> Iterator[tuple]: ...
+    def read(self, path: str, size: int, offset: int) -> bytes: ...
+    def statfs(self) -> dict[str, int]: ...
+
+
+class BlobfsOperations:
+    """fusepy-API operations over a read-only view."""
+
+    #: Times in nanoseconds (both bindings read this attribute).
+    use_ns = True
+
+    def __init__(self, view: View, *, on_init: Callable[[], None] | None = None) -> None:
+        self._view = view
+        self._on_init = on_init
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def init(self, path: str) -> None:
+        # Called from libfuse while it answers the kernel's FUSE_INIT: the mount exists and the
+        # kernel holds every other request until the reply, so the mount is usable now.
+        if self._on_init is not None:
+            self._on_init()
+
+    # -- metadata ----------------------------------------------------------------------------
+    def getattr(self, path: str, fh: Any = None) -> dict[str, int]:
+        st = self._view.getattr(path)
+        mtime = st.mtime_ns
+        return {
+            "st_mode": st.mode,
+            "st_ino": st.ino,
+            "st_nlink": st.nlink,
+            "st_size": st.size,
+            "st_uid": st.uid,
+            "st_gid": st.gid,
+            "st_blksize": st.blksize,
+            # du and ls -s use st_blocks (512-byte units), not st_size.
+            "st_blocks": (st.size + 511) >> 9,
+            "st_mtime": mtime,
+            "st_ctime": mtime,
+            "st_atime": mtime,
+        }
+
+    def readdir_with_offset(self, path: str, offset: int, fh: Any = None) -> Iterator[tuple[str, dict[str, int], int]]:
+        # libfuse stops the generator when the kernel's buffer is full and calls again with the
+        # offset of the last entry it kept; the view resumes from there without rebuilding.
+        return self._entries(path, offset)
+
+    def readdir(self, path: str, fh: Any = None) -> Iterator[tuple[str, dict[str, int], int]]:
+        # fusepy has no offset support: hand libfuse the whole listing with offset 0 (libfuse
+        # buffers it per open directory). mfusepy uses readdir_with_offset instead.
+        for name, attrs, _next in self._entries(path, 0):
+            yield name, attrs, 0
+
+    def _entries(self, path: str, offset: int) -> Iterator[tuple[str, dict[str, int], int]]:
+        # Each entry carries its mode (so `find -type f` needs no stat) and its inode number:
+        # with use_ino libfuse copies st_ino into d_ino, and glibc's readdir() silently skips
+        # entries whose d_ino is 0 (sysdeps/unix/sysv/linux/readdir.c, "Skip deleted files"),
+        # so mode-only entries make every listing look empty.
+        view = self._view
+        prefix = path.rstrip("/") + "/"
+        for entry in view.readdir(path, offset):
+            if len(entry) == 4:  # (name, mode, ino, next): the view knows the inode number
+                name, mode, ino, nxt = entry
+            else:
+                name, mode, nxt = entry
+                if name == ".":
+                    ino = view.getattr(path).ino
+                elif name == "..":
+                    ino = 1  # any non-zero value: the kernel resolves ".." itself
+                else:
+                    ino = view.getattr(prefix + name).ino
+            yield name, {"st_mode": mode, "st_ino": ino}, nxt
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return self._view.statfs()
+
+    # -- data --------------------------------------------------------------------------------
+    def read(self, path: str, size: int, offset: int, fh: Any = None) -> bytes:
+        return self._view.read(path, size, offset)
+
+    def open(self, path: str, flags: int) -> int:
+        raise OSError(_ENOSYS, "zero-message open")
+
+    def flush(self, path: str, fh: Any = None) -> int:
+        raise OSError(_ENOSYS, "no flush needed")
+
+
+class FusepyOperations(BlobfsOperations):
+    """fusepy dispatches every callback through ``operations(name, *args)``."""
+
+    def __call__(self, op: str, *args: Any) -> Any:
+        fn = getattr(self, op, None)
+        if fn is None:
+            raise OSError(errno.ENOSYS, op)
+        return fn(*args)
+
+
+def make_operations(view: View, binding_name: str, **kwargs: Any) -> BlobfsOperations:
+    """The operations object for the loaded binding (see :mod:`blobfs.fuse.binding`)."""
+    cls = FusepyOperations if binding_name == "fusepy" else BlobfsOperations
+    return cls(view, **kwargs)

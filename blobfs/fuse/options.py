@@ -1,0 +1,184 @@
+"""Mount options: ONE frozen dataclass built by the CLI, and the ``-o a,b,c`` parser.
+
+``-o`` is parsed the way mount(8) / mount.fuse3 pass options to a FUSE helper, so an fstab
+line ``/data/proj /mnt/proj fuse.blobfs ro,allow_other,nofail 0 0`` works: generic mount
+options that only mean something to mount(8) or systemd are accepted and ignored; anything
+unknown is a usage error naming the option.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from blobfs.errors import InputError
+
+#: Seconds the kernel may cache attributes, lookups and failed lookups. The view never
+#: changes while mounted, so a day is as good as forever and keeps each stat in the kernel.
+CACHE_TIMEOUT = 86400.0
+
+#: Generic options mount(8), mount.fuse3, systemd or the fstab author may pass; they mean
+#: nothing to blobfs (which is always read-only, nosuid, nodev) and are ignored.
+GENERIC_FLAGS = frozenset(
+    {
+        "ro", "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner",
+        "group", "_netdev", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async",
+        "sync", "atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
+        "diratime", "nodiratime", "lazytime", "nolazytime", "silent", "loud", "nodfltperm",
+        "default_permissions", "bg", "fg",
+    }
+)
+GENERIC_PREFIXES = ("x-", "comment=", "uhelper=", "helper=")
+
+#: blobfs's own ``-o`` options (key -> takes a value).
+OWN_OPTIONS = {
+    "allow_other": False,
+    "auto_unmount": False,
+    "debug": False,
+    "nonempty": False,
+    "threads": False,
+    "nothreads": False,
+    "synthesize_ann": False,
+    "rw": False,
+    "libfuse": True,
+    "log": True,
+    "offsets": True,
+    "ann": True,
+    "fsname": True,
+    "subtype": True,
+}
+
+
+class MountUsageError(InputError):
+    """A bad mount option or argument (CLI exit code 2)."""
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """Everything ``blobfs mount`` was asked to do."""
+
+    source: Path
+    mountpoint: Path
+    foreground: bool = False
+    libfuse: int | None = None  #: 2, 3 or None (= $BLOBFS_LIBFUSE, else 3)
+    threads: bool = False  #: multithreaded dispatch (default: single thread, measured faster)
+    allow_other: bool = False
+    auto_unmount: bool = False
+    debug: bool = False
+    nonempty: bool = False  #: allow a non-empty mount point
+    offsets: Path | None = None
+    ann: Path | None = None
+    synthesize_ann: bool = False
+    log_file: Path | None = None
+    fsname: str | None = None
+    ignored: tuple[str, ...] = field(default=())  #: generic options accepted and ignored
+
+    def fuse_kwargs(self, libfuse: int) -> dict[str, Any]:
+        """Keyword options for the binding's ``FUSE(ops, mountpoint, **kwargs)``."""
+        kw: dict[str, Any] = {
+            # libfuse's own fork/daemonize is never used: blobfs daemonizes before calling it.
+            "foreground": True,
+            "nothreads": not self.threads,
+            "debug": self.debug,
+            "ro": True,
+            "default_permissions": True,
+            "kernel_cache": True,
+            "attr_timeout": CACHE_TIMEOUT,
+            "entry_timeout": CACHE_TIMEOUT,
+            "negative_timeout": CACHE_TIMEOUT,
+            "use_ino": True,
+            "fsname": self.fsname or str(self.source),
+            "subtype": "blobfs",
+        }
+        if self.allow_other:
+            kw["allow_other"] = True
+        if self.auto_unmount:
+            kw["auto_unmount"] = True
+        if self.nonempty and libfuse == 2:
+            kw["nonempty"] = True  # libfuse 3 dropped the option (it always allows it)
+        return kw
+
+
+def parse_o(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Parse repeated ``-o a,b=c`` values into ``{key: value}`` (flags map to True).
+
+    Generic options go to the ``"ignored"`` key; unknown ones raise :class:`MountUsageError`.
+    """
+    out: dict[str, Any] = {}
+    ignored: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, eq, arg = item.partition("=")
+            if item in GENERIC_FLAGS or item.startswith(GENERIC_PREFIXES):
+                ignored.append(item)
+                continue
+            if key not in OWN_OPTIONS:
+                raise MountUsageError(f"unknown mount option {item!r}")
+            wants_value = OWN_OPTIONS[key]
+            if wants_value and not eq:
+                raise MountUsageError(f"mount option {key!r} needs a value ({key}=...)")
+            if not wants_value and eq:
+                raise MountUsageError(f"mount option {key!r} takes no value")
+            out[key] = arg if wants_value else True
+    if ignored:
+        out["ignored"] = tuple(ignored)
+    return out
+
+
+def build_options(
+    source: str | os.PathLike[str],
+    mountpoint: str | os.PathLike[str],
+    *,
+    o: tuple[str, ...] | list[str] = (),
+    foreground: bool = False,
+    libfuse: int | str | None = None,
+    threads: bool | None = None,
+    offsets: str | os.PathLike[str] | None = None,
+    ann: str | os.PathLike[str] | None = None,
+    synthesize_ann: bool = False,
+    debug: bool = False,
+) -> MountOptions:
+    """Merge command-line flags and ``-o`` options into :class:`MountOptions` (flags win)."""
+    parsed = parse_o(o)
+    if parsed.get("rw"):
+        raise MountUsageError("blobfs is read-only: remove 'rw' from the mount options")
+    if parsed.get("threads") and parsed.get("nothreads"):
+        raise MountUsageError("mount options 'threads' and 'nothreads' contradict each other")
+    if threads is None:
+        threads = bool(parsed.get("threads"))
+    lib = libfuse if libfuse is not None else parsed.get("libfuse")
+    if lib is not None:
+        if str(lib) not in ("2", "3"):
+            raise MountUsageError(f"libfuse must be 2 or 3, not {lib!r}")
+        lib = int(lib)
+
+    def _path(v: Any) -> Path | None:
+        return None if v in (None, "") else Path(os.path.abspath(os.path.expanduser(str(v))))
+
+    src = str(source)
+    if src.startswith("blobfs#"):  # old mount.fuse spelling: "blobfs#SOURCE"
+        src = src[len("blobfs#"):]
+    return MountOptions(
+        source=_path(src),  # type: ignore[arg-type]
+        mountpoint=_path(mountpoint),  # type: ignore[arg-type]
+        foreground=foreground,
+        libfuse=lib,
+        threads=threads,
+        allow_other=bool(parsed.get("allow_other")),
+        auto_unmount=bool(parsed.get("auto_unmount")),
+        debug=debug or bool(parsed.get("debug")),
+        nonempty=bool(parsed.get("nonempty")),
+        offsets=_path(offsets if offsets is not None else parsed.get("offsets")),
+        ann=_path(ann if ann is not None else parsed.get("ann")),
+        synthesize_ann=synthesize_ann or bool(parsed.get("synthesize_ann")),
+        log_file=_path(parsed.get("log")),
+        fsname=parsed.get("fsname"),
+        ignored=parsed.get("ignored", ()),
+    )
+
+
+__all__ = ["CACHE_TIMEOUT", "MountOptions", "MountUsageError", "build_options", "parse_o", "replace"]
