@@ -1,0 +1,183 @@
+"""Click commands of the write side: ``pack``, ``pack-project``, ``unpack``.
+
+Thin: parse options into one frozen dataclass, run ``blobfs.write``, report. Exit codes:
+0 done; 2 bad input, refused output (exists, no ``--force``) or usage; 1 the output could not
+be written (full disk, permissions); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every
+failure case nothing is left under the final output name.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import click
+
+from blobfs.errors import BlobfsError, InputError
+from blobfs.write.atomic import interrupt_guard
+from blobfs.write.options import PackOptions, PackProjectOptions, UnpackOptions
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class SizeType(click.ParamType):
+    """A byte size: ``4096``, ``512K``, ``1.5G`` (binary units; ``KB``/``KiB`` spellings ok)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(value), re.I)
+        if not m:
+            self.fail(f"{value!r} is not a size like 4096, 512K, 2G", param, ctx)
+        return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+class MtimeType(click.ParamType):
+    """Seconds since the epoch, or an ISO 8601 date/time (UTC when no zone is given)."""
+
+    name = "MTIME"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if re.fullmatch(r"-?\d+", text):
+            return int(text)
+        try:
+            when = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{value!r} is neither epoch seconds nor an ISO 8601 date", param, ctx)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return int(when.timestamp())
+
+
+SIZE = SizeType()
+MTIME = MtimeType()
+
+
+class _Progress:
+    """click progress bar on stderr, only when stderr is a terminal: counts and files/s."""
+
+    def __init__(self, label: str, stack: contextlib.ExitStack) -> None:
+        self.label = label
+        self.stack = stack
+        self.t0 = time.monotonic()
+        self.bar = None
+
+    def start(self, total: int) -> Callable[[int], None] | None:
+        if not sys.stderr.isatty():
+            return None
+        self.t0 = time.monotonic()
+        self.bar = self.stack.enter_context(click.progressbar(
+            length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True,
+            item_show_func=lambda _item: self._rate()))
+        return self.bar.update
+
+    def _rate(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        pos = self.bar.pos if self.bar is not None else 0
+        return f"{pos / elapsed:,.0f} files/s" if elapsed > 0 else ""
+
+
+@contextlib.contextmanager
+def _reporting() -> Iterator[None]:
+    """One line on stderr and the documented exit code for every failure."""
+    try:
+        with interrupt_guard():
+            yield
+    except KeyboardInterrupt:
+        click.echo("\nblobfs: interrupted; no output written", err=True)
+        sys.exit(130)
+    except InputError as e:
+        click.echo(f"blobfs: {e}", err=True)
+        sys.exit(2)
+    except BlobfsError as e:
+        click.echo(f"blobfs: {e}", err=True)
+        sys.exit(1)
+
+
+def _seconds(t0: float) -> str:
+    return f"{time.monotonic() - t0:.1f} s"
+
+
+@click.command("pack")
+@click.argument("images_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The tar to write (NAME.tar); NAME_offsets.pkl is written beside it.")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Pack files matching GLOB instead of the SDK image extensions (repeatable; "
+                   "a GLOB with / matches the relative path, else the base name).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
+@click.option("--recursive/--no-recursive", default=True, show_default=True,
+              help="Also pack files in sub-folders.")
+@click.option("--rename", is_flag=True,
+              help="Same base name in two folders: rename the one(s) in sub-folders to their "
+                   "relative path with / replaced by __ (default: refuse).")
+@click.option("--mtime", type=MTIME, help="Member mtime for every file (epoch seconds or ISO "
+                                           "date); default: each file's own mtime.")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+@click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
+def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tuple[str, ...],
+             recursive: bool, rename: bool, mtime: int | None, force: bool, fsync: bool) -> None:
+    """Pack the images of IMAGES_DIR into one tar plus its SDK offsets file."""
+    from blobfs.write.pack import pack
+
+    opts = PackOptions(include=include, exclude=exclude, recursive=recursive, rename=rename,
+                       mtime=mtime, force=force, fsync=fsync)
+    t0 = time.monotonic()
+    with _reporting(), contextlib.ExitStack() as stack:
+        result = pack(images_dir, out, opts, _Progress("packing", stack).start)
+    click.echo(f"{result.tar}: {result.count} images, {result.tar_size:,} bytes; "
+               f"{result.offsets.name} beside it ({_seconds(t0)})", err=True)
+
+
+@click.command("pack-project")
+@click.argument("classic_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--max-blob-size", type=SIZE, help="Split a dataset's tar into NAME-000.tar, "
+              "NAME-001.tar, ... so that each stays within SIZE (e.g. 2G).")
+@click.option("--min-size", type=SIZE, default=0, help="Images smaller than SIZE stay ordinary img/ files.")
+@click.option("--max-size", type=SIZE, help="Images larger than SIZE stay ordinary img/ files.")
+@click.option("--mtime", type=MTIME, help="Member mtime in the tars (epoch seconds or ISO date).")
+@click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")
+@click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
+def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None, min_size: int,
+                     max_size: int | None, mtime: int | None, force: bool, fsync: bool) -> None:
+    """Turn the classic project CLASSIC_DIR into the blob project OUT_DIR."""
+    from blobfs.write.pack_project import pack_project
+
+    opts = PackProjectOptions(max_blob_size=max_blob_size, min_size=min_size, max_size=max_size,
+                              mtime=mtime, force=force, fsync=fsync)
+    t0 = time.monotonic()
+    with _reporting(), contextlib.ExitStack() as stack:
+        result = pack_project(classic_dir, out_dir, opts, _Progress("packing", stack).start)
+    click.echo(f"{result.out_dir}: {result.datasets} datasets, {result.blob_items} images in "
+               f"{result.tars} tars, {result.plain_images} left in img/, {result.copied} other "
+               f"files copied ({_seconds(t0)})", err=True)
+
+
+@click.command("unpack")
+@click.argument("blob_project", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--synthesize-ann", is_flag=True,
+              help="Write an empty annotation for items that have none (as the mount does).")
+@click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")
+@click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
+def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: bool,
+               fsync: bool) -> None:
+    """Write BLOB_PROJECT as the classic project OUT_DIR (exactly what the mount shows)."""
+    from blobfs.write.unpack import unpack
+
+    opts = UnpackOptions(synthesize_ann=synthesize_ann, force=force, fsync=fsync)
+    t0 = time.monotonic()
+    with _reporting(), contextlib.ExitStack() as stack:
+        result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
+    click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})",
+               err=True)

@@ -1,0 +1,212 @@
+"""Outputs that appear whole or not at all.
+
+Every output (a file or a directory tree) is written under a temporary name in the
+destination's own folder (same filesystem, so the final ``rename(2)`` is atomic) and renamed
+into place only after everything was written. Any exception — including KeyboardInterrupt and
+the SIGTERM/SIGHUP that ``interrupt_guard`` turns into one — removes the temporaries, so an
+interrupted run never leaves a half-written file under a final name. A SIGKILL can leave a
+hidden ``.NAME.blobfs-tmp-*`` behind, never a final-named file.
+
+Without ``force`` the rename must not replace anything: ``renameat2(RENAME_NOREPLACE)``
+(Linux >= 3.15, glibc >= 2.28) closes the race with another writer; where it is missing we
+fall back to a check just before ``rename``.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import secrets
+import shutil
+import signal
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from blobfs.write.errors import OutputExistsError, WriteFailedError, output_failed
+
+log = logging.getLogger(__name__)
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = None
+try:  # renameat2 is Linux-only; the fallback below keeps other systems working
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    _renameat2 = _libc.renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+except (OSError, AttributeError):
+    _renameat2 = None
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(src, dst) that fails with FileExistsError instead of replacing dst."""
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: filesystem lacks the flag
+            raise OSError(err, os.strerror(err), os.fspath(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
+    os.rename(src, dst)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except (NotADirectoryError, FileNotFoundError):
+        return False
+
+
+def temp_name(final: Path, tag: str = "tmp") -> Path:
+    """Hidden sibling of ``final``: same folder, so renaming it is atomic."""
+    return final.parent / f".{final.name}.blobfs-{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _remove(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+class AtomicOutputs:
+    """Temporaries for a set of final paths, published together by ``commit()``.
+
+    Use as a context manager; leaving it without ``commit()`` (an exception, Ctrl-C) removes
+    every temporary. An existing final path is refused at ``__enter__`` unless ``force``;
+    for a directory output an existing *empty* directory is fine (nothing to clobber).
+    """
+
+    def __init__(self, finals: list[Path], *, force: bool = False, fsync: bool = False) -> None:
+        self.finals = [Path(p) for p in finals]
+        self.force = force
+        self.fsync = fsync
+        self._temps: dict[Path, Path] = {}
+        self._committed = False
+
+    def __enter__(self) -> "AtomicOutputs":
+        for final in self.finals:
+            self._check(final)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._committed:
+            for tmp in self._temps.values():
+                _remove(tmp)
+
+    def _check(self, final: Path) -> None:
+        if not final.parent.is_dir():
+            raise WriteFailedError(f"{final.parent}: output folder does not exist")
+        if os.path.lexists(final) and not self.force and not _is_empty_dir(final):
+            raise OutputExistsError(f"{final}: already exists (use --force to replace it)")
+
+    def file(self, final: Path) -> tuple[int, Path]:
+        """(write fd, temp path) for the file that will become ``final``."""
+        final = Path(final)
+        tmp = temp_name(final)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise output_failed(final, e) from None
+        self._temps[final] = tmp
+        return fd, tmp
+
+    def directory(self, final: Path) -> Path:
+        """Temp directory that will become ``final``."""
+        final = Path(final)
+        tmp = temp_name(final)
+        try:
+            os.mkdir(tmp, 0o777)
+        except OSError as e:
+            raise output_failed(final, e) from None
+        self._temps[final] = tmp
+        return tmp
+
+    def commit(self) -> None:
+        """Rename every temporary into place (in the order the finals were given)."""
+        if self.fsync:
+            for tmp in self._temps.values():
+                _fsync_tree(tmp)
+        for final in self.finals:
+            tmp = self._temps.get(final)
+            if tmp is not None:
+                self._publish(tmp, final)
+        self._committed = True
+        if self.fsync:
+            for parent in {f.parent for f in self.finals}:
+                _fsync_path(parent)
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        try:
+            if not os.path.lexists(final):
+                _rename_noreplace(tmp, final)
+            elif _is_empty_dir(final) and os.path.isdir(tmp):
+                os.rename(tmp, final)  # rename(2) replaces an empty directory atomically
+            elif not self.force:
+                raise FileExistsError(errno.EEXIST, "exists", os.fspath(final))
+            elif (os.path.isdir(final) and not os.path.islink(final)) or os.path.isdir(tmp):
+                # A tree cannot be swapped in one rename: move the old one aside first,
+                # so at every instant the final name holds a complete output.
+                trash = temp_name(final, "old")
+                os.rename(final, trash)
+                os.rename(tmp, final)
+                _remove(trash)
+            else:
+                os.replace(tmp, final)
+        except FileExistsError:
+            raise OutputExistsError(f"{final}: appeared while writing (use --force to replace it)") from None
+        except OSError as e:
+            raise output_failed(final, e) from None
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for dirpath, _dirs, files in os.walk(path):
+            for name in files:
+                _fsync_path(Path(dirpath) / name)
+            _fsync_path(Path(dirpath))
+    else:
+        _fsync_path(path)
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def interrupt_guard() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt while the block runs, so that the
+    temporaries are removed as for Ctrl-C (Python's default for SIGTERM is to die without
+    running any cleanup)."""
+    if os.name != "posix" or signal.getsignal(signal.SIGTERM) is None:
+        yield
+        return
+    try:
+        old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -1,0 +1,31 @@
+"""Errors of the write side (pack, pack-project, unpack).
+
+Input problems reuse ``blobfs.errors.InputError`` (CLI exit code 2); a failure while writing the
+output (full disk, permission denied on the destination) is a ``WriteFailedError`` (exit 1).
+"""
+from __future__ import annotations
+
+import os
+
+from blobfs.errors import BlobfsError, InputError
+
+
+class OutputExistsError(InputError):
+    """The destination exists and ``--force`` was not given."""
+
+
+class WriteFailedError(BlobfsError):
+    """Writing the output failed; nothing was left under the final name."""
+
+
+def input_failed(path: str | os.PathLike[str], e: OSError, during: str = "") -> InputError:
+    """One-line error for an input file that could not be read (vanished, unreadable)."""
+    what = e.strerror or type(e).__name__
+    if isinstance(e, FileNotFoundError) and during:
+        what = f"vanished {during}"
+    return InputError(f"{os.fspath(path)}: {what}")
+
+
+def output_failed(path: str | os.PathLike[str], e: OSError) -> WriteFailedError:
+    """One-line error for an output that could not be written (full disk, permissions)."""
+    return WriteFailedError(f"{os.fspath(path)}: {e.strerror or e}; nothing written")

@@ -1,0 +1,178 @@
+"""``blobfs pack``: a folder of images → one tar + its SDK offsets file.
+
+Which files: by default those with an SDK image extension (case-insensitive, FORMAT.md §1);
+``include`` globs replace that test, ``exclude`` globs then remove files. A glob without ``/``
+is matched against the file's base name, one with ``/`` against its path relative to the
+folder (``fnmatch``, case-sensitive). Symlinks to files and folders are followed (a folder
+already on the current path is not entered twice).
+
+Order: depth-first, each folder's entries sorted by name (code point order = UTF-8 byte order),
+as ``tarfile.add`` does. Member names are the paths relative to the folder; the offsets entry
+name is the member's base name (FORMAT.md §6), so two files with one base name would be two
+items with one name: refused, naming both paths, unless ``rename``.
+
+Rename rule (``--rename``): in every group of files sharing a base name, a file in a
+sub-folder is renamed to its relative path with ``/`` replaced by ``__``
+(``a/b/x.png`` → ``a__b__x.png``, member ``a/b/a__b__x.png``); a file at the top level keeps its
+name. If the new names still collide, the pack is refused.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from blobfs.errors import InputError
+from blobfs.format.names import is_image_name, name_problem
+from blobfs.format.offsets_write import offsets_path_for_tar
+from blobfs.write.atomic import AtomicOutputs
+from blobfs.write.blobwriter import Member, Progress, write_blob
+from blobfs.write.options import PackOptions
+
+RENAME_SEPARATOR = "__"
+
+
+@dataclass(frozen=True, slots=True)
+class PackResult:
+    tar: Path
+    offsets: Path
+    count: int
+    tar_size: int
+
+
+def _matches(patterns: tuple[str, ...], rel: str, base: str) -> bool:
+    return any(fnmatch.fnmatchcase(rel if "/" in p else base, p) for p in patterns)
+
+
+def scan_images(folder: Path, opts: PackOptions, skip: frozenset[str] = frozenset()
+                ) -> list[tuple[str, int]]:
+    """(relative path, size) of every file to pack, in pack order. ``skip``: real paths
+    never to pack (the output itself, when it lies inside the folder)."""
+    out: list[tuple[str, int]] = []
+    try:
+        root_st = os.stat(folder)
+    except OSError as e:
+        raise InputError(f"{folder}: {e.strerror}") from None
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise InputError(f"{folder}: not a folder")
+    _scan(folder, "", opts, skip, out, {(root_st.st_dev, root_st.st_ino)})
+    return out
+
+
+def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
+          out: list[tuple[str, int]], active: set[tuple[int, int]]) -> None:
+    path = folder / rel if rel else folder
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    for entry in entries:
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        try:
+            child.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{folder / child}: file name is not valid UTF-8") from None
+        try:
+            if entry.is_dir():
+                if not opts.recursive:
+                    continue
+                st = entry.stat()
+                key = (st.st_dev, st.st_ino)
+                if key in active:  # a symlink back up the tree
+                    continue
+                active.add(key)
+                _scan(folder, child, opts, skip, out, active)
+                active.discard(key)
+                continue
+            if not entry.is_file():
+                continue  # dangling links, FIFOs, sockets, devices: not images
+        except OSError as e:
+            raise InputError(f"{folder / child}: {e.strerror}") from None
+        if opts.include:
+            if not _matches(opts.include, child, entry.name):
+                continue
+        elif not is_image_name(entry.name):
+            continue
+        if opts.exclude and _matches(opts.exclude, child, entry.name):
+            continue
+        if skip and os.path.realpath(entry.path) in skip:
+            continue
+        try:
+            out.append((child, entry.stat().st_size))
+        except OSError as e:
+            raise InputError(f"{folder / child}: {e.strerror}") from None
+
+
+def assign_members(folder: Path, files: list[tuple[str, int]], rename: bool) -> list[Member]:
+    """Member names whose base names are unique item names (see the module doc)."""
+    by_base: dict[str, list[int]] = {}
+    for i, (rel, _size) in enumerate(files):
+        by_base.setdefault(rel.rpartition("/")[2], []).append(i)
+    members = [rel for rel, _ in files]
+    for base, idx in by_base.items():
+        if len(idx) < 2:
+            continue
+        if not rename:
+            a, b = (files[i][0] for i in idx[:2])
+            more = f" and {len(idx) - 2} more" if len(idx) > 2 else ""
+            raise InputError(f"{folder / a} and {folder / b}{more}: same base name {base!r} "
+                             "would be one item name (use --rename, or --exclude one)")
+        for i in idx:
+            rel = files[i][0]
+            if "/" in rel:
+                members[i] = f"{rel.rpartition('/')[0]}/{rel.replace('/', RENAME_SEPARATOR)}"
+    out: list[Member] = []
+    seen: dict[str, str] = {}
+    for (rel, size), member in zip(files, members):
+        name = member.rpartition("/")[2]
+        problem = name_problem(name)
+        if problem:
+            raise InputError(f"{folder / rel}: cannot be an item: {problem}")
+        if name in seen:
+            raise InputError(f"{folder / seen[name]} and {folder / rel}: both would be item "
+                             f"{name!r} after --rename")
+        seen[name] = rel
+        out.append(Member(member, os.fspath(folder / rel), size))
+    return out
+
+
+def check_tar_name(out_tar: Path) -> None:
+    if out_tar.suffix != ".tar" or out_tar.name == ".tar":
+        raise InputError(f"{out_tar}: output must be named NAME.tar (the SDK finds blobs by "
+                         "the lower-case .tar extension)")
+
+
+def pack(folder: Path, out_tar: Path, opts: PackOptions,
+         progress_start: Callable[[int], Progress | None] | None = None) -> PackResult:
+    """Pack the images of ``folder`` into ``out_tar`` and ``STEM_offsets.pkl`` beside it.
+
+    ``progress_start(total)`` is called once the files are known and may return a callback
+    that receives counts of files done.
+    """
+    folder, out_tar = Path(folder), Path(out_tar)
+    check_tar_name(out_tar)
+    offsets = Path(offsets_path_for_tar(out_tar))
+    with AtomicOutputs([out_tar, offsets], force=opts.force, fsync=opts.fsync) as outputs:
+        skip = frozenset(os.path.realpath(p) for p in (out_tar, offsets))
+        files = scan_images(folder, opts, skip)
+        if not files:
+            raise InputError(f"{folder}: no files to pack (no image extensions or globs matched)")
+        members = assign_members(folder, files, opts.rename)
+        del files
+        progress = progress_start(len(members)) if progress_start else None
+        tar_fd, _ = outputs.file(out_tar)
+        try:
+            off_fd, _ = outputs.file(offsets)
+            try:
+                count, size = write_blob(members, tar_fd, out_tar, off_fd, offsets,
+                                         mtime=opts.mtime, progress=progress)
+            finally:
+                os.close(off_fd)
+        finally:
+            os.close(tar_fd)
+        outputs.commit()
+    return PackResult(out_tar, offsets, count, size)

@@ -1,0 +1,238 @@
+"""``blobfs pack-project``: classic project → blob project.
+
+Output layout: ``meta.json`` and every other file of the source copied byte for byte (mtimes
+kept), except the images that go into blobs. Per dataset (found as the SDK finds them,
+``blobfs.model.discovery``) the image files of ``img/`` whose size is within
+``[min_size, max_size]`` become members of ``blob/STEM.tar`` (member name = item name, sorted),
+and ``STEM_offsets.pkl`` is written into the dataset's folder. ``STEM`` is the dataset name with
+``/`` (nested datasets) replaced by ``__``; when that is taken by another dataset, ``_2``,
+``_3``, ... is appended. With ``max_blob_size`` a dataset whose tar would be larger is split
+into ``STEM-000.tar``, ``STEM-001.tar``, ... (members in order, a new tar when the next member
+would cross the limit; a single image larger than the limit gets a tar of its own). Images
+outside the size range stay ordinary ``img/`` files; an ``img/`` folder left empty is not
+created. The whole tree is built under a temporary name beside ``OUT_DIR`` and renamed into
+place at the end.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from blobfs.errors import InputError
+from blobfs.format.names import is_image_name, name_problem
+from blobfs.format.offsets_write import offsets_path_for_tar
+from blobfs.model.discovery import find_datasets, list_image_files
+from blobfs.write.atomic import AtomicOutputs
+from blobfs.write.blobwriter import Member, Progress, member_span, tar_size, write_blob
+from blobfs.write.errors import input_failed, output_failed
+from blobfs.write.options import PackProjectOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PackProjectResult:
+    out_dir: Path
+    datasets: int
+    tars: int
+    blob_items: int
+    plain_images: int
+    copied: int
+
+
+@dataclass(slots=True)
+class _Blob:
+    stem: str
+    dataset_rel: str
+    members: list[Member] = field(default_factory=list)
+
+
+def _stem(name: str, taken: set[str]) -> str:
+    base = name.replace("/", "__")
+    stem, k = base, 1
+    while stem in taken:
+        k += 1
+        stem = f"{base}_{k}"
+    return stem
+
+
+def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[str], int]:
+    """(blobs to write, project-relative paths of the images they take, datasets found)."""
+    blobs: list[_Blob] = []
+    packed: set[str] = set()
+    taken: set[str] = set()
+    datasets = find_datasets(src)
+    for ds in datasets:
+        img_rel = f"{ds.relpath}/img"
+        chosen: list[Member] = []
+        for name, size in list_image_files(src / img_rel):
+            if size < opts.min_size or (opts.max_size is not None and size > opts.max_size):
+                continue
+            if name_problem(name):
+                continue  # not a valid item name: leave it where it is, as the mount would
+            chosen.append(Member(name, os.fspath(src / img_rel / name), size))
+        if not chosen:
+            continue
+        parts = _split(chosen, opts.max_blob_size)
+        stem = _stem(ds.name, taken)
+        names = [stem] if len(parts) == 1 else [f"{stem}-{i:03d}" for i in range(len(parts))]
+        taken.update([stem, *names])
+        for part_stem, members in zip(names, parts):
+            blobs.append(_Blob(part_stem, ds.relpath, members))
+        packed.update(f"{img_rel}/{m.member}" for m in chosen)
+    return blobs, packed, len(datasets)
+
+
+def _split(members: list[Member], limit: int | None) -> list[list[Member]]:
+    if limit is None:
+        return [members]
+    parts: list[list[Member]] = [[]]
+    spans = 0
+    for m in members:
+        span = member_span(m.member, m.size or 0)
+        if parts[-1] and tar_size(spans + span) > limit:
+            parts.append([])
+            spans = 0
+        parts[-1].append(m)
+        spans += span
+    return parts
+
+
+def copy_file(src: str, dst: str, label_src: Path) -> None:
+    """Copy one regular file byte for byte (in the kernel), keeping its mtime."""
+    try:
+        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise input_failed(label_src, e, "while copying") from None
+    try:
+        st = os.fstat(sfd)
+        try:
+            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise output_failed(dst, e) from None
+        try:
+            done = 0
+            while done < st.st_size:
+                try:
+                    n = os.sendfile(dfd, sfd, done, st.st_size - done)
+                except OSError as e:
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                        raise output_failed(dst, e) from None
+                    raise input_failed(label_src, e, "while copying") from None
+                if n == 0:
+                    raise InputError(f"{label_src}: changed size while copying")
+                done += n
+            os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def _copy_tree(src: Path, dst: Path, packed: set[str], progress: Progress | None) -> tuple[int, int]:
+    """Copy everything but ``packed``; returns (files copied, images left in img/)."""
+    copied = plain = 0
+    active: set[tuple[int, int]] = set()
+
+    def walk(rel: str) -> None:
+        nonlocal copied, plain
+        here = src / rel if rel else src
+        st = os.stat(here)
+        key = (st.st_dev, st.st_ino)
+        if key in active:
+            return  # a symlink back up the tree
+        active.add(key)
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise InputError(f"{here}: {e.strerror}") from None
+        children = [(e, f"{rel}/{e.name}" if rel else e.name) for e in entries]
+        # A folder whose every file went into a blob (a dataset's img/) is not created.
+        keep = any(c not in packed for _e, c in children) or not children
+        if rel and keep:
+            os.mkdir(dst / rel)
+        for entry, child in children:
+            if child in packed:
+                continue
+            if entry.is_dir():
+                walk(child)
+            elif entry.is_file():
+                copy_file(entry.path, os.fspath(dst / child), src / child)
+                copied += 1
+                if child.rpartition("/")[0].rpartition("/")[2] == "img" and is_image_name(entry.name):
+                    plain += 1
+                if progress is not None:
+                    progress(1)
+            else:
+                log.warning("%s: not a regular file or folder; not copied", src / child)
+        active.discard(key)
+
+    walk("")
+    return copied, plain
+
+
+def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
+                 progress_start: Callable[[int], Progress | None] | None = None
+                 ) -> PackProjectResult:
+    src, out_dir = Path(src), Path(out_dir)
+    if not src.is_dir():
+        raise InputError(f"{src}: not a folder")
+    if not (src / "meta.json").is_file():
+        raise InputError(f"{src}: not a classic project (no meta.json)")
+    if (src / "blob").exists():
+        raise InputError(f"{src}: already has a blob/ folder (pack-project takes a classic project)")
+    real_src, real_out = os.path.realpath(src), os.path.realpath(out_dir)
+    if (real_out + "/").startswith(real_src + "/"):
+        raise InputError(f"{out_dir}: output inside the source project {src}")
+    with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs:
+        blobs, packed, n_datasets = plan_blobs(src, opts)
+        total = sum(len(b.members) for b in blobs) + _count_files(src) - len(packed)
+        progress = progress_start(total) if progress_start else None
+        tmp = outputs.directory(out_dir)
+        copied, plain = _copy_tree(src, tmp, packed, progress)
+        if blobs:
+            os.mkdir(tmp / "blob")
+        for blob in blobs:
+            tar = tmp / "blob" / f"{blob.stem}.tar"
+            offsets = Path(offsets_path_for_tar(tar, tmp / blob.dataset_rel))
+            os.makedirs(offsets.parent, exist_ok=True)
+            _write_one(blob, tar, offsets, out_dir, opts, progress)
+        outputs.commit()
+    return PackProjectResult(out_dir, n_datasets, len(blobs), len(packed), plain, copied)
+
+
+def _write_one(blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
+               opts: PackProjectOptions, progress: Progress | None) -> None:
+    # Labels name the final paths: what the user will look for in a message.
+    tar_label = out_dir / "blob" / tar.name
+    off_label = out_dir / blob.dataset_rel / offsets.name
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        tar_fd = os.open(tar, flags, 0o666)
+    except OSError as e:
+        raise output_failed(tar_label, e) from None
+    try:
+        try:
+            off_fd = os.open(offsets, flags, 0o666)
+        except OSError as e:
+            raise output_failed(off_label, e) from None
+        try:
+            write_blob(blob.members, tar_fd, tar_label, off_fd, off_label, mtime=opts.mtime,
+                       progress=progress)
+        finally:
+            os.close(off_fd)
+    finally:
+        os.close(tar_fd)
+
+
+def _count_files(src: Path) -> int:
+    n = 0
+    for _dirpath, _dirs, files in os.walk(src):  # for the progress bar only: no link loops
+        n += len(files)
+    return n
