@@ -98,7 +98,7 @@ class ClassicView:
         p = self.project
         root_overlay: dict[str, tuple] = {}
         if p.virtual_root:
-            meta = ("real", p.meta_path) if p.meta_path else ("bytes", p.meta_bytes(), _VFILE)
+            meta = ("link", p.meta_path) if p.meta_path else ("bytes", p.meta_bytes(), _VFILE)
             root_overlay["meta.json"] = meta
             self._dirs[""] = _DirNode("", None, _VDIR, root_overlay)
         else:
@@ -144,7 +144,8 @@ class ClassicView:
                 raise _err(errno.ENOENT, rel)
             return ("item", parent.items_of, i, parent.ds_index)
         if name in parent.overlay:
-            return parent.overlay[name]
+            child = parent.overlay[name]
+            return self._real(child[1], rel) if child[0] == "link" else child
         if name in parent.hidden or (parent.hide_offsets and name.endswith(OFFSETS_SUFFIX)):
             raise _err(errno.ENOENT, rel)
         if parent.real is not None:

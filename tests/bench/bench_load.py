@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Load time and peak memory of opening a 1,000,000-entry dataset (issue #2 target: ≤ 3 s, ≤ 200 MiB).
+
+Run by hand:  .venv/bin/python tests/bench/bench_load.py [--n 1000000] [--rounds 3]
+
+Builds a project whose dataset has one SDK-identical offsets file of N entries (names like
+``img_0000123.png``, 4 KiB each) pointing into a sparse tar of the right size, then opens it in
+fresh subprocesses (so building it does not count) and prints one table: wall time of
+``open_project`` plus one lookup, and the process's peak RSS (ru_maxrss) including the
+interpreter. Also times a second open, which is what a mount pays every time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import blobfs
+p = blobfs.open_project(sys.argv[1])
+t1 = time.perf_counter()
+ds = p.datasets[0]
+assert ds.items.find("img_0000007.png") == 7, "lookup failed"
+n = len(ds.items)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"n": n, "open_s": t1 - t0, "rss_mib": rss}))
+"""
+
+
+def build(root: Path, n: int) -> None:
+    from blobfs.format.offsets_write import write_offsets
+
+    (root / "blob").mkdir(parents=True)
+    (root / "ds" / "ann").mkdir(parents=True)
+    (root / "meta.json").write_text('{"classes": [], "tags": []}')
+    size = 4096
+    entries = ((f"img_{i:07d}.png", 1536 + i * (size + 1536), 1536 + i * (size + 1536) + size)
+               for i in range(n))
+    write_offsets(root / "ds" / "big_offsets.pkl", entries)
+    with open(root / "blob" / "big.tar", "wb") as f:
+        f.truncate(1536 + n * (size + 1536) + 10240)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="blobfs-load-") as tmp:
+        root = Path(tmp) / "proj"
+        build(root, args.n)
+        pkl = root / "ds" / "big_offsets.pkl"
+        runs = []
+        for _ in range(args.rounds):
+            out = subprocess.run([sys.executable, "-c", CHILD, str(root)], check=True,
+                                 capture_output=True, text=True, env=dict(os.environ)).stdout
+            runs.append(json.loads(out))
+        assert all(r["n"] == args.n for r in runs)
+        t = statistics.median(r["open_s"] for r in runs)
+        m = max(r["rss_mib"] for r in runs)
+        print(f"{'entries':>10} {'offsets MiB':>12} {'open s (median)':>16} {'peak RSS MiB':>13} {'target':>16}")
+        print(f"{args.n:>10} {pkl.stat().st_size / 2**20:>12.1f} {t:>16.2f} {m:>13.0f} {'<= 3 s, <= 200 MiB':>16}")
+
+
+if __name__ == "__main__":
+    main()
