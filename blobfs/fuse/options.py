@@ -19,10 +19,12 @@ from blobfs.errors import InputError
 CACHE_TIMEOUT = 86400.0
 
 #: Generic options mount(8), mount.fuse3, systemd or the fstab author may pass; they mean
-#: nothing to blobfs (which is always read-only, nosuid, nodev) and are ignored.
+#: nothing to blobfs (which is always read-only, nosuid, nodev) and are ignored. ``rw`` too:
+#: mount.fuse3 adds it (with ``dev,suid``) to every fstab line that does not say ``ro``, so
+#: refusing it would break ``defaults``; the mount is read-only regardless.
 GENERIC_FLAGS = frozenset(
     {
-        "ro", "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner",
+        "ro", "rw", "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner",
         "group", "_netdev", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async",
         "sync", "atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
         "diratime", "nodiratime", "lazytime", "nolazytime", "silent", "loud", "nodfltperm",
@@ -40,7 +42,6 @@ OWN_OPTIONS = {
     "threads": False,
     "nothreads": False,
     "synthesize_ann": False,
-    "rw": False,
     "libfuse": True,
     "log": True,
     "offsets": True,
@@ -144,8 +145,6 @@ def build_options(
 ) -> MountOptions:
     """Merge command-line flags and ``-o`` options into :class:`MountOptions` (flags win)."""
     parsed = parse_o(o)
-    if parsed.get("rw"):
-        raise MountUsageError("blobfs is read-only: remove 'rw' from the mount options")
     if parsed.get("threads") and parsed.get("nothreads"):
         raise MountUsageError("mount options 'threads' and 'nothreads' contradict each other")
     if threads is None:

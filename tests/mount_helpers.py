@@ -1,0 +1,217 @@
+"""Real FUSE mounts for tests: mount in a temp dir, wait until listable, ALWAYS clean up.
+
+Modelled on pyfuse3's test suite (``wait_for_mount`` / ``umount``): the daemon runs as a
+subprocess, the fixture polls until the mount is listable or the process died (with a
+timeout), and on the way out unmounts, waits for the daemon, terminates it, kills it, and
+checks its exit status and stderr. Nothing is left mounted or running, even when a test fails.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+#: How the tests run blobfs (the installed console script may be absent in a checkout).
+BLOBFS = [sys.executable, "-m", "blobfs"]
+LIBFUSE_VERSIONS = (2, 3)
+MOUNT_TIMEOUT = 20.0
+EXIT_TIMEOUT = 10.0
+
+
+def fuse_available() -> str | None:
+    """Why real mounts cannot run here, or None when they can."""
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if not (shutil.which("fusermount3") or shutil.which("fusermount")):
+        return "no fusermount"
+    return None
+
+
+requires_fuse = pytest.mark.skipif(fuse_available() is not None, reason=fuse_available() or "")
+
+
+def libfuse_available(version: int) -> bool:
+    from ctypes.util import find_library
+
+    return find_library("fuse3" if version == 3 else "fuse") is not None
+
+
+def libfuse_params() -> list:
+    """pytest params for the libfuse versions; a missing library skips, not passes."""
+    return [pytest.param(v, id=f"libfuse{v}",
+                         marks=pytest.mark.skipif(not libfuse_available(v), reason=f"libfuse {v} not installed"))
+            for v in LIBFUSE_VERSIONS]
+
+
+def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            parts = line.split(" - ")[0].split()
+            if len(parts) >= 5 and parts[4].replace("\\040", " ") == target:
+                return True
+    return False
+
+
+def force_unmount(mountpoint: str | os.PathLike[str]) -> None:
+    """Lazy-unmount with whatever works; never raises (cleanup path)."""
+    for cmd in (["fusermount3", "-u", "-z", "-q"], ["fusermount", "-u", "-z", "-q"], ["umount", "-l"]):
+        if not is_mounted(mountpoint):
+            return
+        if shutil.which(cmd[0]):
+            subprocess.run([*cmd, str(mountpoint)], capture_output=True, timeout=30)
+
+
+def daemon_pids(mountpoint: str | os.PathLike[str]) -> list[int]:
+    """Pids of blobfs processes whose command line names ``mountpoint``."""
+    want = os.path.abspath(mountpoint).encode()
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"blobfs" in b" ".join(args) and want in args:
+            pids.append(int(d))
+    return pids
+
+
+def wait_gone(pids: list[int], timeout: float = EXIT_TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(os.path.exists(f"/proc/{p}") and _state(p) != "Z" for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
+
+
+def wait_for_mount(mountpoint: Path, proc: subprocess.Popen | None, timeout: float = MOUNT_TIMEOUT) -> None:
+    """Until ``mountpoint`` is a listable mount; fails early if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"blobfs exited with {proc.returncode} before mounting")
+        if is_mounted(mountpoint):
+            try:
+                os.listdir(mountpoint)
+                return
+            except OSError:
+                pass
+        time.sleep(0.02)
+    raise AssertionError(f"{mountpoint} not mounted within {timeout} s")
+
+
+@dataclass
+class Mount:
+    """A running foreground daemon and its mount point."""
+
+    mountpoint: Path
+    proc: subprocess.Popen
+    libfuse: int
+    stderr_path: Path
+    expect_exit: int | None = 0  #: checked at cleanup; None = do not check
+    checked: bool = field(default=False)
+
+    def path(self, rel: str = "") -> Path:
+        return self.mountpoint / rel if rel else self.mountpoint
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = EXIT_TIMEOUT) -> int:
+        """Send ``sig`` and wait for the daemon; returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def _finish(proc: subprocess.Popen, mountpoint: Path) -> int:
+    # Unmount first: the daemon's loop then ends normally (the kernel answers ENODEV).
+    if is_mounted(mountpoint) and proc.poll() is None:
+        for cmd in (["fusermount3", "-u", "-q"], ["fusermount", "-u", "-q"]):
+            if shutil.which(cmd[0]) and is_mounted(mountpoint):
+                subprocess.run([*cmd, str(mountpoint)], capture_output=True, timeout=30)
+    try:
+        return proc.wait(timeout=EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
+        return proc.wait(timeout=EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=EXIT_TIMEOUT)
+    finally:
+        force_unmount(mountpoint)
+
+
+@contextmanager
+def mounted(source: str | os.PathLike[str], mountpoint: Path, *, libfuse: int, args: tuple[str, ...] = (),
+            env: dict[str, str] | None = None, expect_exit: int | None = 0) -> Iterator[Mount]:
+    """Run ``blobfs mount -f`` on ``mountpoint`` (must exist) and yield once it is listable."""
+    mountpoint = Path(mountpoint)
+    errf = tempfile.NamedTemporaryFile(prefix="blobfs-stderr-", suffix=".log", delete=False)
+    cmd = [*BLOBFS, "mount", "-f", "--libfuse", str(libfuse), *args, str(source), str(mountpoint)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
+                            env={**os.environ, **(env or {})})
+    m = Mount(mountpoint, proc, libfuse, Path(errf.name), expect_exit)
+    try:
+        try:
+            wait_for_mount(mountpoint, proc)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; stderr:\n{m.stderr()}") from None
+        yield m
+    finally:
+        rc = _finish(proc, mountpoint)
+        errf.close()
+        err = m.stderr()
+        os.unlink(errf.name)
+        assert not is_mounted(mountpoint), f"{mountpoint} still mounted"
+        if m.expect_exit is not None:
+            assert rc == m.expect_exit, f"daemon exit status {rc}, stderr:\n{err}"
+            assert "Traceback" not in err, err
+
+
+def mount_cmd(source: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *args: str,
+              libfuse: int | None = None) -> list[str]:
+    """The background ``blobfs mount`` command line."""
+    extra = ["--libfuse", str(libfuse)] if libfuse else []
+    return [*BLOBFS, "mount", *extra, *args, str(source), str(mountpoint)]
+
+
+@contextmanager
+def cleanup_mountpoint(mountpoint: Path) -> Iterator[Path]:
+    """For tests that mount by other means (background mode, mount(8)): always clean up."""
+    try:
+        yield mountpoint
+    finally:
+        pids = daemon_pids(mountpoint)
+        force_unmount(mountpoint)
+        if not wait_gone(pids):
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            wait_gone(pids)
+        assert not is_mounted(mountpoint), f"{mountpoint} still mounted"
