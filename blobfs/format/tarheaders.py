@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import posixpath
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 from blobfs.errors import TarFormatError
@@ -46,11 +46,10 @@ _REGULAR_TYPES = frozenset((b"0", b"\0", b"7", b"S"))
 _SUPPORTED_TYPES = frozenset((b"0", b"\0", b"1", b"2", b"5", b"6", b"7", b"3", b"4",
                               b"L", b"K", b"S"))
 _GNU_TYPES = frozenset((b"L", b"K", b"S"))
-_PAX_TYPES = frozenset((b"x", b"g", b"X"))
 _DIRTYPE = b"5"
 
-#: Consecutive extension headers (L/K/x) before one member; tarfile recurses once per header
-#: and would hit RecursionError on a crafted archive.
+#: Consecutive extension headers (L/K/x/g) before one member; tarfile recurses once per
+#: header and would hit RecursionError on a crafted archive.
 _MAX_EXT_DEPTH = 32
 #: A GNU long name or PAX header larger than this is refused rather than read into memory.
 _MAX_EXT_SIZE = 64 * 1024 * 1024
@@ -68,9 +67,12 @@ _COMPRESSED_MAGIC = (
     (b"LZIP", "lzip"),
 )
 
-# name, mode, uid, gid, size, mtime, chksum, type, linkname, (magic, version, uname, gname
-# skipped), devmajor, devminor, prefix.
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s72x8s8s155s12x")
+# name, mode+uid+gid, size, mtime, chksum, type, linkname, (magic, version, uname, gname
+# skipped), devmajor+devminor, prefix.
+_HEADER = struct.Struct("100s24s12s12s8sc100s72x16s155s12x")
+_EXT_TYPES = frozenset(b"xgXLK")     # extension header type bytes (as ints)
+_EXT_TYPE_FLAGS = frozenset((b"x", b"g", b"X", b"L", b"K"))
+_CACHE_LIMIT = 4096
 _adler32 = zlib.adler32
 
 
@@ -102,26 +104,8 @@ class _HeaderError(Exception):
         self.detail = detail
 
 
-class _Info:
-    """Mutable per-header state, like tarfile.TarInfo while it is being built."""
-
-    __slots__ = ("name", "mode", "size", "mtime", "type", "linkname", "offset", "offset_data",
-                 "pax")
-
-    def __init__(self, name: str, mode: int, size: int, mtime: float, type_: bytes,
-                 linkname: str, offset: int) -> None:
-        self.name = name
-        self.mode = mode
-        self.size = size
-        self.mtime = mtime
-        self.type = type_
-        self.linkname = linkname
-        self.offset = offset
-        self.offset_data = offset + BLOCK
-        self.pax: dict[str, str] | None = None
-
-    def isreg(self) -> bool:
-        return self.type in _REGULAR_TYPES
+#: What one header block says: name, mode, size, mtime, type, linkname.
+_Header = tuple[str, int, int, int, bytes, str]
 
 
 def _round_up(n: int) -> int:
@@ -155,18 +139,36 @@ def _signed_checksum(buf: bytes) -> int:
     return 256 + sum(struct.unpack_from("148b8x356b", buf))
 
 
+def _sparse_error(path: str, name: str, offset: int) -> TarFormatError:
+    return TarFormatError(f"{path}: member {name!r} at offset {offset} is sparse: its data "
+                          "is not stored contiguously, blobfs refuses to serve it")
+
+
 class _Parser:
-    """Walks one archive. Mirrors TarFile.next()/TarInfo._proc_* step by step."""
+    """Walks one archive, reproducing TarFile.next() and TarInfo._proc_*.
+
+    tarfile handles extension headers (L, K, x, g) by recursion: the member header is
+    processed first, then each extension header applies its change on the way back out, the
+    outermost last. Here they are collected in ``pending`` and applied in reverse order,
+    which gives the same result without recursion.
+    """
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
         self.filesize = os.fstat(fd).st_size
         self.globals: dict[str, str] = {}   # tarfile.pax_headers (updated by "g" headers)
-        self.next_offset = 0                 # tarfile.offset
         self._buf = b""
         self._buf_start = 0
-        self._nti_cache: dict[bytes, int] = {}
+        # Parse caches (cleared when full). Archives repeat mode/uid/gid/mtime fields, the
+        # PAX header block and often its records ("mtime=..."), so most of a typical
+        # member's validation is a dict hit.
+        self._num_cache: dict[bytes, int] = {}
+        self._ext_cache: dict[bytes, _Header] = {}
+        self._pax_cache: dict[bytes, dict[str, str]] = {}
+
+    def error(self, problem: str) -> TarFormatError:
+        return TarFormatError(f"{self.path}: {problem}")
 
     # -- reading -------------------------------------------------------------------------
     def _read(self, offset: int, n: int) -> bytes:
@@ -179,128 +181,127 @@ class _Parser:
         try:
             data = os.pread(self.fd, max(n, want), offset)
         except OSError as e:
-            raise TarFormatError(f"{self.path}: cannot read at offset {offset}: "
-                                 f"{e.strerror or e}") from None
+            raise self.error(f"cannot read at offset {offset}: {e.strerror or e}") from None
         self._buf, self._buf_start = data, offset
         return data[:n]
 
-    def error(self, problem: str) -> TarFormatError:
-        return TarFormatError(f"{self.path}: {problem}")
-
     # -- one header block (TarInfo.frombuf) ----------------------------------------------
+    def _header(self, offset: int) -> _Header:
+        start = offset - self._buf_start
+        buf = self._buf
+        if 0 <= start and start + BLOCK <= len(buf):
+            block = buf[start:start + BLOCK]
+        else:
+            block = self._read(offset, BLOCK)
+        if len(block) == BLOCK and block[156] in _EXT_TYPES:
+            hit = self._ext_cache.get(block)
+            if hit is None:
+                hit = self._frombuf(block, offset)
+                if len(self._ext_cache) > _CACHE_LIMIT:
+                    self._ext_cache.clear()
+                self._ext_cache[block] = hit
+            return hit
+        return self._frombuf(block, offset)
+
     def _num(self, field: bytes, offset: int, what: str) -> int:
-        # mode/uid/gid/mtime/dev fields repeat across members: cache their parse.
-        n = self._nti_cache.get(field)
+        """tarfile.nti of a field, cached; tarfile's "invalid header" as _HeaderError."""
+        n = self._num_cache.get(field)
         if n is None:
             try:
                 n = _nti(field)
             except ValueError:
                 raise _HeaderError("invalid", offset, f"invalid {what} field {field!r}") from None
-            if len(self._nti_cache) > 4096:
-                self._nti_cache.clear()
-            self._nti_cache[field] = n
+            if len(self._num_cache) > _CACHE_LIMIT:
+                self._num_cache.clear()
+            self._num_cache[field] = n
         return n
 
-    def _frombuf(self, buf: bytes, offset: int) -> _Info:
-        if not buf:
-            raise _HeaderError("empty", offset)
+    def _ids(self, field: bytes, offset: int, what: str) -> int:
+        """Validate consecutive 8-byte numeric fields (mode+uid+gid, devmajor+devminor)."""
+        first = self._num(field[:8], offset, what)
+        for i in range(8, len(field), 8):
+            self._num(field[i:i + 8], offset, what)
+        self._num_cache[field] = first
+        return first
+
+    def _frombuf(self, buf: bytes, offset: int) -> _Header:
         if len(buf) != BLOCK:
-            raise _HeaderError("truncated", offset)
+            raise _HeaderError("empty" if not buf else "truncated", offset)
         if buf == _ZERO_BLOCK:
             raise _HeaderError("eof", offset)
-        (name, mode, uid, gid, size, mtime, chksum, type_, linkname, devmajor, devminor,
-         prefix) = _HEADER.unpack(buf)
-        want = self._num(chksum, offset, "checksum")
+        name, ids, size, mtime, chksum, type_, linkname, devs, prefix = _HEADER.unpack(buf)
+        cache = self._num_cache
+        want = cache.get(chksum)
+        if want is None:
+            want = self._num(chksum, offset, "checksum")
         # Unsigned sum with the checksum field counted as 8 spaces (256). adler32's low
         # half is 1 + sum(bytes) mod 65521, exact for chunks of at most 256 bytes.
         got = ((_adler32(buf[:148]) & 0xFFFF) + (_adler32(buf[156:356]) & 0xFFFF)
                + (_adler32(buf[356:]) & 0xFFFF) + 253)
         if want != got and want != _signed_checksum(buf):
             raise _HeaderError("invalid", offset, "bad header checksum")
-        num = self._num
-        mode_n = num(mode, offset, "mode")
-        num(uid, offset, "uid")
-        num(gid, offset, "gid")
+        mode_n = cache.get(ids)
+        if mode_n is None:
+            mode_n = self._ids(ids, offset, "mode/uid/gid")
+        mtime_n = cache.get(mtime)
+        if mtime_n is None:
+            mtime_n = self._num(mtime, offset, "mtime")
+        if devs not in cache:
+            self._ids(devs, offset, "devmajor/devminor")
+        p = size.find(0)
         try:
-            size_n = _nti(size)
-        except ValueError:
-            raise _HeaderError("invalid", offset, f"invalid size field {size!r}") from None
-        mtime_n = num(mtime, offset, "mtime")
-        num(devmajor, offset, "devmajor")
-        num(devminor, offset, "devminor")
-        info = _Info(_nts(name), mode_n, size_n, mtime_n, type_, _nts(linkname), offset)
-        if type_ == b"\0" and info.name.endswith("/"):
-            info.type = _DIRTYPE          # old v7: a directory is a regular file named "x/"
-        if info.type == _DIRTYPE:
-            info.name = info.name.rstrip("/")
+            size_n = int(size[:p] if p >= 0 else size, 8)
+        except ValueError:          # base-256, spaces, empty...: the exact slow path
+            try:
+                size_n = _nti(size)
+            except ValueError:
+                raise _HeaderError("invalid", offset, f"invalid size field {size!r}") from None
+        p = name.find(0)
+        name_s = (name[:p] if p >= 0 else name).decode("utf-8", "surrogateescape")
+        link_s = _nts(linkname) if linkname[0] else ""
+        if type_ == b"\0" and name_s.endswith("/"):
+            type_ = _DIRTYPE          # old v7: a directory is a regular file named "x/"
+        if type_ == _DIRTYPE:
+            name_s = name_s.rstrip("/")
         if prefix[0] and type_ not in _GNU_TYPES:
-            info.name = _nts(prefix) + "/" + info.name
-        return info
+            name_s = _nts(prefix) + "/" + name_s
+        return name_s, mode_n, size_n, mtime_n, type_, link_s
 
-    # -- a member and its extension headers (TarInfo.fromtarfile / _proc_*) --------------
-    def fromtarfile(self, offset: int, depth: int) -> _Info:
-        info = self._frombuf(self._read(offset, BLOCK), offset)
-        if info.size < 0:
-            raise self.error(f"negative size {info.size} in header at offset {offset}")
-        t = info.type
-        if t == b"L" or t == b"K":
-            return self._proc_gnulong(info, depth)
-        if t == b"S":
-            raise self.error(f"member {info.name!r} at offset {offset} is sparse: its data is "
-                             "not stored contiguously, blobfs refuses to serve it")
-        if t in _PAX_TYPES:
-            return self._proc_pax(info, depth)
-        return self._proc_builtin(info)
-
-    def _subsequent(self, offset: int, depth: int, owner: _Info) -> _Info:
-        """The header after an extension header: any header problem is fatal there."""
-        if depth >= _MAX_EXT_DEPTH:
+    # -- extension headers (TarInfo._proc_gnulong / _proc_pax) ---------------------------
+    def _extension(self, header: _Header, offset: int, pending: list) -> int:
+        """Read the extension header at ``offset``; return where the next header starts."""
+        t, size = header[4], header[2]
+        n = _round_up(size)
+        if size < 0 or size > _MAX_EXT_SIZE:
+            raise self.error(f"extension header at offset {offset} has a bad size ({size})")
+        if offset + BLOCK + n > self.filesize:
+            raise self.error(f"truncated: extension header at offset {offset} needs "
+                             f"{size} bytes, the file ends first")
+        if len(pending) >= _MAX_EXT_DEPTH:
             raise self.error(f"more than {_MAX_EXT_DEPTH} consecutive extension headers "
-                             f"at offset {owner.offset}")
-        try:
-            return self.fromtarfile(offset, depth + 1)
-        except _HeaderError as e:
-            what = {"eof": "an end-of-archive block", "empty": "end of file",
-                    "truncated": "a truncated header"}.get(e.kind, e.detail)
-            raise self.error(f"extension header at offset {owner.offset} is followed by "
-                             f"{what} at offset {e.offset}") from None
-
-    def _ext_data(self, info: _Info) -> bytes:
-        n = _round_up(info.size)
-        if info.size > _MAX_EXT_SIZE:
-            raise self.error(f"extension header at offset {info.offset} is too large "
-                             f"({info.size} bytes)")
-        if info.offset_data + n > self.filesize:
-            raise self.error(f"truncated: extension header at offset {info.offset} needs "
-                             f"{info.size} bytes, the file ends first")
-        return self._read(info.offset_data, n)
-
-    def _proc_builtin(self, info: _Info) -> _Info:
-        offset = info.offset_data
-        if info.type in _REGULAR_TYPES or info.type not in _SUPPORTED_TYPES:
-            offset += _round_up(info.size)   # only these types have data blocks (tarfile)
-        self.next_offset = offset
-        if self.globals:
-            self._apply_pax(info, self.globals)
-        if info.type == _DIRTYPE:
-            info.name = info.name.rstrip("/")
-        return info
-
-    def _proc_gnulong(self, info: _Info, depth: int) -> _Info:
-        buf = self._ext_data(info)
-        nxt = self._subsequent(info.offset_data + len(buf), depth, info)
-        nxt.offset = info.offset
-        if info.type == b"L":
-            nxt.name = _nts(buf)
+                             f"at offset {offset}")
+        data = self._read(offset + BLOCK, n)
+        if t == b"L" or t == b"K":
+            pending.append((t, _nts(data), offset))
         else:
-            nxt.linkname = _nts(buf)
-        if nxt.type == _DIRTYPE:
-            nxt.name = nxt.name.removesuffix("/")
-        return nxt
+            records = self._pax_cache.get(data)
+            if records is None:
+                records = self._pax_records(data, offset)
+                if n <= BLOCK:
+                    if len(self._pax_cache) > _CACHE_LIMIT:
+                        self._pax_cache.clear()
+                    self._pax_cache[data] = records
+            if t == b"g":
+                self.globals.update(records)
+                pending.append((t, None, offset))
+            else:   # b"x" and Solaris b"X"; records are shared with the cache: read-only
+                pending.append((b"x", {**self.globals, **records} if self.globals else records,
+                                offset))
+        return offset + BLOCK + n
 
-    def _pax_records(self, buf: bytes, offset: int) -> list[tuple[bytes, bytes]]:
-        """``"<len> <keyword>=<value>\\n"`` records, framed as CPython >= 3.12 checks them."""
-        records = []
+    def _pax_records(self, buf: bytes, offset: int) -> dict[str, str]:
+        """``"<len> <keyword>=<value>\n"`` records, framed as CPython >= 3.12 checks them."""
+        records = {}
         pos, end = 0, len(buf)
         while pos < end and buf[pos] != 0:
             sp = buf.find(b" ", pos, pos + 21)
@@ -314,89 +315,107 @@ class _Parser:
             keyword, eq, value = buf[sp + 1:last].partition(b"=")
             if not keyword or not eq:
                 raise self.error(f"malformed PAX record in header at offset {offset}")
-            records.append((keyword, value))
+            # hdrcharset only matters for non-UTF-8 names, which tarfile then decodes with
+            # the file-system encoding: UTF-8 + surrogateescape, as every value is here.
+            records[keyword.decode("utf-8", "surrogateescape")] = value.decode(
+                "utf-8", "surrogateescape")
             pos += length
+        for k in records:
+            if k.startswith("GNU.sparse."):
+                name = records.get("GNU.sparse.name") or records.get("path") or "?"
+                raise _sparse_error(self.path, name, offset)
         return records
 
-    def _proc_pax(self, info: _Info, depth: int) -> _Info:
-        buf = self._ext_data(info)
-        records = self._pax_records(buf, info.offset)
-        pax = self.globals if info.type == b"g" else dict(self.globals)
-        # hdrcharset only matters for non-UTF-8 names; tarfile then uses the file-system
-        # encoding (UTF-8 + surrogateescape), which is what every value gets here anyway.
-        for keyword, value in records:
-            pax[keyword.decode("utf-8", "surrogateescape")] = value.decode(
-                "utf-8", "surrogateescape")
-        if any(k.startswith("GNU.sparse.") for k in pax):
-            name = pax.get("GNU.sparse.name") or pax.get("path") or "?"
-            raise self.error(f"member {name!r} at offset {info.offset} is sparse: its data is "
-                             "not stored contiguously, blobfs refuses to serve it")
-        nxt = self._subsequent(info.offset_data + len(buf), depth, info)
-        if info.type != b"g":
-            self._apply_pax(nxt, pax)
-            nxt.offset = info.offset
-            if "size" in pax:
-                # The real size lives in the PAX record: recompute where the next header is.
-                offset = nxt.offset_data
-                if nxt.type in _REGULAR_TYPES or nxt.type not in _SUPPORTED_TYPES:
-                    offset += _round_up(nxt.size)
-                self.next_offset = offset
-        return nxt
-
-    def _apply_pax(self, info: _Info, pax: dict[str, str]) -> None:
+    def _apply_pax(self, pax: dict[str, str], name: str, linkname: str, size: int,
+                   mtime: float, offset: int) -> tuple[str, str, int, float]:
         """TarInfo._apply_pax_info for the fields TarMember carries."""
-        for keyword, value in pax.items():
-            if keyword == "path":
-                info.name = value.rstrip("/")
-            elif keyword == "linkpath":
-                info.linkname = value
-            elif keyword == "size":
-                try:
-                    info.size = int(value)
-                except ValueError:
-                    info.size = 0            # tarfile's fallback for a bad number
-                if info.size < 0:
-                    raise self.error(f"negative PAX size {info.size} for member "
-                                     f"{info.name!r} at offset {info.offset}")
-            elif keyword == "mtime":
-                try:
-                    info.mtime = float(value)
-                except ValueError:
-                    info.mtime = 0
+        if "path" in pax:
+            name = pax["path"].rstrip("/")
+        if "linkpath" in pax:
+            linkname = pax["linkpath"]
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                size = 0                 # tarfile's fallback for a bad number
+            if size < 0:
+                raise self.error(f"negative PAX size {size} for member {name!r} at offset "
+                                 f"{offset}")
+        if "mtime" in pax:
+            try:
+                mtime = float(pax["mtime"])
+            except ValueError:
+                mtime = 0
+        return name, linkname, size, mtime
 
     # -- the archive (TarFile.next) ------------------------------------------------------
-    def _first_header_problem(self, e: _HeaderError) -> TarFormatError:
-        head = self._read(0, 8)
-        for magic, kind in _COMPRESSED_MAGIC:
-            if head.startswith(magic):
-                return self.error(f"{kind}-compressed data: compressed tar is not supported, "
-                                  "decompress it to a plain .tar first")
+    def _header_problem(self, e: _HeaderError, offset: int, pending: list) -> TarFormatError:
+        if pending:
+            what = {"eof": "an end-of-archive block", "empty": "end of file",
+                    "truncated": "a truncated header"}.get(e.kind, e.detail)
+            return self.error(f"extension header at offset {pending[-1][2]} is followed by "
+                              f"{what} at offset {e.offset}")
+        if offset == 0:
+            head = self._read(0, 8)
+            for magic, kind in _COMPRESSED_MAGIC:
+                if head.startswith(magic):
+                    return self.error(f"{kind}-compressed data: compressed tar is not "
+                                      "supported, decompress it to a plain .tar first")
+            if e.kind == "truncated":
+                return self.error(f"not a tar file ({self.filesize} bytes, shorter than one "
+                                  "header block)")
+            return self.error(f"not a tar file ({e.detail} at offset 0)")
         if e.kind == "truncated":
-            return self.error(f"not a tar file ({self.filesize} bytes, shorter than one "
-                              "header block)")
-        return self.error(f"not a tar file ({e.detail} at offset 0)")
+            return self.error(f"truncated header at offset {offset} (the file ends "
+                              f"{self.filesize - offset} bytes into it)")
+        return self.error(f"{e.detail} at offset {e.offset}")
 
     def members(self) -> Iterator[TarMember]:
         offset = 0
         while True:
+            pending: list[tuple[bytes, Any, int]] = []
             try:
-                info = self.fromtarfile(offset, 0)
+                header = self._header(offset)
+                while header[4] in _EXT_TYPE_FLAGS:
+                    offset = self._extension(header, offset, pending)
+                    header = self._header(offset)
             except _HeaderError as e:
-                if e.kind == "eof" or e.kind == "empty":
-                    return                   # first zero block / EOF at a block boundary
-                if offset == 0:
-                    raise self._first_header_problem(e) from None
-                if e.kind == "truncated":
-                    raise self.error(f"truncated header at offset {offset} (the file ends "
-                                     f"{self.filesize - offset} bytes into it)") from None
-                raise self.error(f"{e.detail} at offset {e.offset}") from None
-            if self.next_offset > self.filesize:
-                raise self.error(f"truncated: member {info.name!r} needs {info.size} bytes "
-                                 f"from offset {info.offset_data}, the file ends at "
-                                 f"{self.filesize}")
-            yield TarMember(info.name, info.offset, info.offset_data, info.size, info.type,
-                            info.mode, float(info.mtime), info.linkname)
-            offset = self.next_offset
+                if not pending and e.kind in ("eof", "empty"):
+                    return              # first zero block / EOF at a block boundary
+                raise self._header_problem(e, offset, pending) from None
+            name, mode, size, mtime, t, linkname = header
+            if size < 0:
+                raise self.error(f"negative size {size} in header at offset {offset}")
+            if t == b"S":
+                raise _sparse_error(self.path, name, offset)
+            # TarInfo._proc_builtin: only regular and unknown types have data blocks.
+            data_at = offset + BLOCK
+            has_data = t in _REGULAR_TYPES or t not in _SUPPORTED_TYPES
+            end = data_at + _round_up(size) if has_data else data_at
+            if self.globals:
+                name, linkname, size, mtime = self._apply_pax(
+                    self.globals, name, linkname, size, mtime, offset)
+            if t == _DIRTYPE:
+                name = name.rstrip("/")
+            header_offset = offset
+            for kind, value, ext_offset in reversed(pending):
+                if kind == b"L":
+                    name = value.removesuffix("/") if t == _DIRTYPE else value
+                elif kind == b"K":
+                    linkname = value
+                elif kind == b"x":
+                    name, linkname, size, mtime = self._apply_pax(
+                        value, name, linkname, size, mtime, ext_offset)
+                    if "size" in value:
+                        end = data_at + _round_up(size) if has_data else data_at
+                if kind != b"g":
+                    header_offset = ext_offset
+            if end > self.filesize:
+                raise self.error(f"truncated: member {name!r} needs {size} bytes from offset "
+                                 f"{data_at}, the file ends at {self.filesize}")
+            yield TarMember(name, header_offset, data_at, size, t, mode, float(mtime),
+                            linkname)
+            offset = end
 
 
 def iter_members(path: str | os.PathLike[str]) -> Iterator[TarMember]:
@@ -437,8 +456,10 @@ def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
     are kept, as the SDK keeps them.
     """
     out = []
-    for m in regular_members(path):
-        base = posixpath.basename(m.name)
+    for m in iter_members(path):
+        if m.type not in _REGULAR_TYPES:
+            continue
+        base = m.name.rpartition("/")[2]     # == os.path.basename on POSIX, as the SDK does
         if include and not _matches(include, m.name, base):
             continue
         if exclude and _matches(exclude, m.name, base):
