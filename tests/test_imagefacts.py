@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,46 @@ def test_prefix_falls_back_to_whole_item_for_long_jpeg_headers() -> None:
     # A short item is its own prefix: no second read, the error names it.
     with pytest.raises(ImageHeaderError, match="short.png"):
         facts_from_prefix(b"not an image", lambda: pytest.fail("re-read a short item"), "short.png")
+
+
+def test_images_report_against_full_decode(classic_project: Path, tmp_path: Path) -> None:
+    import shutil
+    from collections import Counter
+
+    import blobfs
+    from blobfs.cli.preview import format_images_report, images_report
+
+    proj = tmp_path / "p"
+    shutil.copytree(classic_project, proj)
+    (proj / "ds2/img/scan 04.png").write_bytes(b"broken")
+    images = _fixture_images(proj)
+    decoded = [_decoded(p) for p in images if p.name != "scan 04.png"]
+    with blobfs.open_project(proj) as p:
+        report = images_report(p, progress=True)
+    assert report["items"] == len(images) and report["unreadable"] == 1
+    assert report["unreadable_examples"] == ["ds2/img/scan 04.png"]
+    assert report["formats"] == dict(Counter(f.format for f in decoded))
+    assert report["modes"] == dict(Counter(f.mode for f in decoded))
+    assert report["width"] == {"min": min(f.width for f in decoded), "max": max(f.width for f in decoded)}
+    assert report["height"] == {"min": min(f.height for f in decoded), "max": max(f.height for f in decoded)}
+    assert report["bytes"] == sum(p.stat().st_size for p in images)
+    hist = report["longest_side"]
+    assert sum(b["count"] for b in hist) == len(decoded)
+    lo = 0
+    for b in hist:  # each image in the bucket of its longest side
+        hi = b["upto"] or 10**9
+        assert b["count"] == sum(lo < max(f.width, f.height) <= hi for f in decoded)
+        lo = hi
+    json.dumps(report)  # JSON-serializable for info --json
+    text = format_images_report(report)
+    assert "unreadable:   1" in text and "JPEG" in text and "PNG" in text
+
+
+def test_info_images_cli(blob_project: Path) -> None:
+    from click.testing import CliRunner
+
+    from blobfs.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["info", str(blob_project), "--images"])
+    assert res.exit_code == 0, res.output
+    assert "formats:" in res.output and "longest side:" in res.output

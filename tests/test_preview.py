@@ -20,6 +20,7 @@ from blobfs.preview import sheet as sheet_mod
 from blobfs.preview.draw import FILL_ALPHA
 from blobfs.preview.options import PreviewOptions
 from blobfs.preview.sheet import PLACEHOLDER_BG, render_sheet, sample_items, write_sheet
+from mount_helpers import libfuse_available, mounted, requires_fuse
 from sdk_rules import read_project
 
 THUMB = 96
@@ -293,3 +294,18 @@ def test_cli_preview(blob_project: Path, tmp_path: Path) -> None:
     assert usage.exit_code == 2
     notdir = CliRunner().invoke(cli, ["preview", str(blob_project), "-o", str(tmp_path / "no/such/x.png")])
     assert notdir.exit_code == 2 and "Traceback" not in notdir.output
+
+
+@pytest.mark.mount
+@requires_fuse
+def test_preview_of_mount_point_equals_classic_project(blob_project: Path, classic_project: Path, tmp_path: Path) -> None:
+    # A mount point is just a classic project folder: its sheet is pixel-identical to the
+    # sheet of the SDK-made classic copy of the same project.
+    opts = PreviewOptions(limit=40, seed=3, columns=8, thumb=64)
+    with blobfs.open_project(classic_project) as p:
+        want = render_sheet(p, None, opts)
+    libfuse = next(v for v in (3, 2) if libfuse_available(v))
+    with mounted(blob_project, tmp_path, libfuse=libfuse) as m:
+        with blobfs.open_project(m.path()) as p:
+            got = render_sheet(p, None, opts)
+    assert got.tobytes() == want.tobytes()

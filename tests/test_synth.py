@@ -11,6 +11,8 @@ import blobfs
 from blobfs.errors import BlobfsError
 from blobfs.preview.imagefacts import image_facts
 from blobfs.preview.synth import synth_ann_bytes, synthesize_ann
+from mount_helpers import libfuse_params, mounted, requires_fuse
+from sdk_rules import read_project
 
 
 def _empty_annotations(classic_project: Path) -> list[tuple[Path, Path]]:
@@ -80,3 +82,30 @@ def test_open_project_synthesizes_missing_annotations(tmp_path: Path, blob_proje
         assert p.read(f"ds1/ann/{kept.name}") == kept.read_bytes()
     with blobfs.open_project(proj) as p:  # without the flag: unchanged behaviour
         assert not set(removed) & set(p.files())
+
+
+@pytest.mark.mount
+@requires_fuse
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_mount_synthesize_ann_opens_whole_under_sdk_rules(tmp_path: Path, blob_project: Path, libfuse: int) -> None:
+    proj = tmp_path / "p"
+    removed = _strip_annotations(blob_project, proj)
+    # Without annotations the SDK drops ds1 whole (FORMAT.md §7).
+    assert "ds1" not in read_project(proj).counts()
+    want = read_project(blob_project).counts()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted(proj, mnt, libfuse=libfuse, args=("--synthesize-ann",)) as m:
+        sdk = read_project(m.path())
+        assert sdk.warnings == [] and sdk.counts() == want
+        for path in removed:
+            ann = m.path(path)
+            img = m.path(path.replace("/ann/", "/img/")[: -len(".json")])
+            facts = image_facts(img)
+            raw = ann.read_bytes()
+            assert json.loads(raw)["size"] == {"height": facts.height, "width": facts.width}, path
+            assert raw == synthesize_ann(facts.width, facts.height)
+            assert ann.stat().st_size == len(raw)
+        # Real annotation files win over synthesized ones.
+        for ann in sorted((proj / "ds1/ann").glob("*.json"))[:5]:
+            assert m.path(f"ds1/ann/{ann.name}").read_bytes() == ann.read_bytes()
