@@ -64,6 +64,11 @@ def check_mountpoint(opts: MountOptions) -> None:
         raise MountUsageError(f"{mp}: mount point is not a directory")
     entry = mount_entry(mp)
     if entry is not None:
+        if is_stale(mp):
+            raise MountError(
+                f"{mp}: stale mount left by a dead daemon (Transport endpoint is not connected); "
+                f"run 'blobfs umount {mp}' first"
+            )
         raise MountError(f"{mp}: already mounted ({entry[0]} from {entry[1]})")
     src = opts.source
     if mp == src or src in mp.parents:

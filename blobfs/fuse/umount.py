@@ -58,8 +58,11 @@ def mount_entry(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
     """True when ``mountpoint`` is a FUSE mount whose daemon is gone (ENOTCONN)."""
+    # stat() alone can succeed from the kernel's attribute cache after the daemon died;
+    # listing needs the daemon.
     try:
-        os.stat(mountpoint)
+        with os.scandir(mountpoint) as it:
+            next(it, None)
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False

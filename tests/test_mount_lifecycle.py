@@ -1,0 +1,298 @@
+"""Mount lifecycle for real: signals, stale mounts, background mode, errors, fstab, busy umount."""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, mount_cmd,
+                           mounted, requires_fuse, wait_for_mount, wait_gone)
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(90), requires_fuse]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _blobfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*BLOBFS, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def _one_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_sigterm_with_a_reader_holding_a_file_open(blob_project, tmp_path, libfuse):
+    with mounted(blob_project, tmp_path, libfuse=libfuse) as m:
+        f = open(m.path("ds1/img/img_000.png"), "rb")
+        try:
+            assert f.read(8)
+            assert m.stop(signal.SIGTERM) == 0
+            assert not is_mounted(tmp_path)
+        finally:
+            try:
+                f.close()
+            except OSError:
+                pass
+        assert "Traceback" not in m.stderr()
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_sigint_unmounts_cleanly(blob_project, tmp_path, libfuse):
+    with mounted(blob_project, tmp_path, libfuse=libfuse) as m:
+        assert m.stop(signal.SIGINT) == 0
+        assert not is_mounted(tmp_path)
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_sigkill_then_umount_then_mount_again(blob_project, tmp_path, libfuse):
+    with cleanup_mountpoint(tmp_path):
+        with mounted(blob_project, tmp_path, libfuse=libfuse, expect_exit=None) as m:
+            assert m.stop(signal.SIGKILL) == -signal.SIGKILL
+            with pytest.raises(OSError) as e:
+                os.listdir(tmp_path)
+            assert e.value.errno == errno.ENOTCONN
+            # mounting over the stale mount is refused with a hint, before anything changes
+            r = _blobfs("mount", "--libfuse", str(libfuse), str(blob_project), str(tmp_path))
+            assert r.returncode == 1 and "blobfs umount" in _one_line(r.stderr)
+            r = _blobfs("umount", str(tmp_path))
+            assert r.returncode == 0, r.stderr
+            assert not is_mounted(tmp_path)
+        r = _blobfs("mount", "--libfuse", str(libfuse), str(blob_project), str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(tmp_path)) == ["ds1", "ds2", "meta.json"]
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_background_mode_returns_promptly_with_captured_output(blob_project, tmp_path, libfuse):
+    with cleanup_mountpoint(tmp_path):
+        # capture_output: returns only if the daemon kept none of our pipes
+        r = subprocess.run(mount_cmd(blob_project, tmp_path, libfuse=libfuse), capture_output=True,
+                           text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == ""
+        assert is_mounted(tmp_path) and "ds1" in os.listdir(tmp_path)
+        pids = daemon_pids(tmp_path)
+        assert len(pids) == 1
+        pid = pids[0]
+        assert os.getsid(pid) == pid  # detached: its own session
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        for fd in (0, 1, 2):
+            assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+        r = _blobfs("umount", str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        assert wait_gone(pids)
+
+
+def test_background_mode_logs_to_file(blob_project, tmp_path):
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    log = tmp_path / "blobfs.log"
+    with cleanup_mountpoint(mp):
+        r = _blobfs("mount", "-o", f"log={log}", str(blob_project), str(mp))
+        assert r.returncode == 0, r.stderr
+        pid = daemon_pids(mp)[0]
+        assert os.readlink(f"/proc/{pid}/fd/2") == str(log)
+        assert "mounted" in log.read_text()
+
+
+# -- mount errors: one line on stderr, non-zero, nothing mounted -----------------------------
+def _hostile_project(blob_project: Path, dst: Path) -> Path:
+    shutil.copytree(blob_project, dst)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/blobfs-pwned",))
+
+    (dst / "ds1" / "small_images_offsets.pkl").write_bytes(pickle.dumps({"a.png": Evil()}))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["missing_source", "hostile_pickle", "nonempty_mountpoint",
+                                  "missing_mountpoint", "mountpoint_is_file", "unknown_option",
+                                  "mountpoint_inside_source"])
+def test_mount_errors_give_one_line(blob_project, tmp_path, case):
+    src, mp, extra = blob_project, tmp_path / "mp", []
+    mp.mkdir()
+    if case == "missing_source":
+        src = tmp_path / "nope"
+    elif case == "hostile_pickle":
+        src = _hostile_project(blob_project, tmp_path / "proj")
+    elif case == "nonempty_mountpoint":
+        (mp / "x").write_text("x")
+    elif case == "missing_mountpoint":
+        mp = tmp_path / "nope"
+    elif case == "mountpoint_is_file":
+        mp = tmp_path / "file"
+        mp.write_text("x")
+    elif case == "unknown_option":
+        extra = ["-o", "ro,frobnicate"]
+    elif case == "mountpoint_inside_source":
+        src = shutil.copytree(blob_project, tmp_path / "proj")
+        mp = src / "ds1" / "empty"
+        mp.mkdir()
+    with cleanup_mountpoint(mp):
+        r = _blobfs("mount", *extra, str(src), str(mp))
+        line = _one_line(r.stderr)
+        assert r.returncode == 2, r.stderr
+        assert not is_mounted(mp)
+        if case == "unknown_option":
+            assert "frobnicate" in line
+        elif case in ("missing_source", "hostile_pickle"):
+            assert str(src) in line
+        else:
+            assert str(mp) in line
+    assert not os.path.exists("/tmp/blobfs-pwned")
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_mounting_twice_is_refused(blob_project, tmp_path, libfuse):
+    with mounted(blob_project, tmp_path, libfuse=libfuse):
+        r = _blobfs("mount", "--libfuse", str(libfuse), str(blob_project), str(tmp_path))
+        assert r.returncode == 1
+        assert "already mounted" in _one_line(r.stderr)
+        assert "ds1" in os.listdir(tmp_path)
+
+
+# -- mount(8) and the fstab line -------------------------------------------------------------
+def _wrapper(tmp_path: Path, libfuse: int) -> Path:
+    """A ``blobfs`` executable for mount(8), which runs helpers with PATH removed."""
+    exe = tmp_path / "bin" / "blobfs"
+    exe.parent.mkdir()
+    exe.write_text(f"#!/bin/sh\nBLOBFS_LIBFUSE={libfuse} PYTHONPATH={REPO} exec {sys.executable} -m blobfs \"$@\"\n")
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount") or not shutil.which("mount.fuse3"),
+                    reason="needs root, mount(8) and mount.fuse3")
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_fstab_line_through_mount_fstab(blob_project, tmp_path, libfuse):
+    # mount(8) drops PATH before running mount.fuse3, which then finds a type "fuse.blobfs"
+    # program only in the shell's default PATH; the "PROGRAM#SOURCE" spelling of type "fuse"
+    # takes an absolute program, and gets the very same "SOURCE MOUNTPOINT -o OPTS" call.
+    exe = _wrapper(tmp_path, libfuse)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{exe}#{blob_project} {mp} fuse ro,allow_other,nofail,noauto,_netdev,x-systemd.automount 0 0\n")
+    with cleanup_mountpoint(mp):
+        r = subprocess.run(["mount", "--fstab", str(fstab), str(mp)], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(mp)) == ["ds1", "ds2", "meta.json"]
+        with open("/proc/self/mountinfo") as f:
+            line = next(ln for ln in f if f" {mp} " in ln)
+        assert "allow_other" in line and " ro," in line and "fuse.blobfs" in line
+        r = subprocess.run(["umount", str(mp)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount.fuse3"), reason="needs root and mount.fuse3")
+def test_fstab_type_fuse_blobfs_via_mount_fuse3_and_shipped_helper(blob_project, tmp_path):
+    # What mount(8) does for "fuse.blobfs": mount.fuse3 SOURCE MP -t fuse.blobfs -o OPTS runs
+    # "blobfs SOURCE MP -o OPTS" (from PATH) — our CLI must route that to `mount`.
+    exe = _wrapper(tmp_path, 3)
+    for i, cmd in enumerate([
+        ["mount.fuse3", str(blob_project), "{mp}", "-t", "fuse.blobfs", "-o", "rw,nofail,_netdev,user"],
+        [str(REPO / "systemd" / "mount.fuse.blobfs"), str(blob_project), "{mp}", "-n", "-o", "ro,nofail,defaults"],
+    ]):
+        mp = tmp_path / f"mnt{i}"
+        mp.mkdir()
+        cmd = [c.replace("{mp}", str(mp)) for c in cmd]
+        env = {**os.environ, "PATH": f"{exe.parent}:{os.environ['PATH']}", "BLOBFS": str(exe)}
+        with cleanup_mountpoint(mp):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
+                               stdin=subprocess.DEVNULL)
+            assert r.returncode == 0, r.stderr
+            assert "meta.json" in os.listdir(mp)
+            assert _blobfs("umount", str(mp)).returncode == 0
+
+
+# -- umount ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_umount_busy_then_lazy(blob_project, tmp_path, libfuse):
+    with mounted(blob_project, tmp_path, libfuse=libfuse) as m:
+        holder = subprocess.Popen(["sleep", "60"], cwd=m.path("ds1/img"))
+        try:
+            r = _blobfs("umount", str(tmp_path))
+            assert r.returncode == 1
+            line = _one_line(r.stderr)
+            assert "busy" in line and "--lazy" in line
+            assert is_mounted(tmp_path)
+            r = _blobfs("umount", "--lazy", str(tmp_path))
+            assert r.returncode == 0, r.stderr
+            assert not is_mounted(tmp_path)
+            # detached, but the connection lives until the last user leaves; then the daemon ends
+            assert m.proc.poll() is None
+            holder.kill()
+            holder.wait()
+            assert m.proc.wait(timeout=10) == 0
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+def test_umount_of_a_plain_directory_fails(tmp_path):
+    r = _blobfs("umount", str(tmp_path))
+    assert r.returncode == 1 and "not mounted" in _one_line(r.stderr)
+    r = _blobfs("umount", str(tmp_path / "nope"))
+    assert r.returncode == 2
+
+
+# -- faults while mounted --------------------------------------------------------------------
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_tar_truncated_under_the_mount_gives_right_bytes_or_eio(blob_project, tmp_path, fixtures_dir, libfuse):
+    import hashlib
+    import json
+
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())["files"]
+    blob_files = {rel: w for rel, w in expected.items() if w["source"] == "blob:small_images.tar"}
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        tar = proj / "blob" / "small_images.tar"
+        os.truncate(tar, tar.stat().st_size // 2)
+        good = eio = 0
+        for rel, want in blob_files.items():
+            try:
+                data = m.path(rel).read_bytes()
+            except OSError as e:
+                assert e.errno == errno.EIO, (rel, e)
+                eio += 1
+                continue
+            assert hashlib.sha256(data).hexdigest() == want["sha256"], rel
+            good += 1
+        assert good > 0 and eio > 0
+        assert m.proc.poll() is None  # the daemon survives
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_tar_replaced_under_the_mount_keeps_serving_the_opened_one(blob_project, tmp_path, fixtures_dir, libfuse):
+    import hashlib
+    import json
+
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())["files"]
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        tar = proj / "blob" / "more_images.tar"
+        junk = tar.with_suffix(".new")
+        junk.write_bytes(b"\xff" * tar.stat().st_size)
+        os.replace(junk, tar)  # the daemon holds an fd to the old inode
+        for rel, want in expected.items():
+            if want["source"] == "blob:more_images.tar":
+                assert hashlib.sha256(m.path(rel).read_bytes()).hexdigest() == want["sha256"], rel
+
