@@ -18,22 +18,21 @@ from __future__ import annotations
 
 import re
 from array import array
-from itertools import accumulate
+from itertools import accumulate, chain
 from operator import gt
 
 from blobfs.format.entries import EntryTable
 
-def _entry_pattern(g: bytes) -> bytes:
-    """The entry regex; ``g`` opens a group: ``(`` capturing (findall) or ``(?:`` (run)."""
-    num = g + (rb"K.|M..|J....|\x8a\x01.|\x8a\x02..|\x8a\x03...|\x8a\x04....|\x8a\x05....."
-               rb"|\x8a\x06......|\x8a\x07.......|\x8a\x08........)")
-    return (rb"h\x03\)\x81\x94\}\x94\(h\x06\x8c" + g + rb".)" + g + rb".{0,255}?)\x94h\x08"
-            + num + rb"h\t" + num + rb"ub")
-
-
+_NUM = (rb"(K.|M..|J....|\x8a\x01.|\x8a\x02..|\x8a\x03...|\x8a\x04....|\x8a\x05....."
+        rb"|\x8a\x06......|\x8a\x07.......|\x8a\x08........)")
+# (gap before the entry)(length byte)(name)(start int)(end int). A name holding the byte 0x94
+# (MEMOIZE; also a UTF-8 continuation byte) is not matched: its entry becomes part of the
+# next gap and runs through the generic interpreter. The lazy gap makes findall report
+# where runs of back-to-back entries break (``e(`` every 1000 items, frame ends).
+ENTRY_RE = re.compile(rb"(.*?)h\x03\)\x81\x94\}\x94\(h\x06\x8c(.)([^\x94]*)\x94h\x08" + _NUM
+                      + rb"h\t" + _NUM + rb"ub", re.DOTALL)
 _FIXED = len(b"h\x03)\x81\x94}\x94(h\x06\x8c" b"L" b"\x94h\x08" b"h\t" b"ub")
-ENTRY_RE = re.compile(_entry_pattern(b"("), re.DOTALL)
-RUN_RE = re.compile(b"(?:" + _entry_pattern(b"(?:") + b")+", re.DOTALL)
+REGION = 1 << 20  # bytes scanned per findall
 _BAD_NAME_BYTES = re.compile(rb"[\x01-\x1f\x7f/]")  # NUL is the join separator, counted apart
 _OP_K, _OP_M, _OP_J, _OP_LONG1 = 0x4B, 0x4D, 0x4A, 0x8A
 
@@ -76,43 +75,81 @@ def _ints(raw: tuple[bytes, ...]) -> array:
     return got if got is not None else array("q", map(_one_int, raw))
 
 
-def parse_run(data, pos: int, limit: int, stage: EntryTable):
-    """Parse consecutive canonical entries at ``data[pos:limit]`` into ``stage``.
+class Scanner:
+    """Finds canonical entries with one findall per region and hands them out run by run.
 
-    Returns ``(end, lo, hi, clean)``: the entries are ``stage[lo:hi]``; ``clean`` means every
-    name passes ``names.name_bytes_problem`` and ``0 <= start <= end`` for all. None when the
-    bytes at ``pos`` are not exactly such a run.
+    A region is scanned once: a later call at a position inside it is served from the cache
+    when it is where the previous run's following gap ends, and refused otherwise, so
+    hostile data full of ``h\\x03`` cannot make us rescan the same bytes again and again.
     """
-    m = RUN_RE.match(data, pos, limit)
-    if m is None:
-        return None
-    end = m.end()
-    found = ENTRY_RE.findall(data, pos, end)
-    if not found:
-        return None
-    lbs, names, ss, es = zip(*found)
-    n = len(names)
-    lens = bytes(map(len, names)) if max(map(len, names)) < 256 else None
-    if lens is None or lens != b"".join(lbs):
-        return None  # a name containing the key bytes: segmentation is not certain
-    total = _FIXED * n + sum(lens) + sum(map(len, ss)) + sum(map(len, es))
-    if total != end - pos:
-        return None
-    sep = b"\0".join(names)
-    try:
-        sep.decode("utf-8")  # the separator keeps a split sequence from looking valid
-    except UnicodeDecodeError:
-        return None  # the generic path decides (pickle's surrogatepass, or unreadable)
-    starts, ends = _ints(ss), _ints(es)
-    clean = (min(lens) > 0 and max(lens) <= 250 and sep.count(0) == n - 1
-             and _BAD_NAME_BYTES.search(sep) is None
-             and names.count(b".") == 0 and names.count(b"..") == 0
-             and min(starts) >= 0 and not any(map(gt, starts, ends)))
-    lo = len(stage)
-    base = len(stage.names)
-    stage.names += b"".join(names)
-    stage.name_ends.extend(accumulate(lens, initial=base))
-    stage.name_ends.pop(lo)  # drop the `initial` value
-    stage.starts.extend(starts)
-    stage.ends.extend(ends)
-    return end, lo, lo + n, clean
+
+    def __init__(self) -> None:
+        self.data = None
+        self.scanned_end = -1
+        self.next_pos = -1
+        self.idx = 0
+        self.cols: tuple = ()
+        self.breaks = b""
+
+    def _scan(self, data, pos: int, limit: int) -> bool:
+        end = min(limit, pos + REGION)
+        found = ENTRY_RE.findall(data, pos, end)
+        self.data, self.scanned_end = data, end
+        if not found or found[0][0]:
+            self.next_pos = -1
+            return False
+        flat = list(chain.from_iterable(found))  # cheaper than zip(*found) for 5 columns
+        del found
+        self.cols = tuple(flat[k::5] for k in range(5))  # gaps, length bytes, names, ints
+        self.breaks = bytes(map(bool, self.cols[0]))
+        self.idx, self.next_pos = 0, pos
+        return True
+
+    def parse_run(self, data, pos: int, limit: int, stage: EntryTable, name_base: int):
+        """Parse the run of back-to-back canonical entries at ``pos`` into ``stage``.
+
+        ``stage.name_ends`` get ``name_base`` added (the reader's table offset, so a clean
+        pickle's ends copy over unchanged). Returns ``(end, lo, hi, clean)`` - the entries
+        are ``stage[lo:hi]``, ``clean`` means every name passes ``names.name_bytes_problem``
+        and ``0 <= start <= end`` - or None when the bytes at ``pos`` are not such a run.
+        """
+        if data is self.data and pos < self.scanned_end:
+            if pos != self.next_pos:
+                return None
+        elif not self._scan(data, pos, limit):
+            return None
+        a = self.idx
+        b = self.breaks.find(1, a + 1)
+        if b < 0:
+            b = len(self.breaks)
+        _, lbs, names, ss, es = (c[a:b] for c in self.cols)
+        names = tuple(names)  # tuple.count is used below; slices of lists are lists
+        n = b - a
+        self.next_pos = -1  # unless the run is accepted below
+        try:
+            lens = bytes(map(len, names))
+        except ValueError:
+            return None
+        if lens != b"".join(lbs):
+            return None  # a length byte disagrees: leave it to the generic interpreter
+        sep = b"\0".join(names)
+        try:
+            sep.decode("utf-8")  # the separator keeps a split sequence from looking valid
+        except UnicodeDecodeError:
+            return None  # the generic path decides (pickle's surrogatepass, or unreadable)
+        starts, ends = _ints(ss), _ints(es)
+        clean = (min(lens) > 0 and max(lens) <= 250 and sep.count(0) == n - 1
+                 and _BAD_NAME_BYTES.search(sep) is None
+                 and names.count(b".") == 0 and names.count(b"..") == 0
+                 and min(starts) >= 0 and not any(map(gt, starts, ends)))
+        end = pos + _FIXED * n + sum(lens) + sum(map(len, ss)) + sum(map(len, es))
+        if b < len(self.breaks):
+            self.idx, self.next_pos = b, end + len(self.cols[0][b])
+        lo = len(stage)
+        stage.names += b"".join(names)
+        ne = stage.name_ends
+        ne.extend(accumulate(lens, initial=name_base + len(stage.names) - sum(lens)))
+        ne.pop(lo)  # drop the `initial` value
+        stage.starts.extend(starts)
+        stage.ends.extend(ends)
+        return end, lo, lo + n, clean

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from blobfs.errors import OffsetsError
 from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_bytes_problem
+from blobfs.format.offsets_fast import Scanner
 from blobfs.format.pickle_vm import NeedMore, Obj, PickleVM, Refused, Run, Unreadable
 
 CHUNK = 1 << 20
@@ -74,6 +75,7 @@ class _Reader:
         self.buf = b""
         self.off = 0  # file offset of buf[0]
         self.read_to = 0  # file offset up to which we have read
+        self.scanner = Scanner()
 
     # -- problems ------------------------------------------------------------------------
     def problem(self, line: str) -> None:
@@ -133,7 +135,7 @@ class _Reader:
             pos = self.refill(pos, min(2, self.size - self.off - pos))
         if self.buf[pos] != 0x80 or self.size - self.off - pos < 2:
             raise Unreadable(_NO_PROTO, self.off + pos)
-        vm = PickleVM(EntryTable())
+        vm = PickleVM(EntryTable(), self.scanner, len(self.table.names))
         while True:
             try:
                 pos, stopped = vm.run(self.buf, pos, len(self.buf), self.off,
@@ -240,12 +242,16 @@ class _Reader:
         ok = run.clean and (self.tar_size is None or max(st.ends[lo:hi]) <= self.tar_size)
         if not ok:
             for i in range(lo, hi):
-                self.accept(st.name(i), st.starts[i], st.ends[i])
+                self.accept(vm.stage_name(i).decode("utf-8"), st.starts[i], st.ends[i])
             return
-        nlo = st.name_ends[lo - 1] if lo else 0
+        base = vm.name_base
+        nlo = st.name_ends[lo - 1] if lo else base
         shift = len(t.names) - nlo
-        t.names += st.names[nlo:st.name_ends[hi - 1]]
-        t.name_ends.extend([e + shift for e in st.name_ends[lo:hi]])
+        t.names += st.names[nlo - base:st.name_ends[hi - 1] - base]
+        if shift:
+            t.name_ends.extend([e + shift for e in st.name_ends[lo:hi]])
+        else:  # nothing skipped before this run in its pickle: the ends are already right
+            t.name_ends += st.name_ends[lo:hi]
         t.starts += st.starts[lo:hi]
         t.ends += st.ends[lo:hi]
         self.index += hi - lo

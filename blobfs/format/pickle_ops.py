@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from blobfs.format.pickle_vm import (
     ALLOWED_GLOBAL, BLOB_CLASS, MAX_DEPTH, MAX_INT_BYTES, MAX_LINE, MAX_STR, Obj,
-    Refused, Run, Unreadable, _KEY_TYPES, _f64, _i32, _u32, _u64,
+    Refused, Unreadable, _KEY_TYPES, _f64, _u32, _u64,
 )
 
 
@@ -302,11 +302,13 @@ def op_build(vm, data, pos, limit, file_end, framed, base):
             raise Refused("BUILD state with a non-str key", base + pos)
     vm.nest(obj, state.values(), base + pos)
     obj.state.update(state)  # __dict__.update: later changes to `state` do not leak in
+    name = state.get("name")
+    if not vm.fast_ranges and type(name) is str:
+        # Objects built before the first fast run precede it in the reader's table (the
+        # SDK's first object per pickle): offsetting the stage's name ends by their names
+        # lets the reader copy a clean run's ends without rewriting them.
+        vm.name_base += len(name.encode("utf-8", "surrogatepass"))
     return pos + 1
-
-
-def op_run_guard(vm, data, pos, limit, file_end, framed, base):  # pragma: no cover
-    raise Unreadable("internal: Run on stack", base + pos)
 
 
 DISPATCH = {
@@ -328,4 +330,3 @@ DISPATCH = {
     ord("c"): op_global, 0x93: op_stack_global,
     0x81: op_newobj, 0x92: op_newobj_ex, ord("b"): op_build,
 }
-_ = (Run, _i32)

@@ -97,7 +97,8 @@ _f64 = struct.Struct(">d").unpack_from
 class PickleVM:
     """State of one pickle being executed; feed it buffers with :meth:`run`."""
 
-    def __init__(self, stage: EntryTable) -> None:
+    def __init__(self, stage: EntryTable, scanner: offsets_fast.Scanner,
+                 name_base: int = 0) -> None:
         self.stack: list = []
         self.metastack: list[list] = []
         self.memo: dict[int, object] = {}
@@ -105,7 +106,9 @@ class PickleVM:
         self.dense = True  # memo keys are exactly range(memo_count)
         self.fast_ranges: list[tuple[int, int, int]] = []  # (memo_lo, stage_lo, n)
         self.items = 0
-        self.stage = stage
+        self.stage = stage  # fast-path entries; name_ends are offset by name_base
+        self.scanner = scanner
+        self.name_base = name_base
         self.fast_off = -1  # absolute offset before which the fast path is not retried
         self.deep: dict[int, tuple[object, int]] = {}  # id -> (container, depth >= 2)
 
@@ -174,10 +177,9 @@ class PickleVM:
         if not ok:
             self.fast_off = base + pos
             return pos
-        got = offsets_fast.parse_run(data, pos, limit, self.stage)
+        got = self.scanner.parse_run(data, pos, limit, self.stage, self.name_base)
         if got is None:
-            self.fast_off = base + pos  # let the generic path take this entry
-            return pos
+            return pos  # the generic path takes this entry
         end, lo, hi, clean = got
         n = hi - lo
         self.fast_ranges.append((self.memo_count, lo, n))
@@ -186,9 +188,14 @@ class PickleVM:
         self.stack.append(Run(lo, hi, clean))
         return end
 
+    def stage_name(self, i: int) -> bytes:
+        st, b = self.stage, self.name_base
+        return st.names[(st.name_ends[i - 1] if i else b) - b:st.name_ends[i] - b]
+
     def entry_obj(self, i: int) -> Obj:
         st = self.stage
-        o = Obj({"name": st.name(i), "offset_start": st.starts[i], "offset_end": st.ends[i]})
+        o = Obj({"name": self.stage_name(i).decode("utf-8"), "offset_start": st.starts[i],
+                 "offset_end": st.ends[i]})
         o.depth = 2
         return o
 
