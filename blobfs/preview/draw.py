@@ -98,7 +98,7 @@ class _Canvas:
         self.scale = scale
         self.font = font
         self.overlay = Image.new("RGBA", thumb.size, (0, 0, 0, 0))
-        self.fills = ImageDraw.Draw(self.overlay)
+        self.filled = False  # no fills (rectangles, lines, points only): skip compositing
         # Opaque strokes are drawn after the fills are composited, so fills never dim them.
         self.lines: list[Callable[[ImageDraw.ImageDraw], None]] = []
         self.labels: list[tuple[str, RGB, tuple[float, float]]] = []
@@ -126,6 +126,7 @@ class _Canvas:
             if len(hole) >= 3:
                 md.polygon(hole, fill=0)
         self.overlay.paste((*color, FILL_ALPHA), (0, 0), mask)
+        self.filled = True
         for ring in [ext, *holes]:
             if len(ring) >= 2:
                 self.lines.append(lambda d, ring=ring: d.line([*ring, ring[0]], fill=color, width=self.width))
@@ -163,13 +164,17 @@ class _Canvas:
         if x1 > x0 and y1 > y0:
             mask = mask.resize((x1 - x0, y1 - y0), Image.Resampling.NEAREST)
             self.overlay.paste((*color, FILL_ALPHA), (x0, y0), mask)
+            self.filled = True
         return x0, y0
 
     # -- output ------------------------------------------------------------------------------
     def finish(self) -> Image.Image:
-        base = self.thumb.convert("RGBA")
-        base.alpha_composite(self.overlay)
-        out = base.convert("RGB")
+        if self.filled:
+            base = self.thumb.convert("RGBA")
+            base.alpha_composite(self.overlay)
+            out = base.convert("RGB")
+        else:
+            out = self.thumb.copy()
         d = ImageDraw.Draw(out)
         for draw in self.lines:
             draw(d)

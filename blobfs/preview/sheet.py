@@ -128,6 +128,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         return bg.convert("RGB")
     if im.mode.startswith("I;16") or im.mode == "I":
         return im.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if im.mode == "RGB":
+        im.load()  # already RGB: no copy needed, resize reads it directly
+        return im
     return im.convert("RGB")
 
 
@@ -141,10 +144,12 @@ def decode_thumb(data: bytes, thumb: int) -> tuple[Image.Image, tuple[int, int]]
             if tw < full[0]:
                 im.draft("RGB", (tw, th))  # JPEG: decode at 1/2..1/8 scale, much faster
             rgb = _to_rgb(im)
-    if rgb.size != (tw, th):
-        # Upscaled tiny images keep crisp pixels; downscaling averages.
-        method = Image.Resampling.NEAREST if tw >= full[0] else Image.Resampling.BILINEAR
-        rgb = rgb.resize((tw, th), method)
+            if rgb.size != (tw, th):
+                # Upscaled tiny images keep crisp pixels; downscaling averages.
+                method = Image.Resampling.NEAREST if tw >= full[0] else Image.Resampling.BILINEAR
+                rgb = rgb.resize((tw, th), method)
+            elif rgb is im:
+                rgb = im.copy()  # ``im`` is closed on leaving the block
     return rgb, full
 
 
@@ -161,16 +166,21 @@ def placeholder(size: tuple[int, int], font: Any, text: str = "undecodable") -> 
 
 
 def _ellipsize(text: str, width: int, font: Any, d: ImageDraw.ImageDraw) -> str:
+    """``text``, or its middle replaced by "…" so that it fits ``width`` pixels."""
     if d.textlength(text, font=font) <= width:
         return text
-    keep = len(text)
-    while keep > 1:
-        keep -= 1
-        head, tail = text[: (keep + 1) // 2], text[len(text) - keep // 2 :]
-        cut = f"{head}…{tail}"
-        if d.textlength(cut, font=font) <= width:
-            return cut
-    return "…"
+
+    def cut(keep: int) -> str:
+        return f"{text[: (keep + 1) // 2]}…{text[len(text) - keep // 2 :]}"
+
+    lo, hi = 0, len(text) - 1  # binary search for the most characters kept that still fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if d.textlength(cut(mid), font=font) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return cut(lo)
 
 
 class _Renderer:
