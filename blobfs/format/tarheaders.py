@@ -139,11 +139,6 @@ def _signed_checksum(buf: bytes) -> int:
     return 256 + sum(struct.unpack_from("148b8x356b", buf))
 
 
-def _sparse_error(path: str, name: str, offset: int) -> TarFormatError:
-    return TarFormatError(f"{path}: member {name!r} at offset {offset} is sparse: its data "
-                          "is not stored contiguously, blobfs refuses to serve it")
-
-
 class _Parser:
     """Walks one archive, reproducing TarFile.next() and TarInfo._proc_*.
 
@@ -158,6 +153,7 @@ class _Parser:
         self.fd = fd
         self.filesize = os.fstat(fd).st_size
         self.globals: dict[str, str] = {}   # tarfile.pax_headers (updated by "g" headers)
+        self.globals_sparse = False
         self._buf = b""
         self._buf_start = 0
         # Parse caches (cleared when full). Archives repeat mode/uid/gid/mtime fields, the
@@ -293,10 +289,13 @@ class _Parser:
                     self._pax_cache[data] = records
             if t == b"g":
                 self.globals.update(records)
+                self.globals_sparse = any(k.startswith("GNU.sparse.") for k in self.globals)
                 pending.append((t, None, offset))
             else:   # b"x" and Solaris b"X"; records are shared with the cache: read-only
-                pending.append((b"x", {**self.globals, **records} if self.globals else records,
-                                offset))
+                pax = {**self.globals, **records} if self.globals else records
+                # Sparse records describe the member that follows: refused once it is named.
+                sparse = any(k.startswith("GNU.sparse.") for k in records)
+                pending.append((b"S" if sparse else b"x", pax, offset))
         return offset + BLOCK + n
 
     def _pax_records(self, buf: bytes, offset: int) -> dict[str, str]:
@@ -320,10 +319,6 @@ class _Parser:
             records[keyword.decode("utf-8", "surrogateescape")] = value.decode(
                 "utf-8", "surrogateescape")
             pos += length
-        for k in records:
-            if k.startswith("GNU.sparse."):
-                name = records.get("GNU.sparse.name") or records.get("path") or "?"
-                raise _sparse_error(self.path, name, offset)
         return records
 
     def _apply_pax(self, pax: dict[str, str], name: str, linkname: str, size: int,
@@ -386,8 +381,6 @@ class _Parser:
             name, mode, size, mtime, t, linkname = header
             if size < 0:
                 raise self.error(f"negative size {size} in header at offset {offset}")
-            if t == b"S":
-                raise _sparse_error(self.path, name, offset)
             # TarInfo._proc_builtin: only regular and unknown types have data blocks.
             data_at = offset + BLOCK
             has_data = t in _REGULAR_TYPES or t not in _SUPPORTED_TYPES
@@ -398,18 +391,24 @@ class _Parser:
             if t == _DIRTYPE:
                 name = name.rstrip("/")
             header_offset = offset
+            sparse = t == b"S" or self.globals_sparse
             for kind, value, ext_offset in reversed(pending):
                 if kind == b"L":
                     name = value.removesuffix("/") if t == _DIRTYPE else value
                 elif kind == b"K":
                     linkname = value
-                elif kind == b"x":
+                elif kind == b"x" or kind == b"S":
                     name, linkname, size, mtime = self._apply_pax(
                         value, name, linkname, size, mtime, ext_offset)
+                    if kind == b"S":
+                        sparse, name = True, value.get("GNU.sparse.name", name)
                     if "size" in value:
                         end = data_at + _round_up(size) if has_data else data_at
                 if kind != b"g":
                     header_offset = ext_offset
+            if sparse:
+                raise self.error(f"member {name!r} at offset {header_offset} is sparse: its "
+                                 "data is not stored contiguously, blobfs refuses to serve it")
             if end > self.filesize:
                 raise self.error(f"truncated: member {name!r} needs {size} bytes from offset "
                                  f"{data_at}, the file ends at {self.filesize}")
