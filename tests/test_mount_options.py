@@ -1,0 +1,64 @@
+"""Mount option parsing and the mount-helper argv routing (no FUSE needed)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from blobfs.cli.mount import mount_cmd, route_mount_helper_argv
+from blobfs.fuse.options import MountUsageError, build_options, parse_o
+
+
+def test_generic_options_are_accepted_and_ignored():
+    # what mount(8)/mount.fuse3 actually pass: "rw,dev,suid" are added to every fstab line
+    got = parse_o(["rw,dev,suid", "ro,nofail,noauto,user,users,_netdev,defaults,x-systemd.automount,"
+                                  "x-systemd.idle-timeout=10min,comment=hello,auto,nouser,exec,noexec,nosuid,nodev"])
+    assert set(got) == {"ignored"}
+    assert "x-systemd.idle-timeout=10min" in got["ignored"] and "rw" in got["ignored"]
+
+
+def test_own_options():
+    o = build_options("src", "mp", o=("allow_other,auto_unmount", "libfuse=2,threads,log=/tmp/x.log,nonempty"))
+    assert (o.allow_other, o.auto_unmount, o.libfuse, o.threads, o.nonempty) == (True, True, 2, True, True)
+    assert o.log_file == Path("/tmp/x.log") and o.source.is_absolute() and o.mountpoint.is_absolute()
+    kw = o.fuse_kwargs(3)
+    assert kw["ro"] and kw["default_permissions"] and kw["kernel_cache"] and kw["use_ino"]
+    assert kw["subtype"] == "blobfs" and kw["fsname"] == str(o.source) and kw["allow_other"]
+    assert kw["attr_timeout"] >= 3600 and kw["entry_timeout"] >= 3600
+    assert "nonempty" not in kw and o.fuse_kwargs(2)["nonempty"]
+    assert "allow_other" not in build_options("s", "m").fuse_kwargs(3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.threads = False  # type: ignore[misc]
+
+
+def test_flags_win_over_o_and_defaults():
+    o = build_options("s", "m", o=("threads,libfuse=2",), threads=False, libfuse="3")
+    assert (o.threads, o.libfuse) == (False, 3)
+    d = build_options("s", "m")
+    assert (d.threads, d.libfuse, d.foreground, d.allow_other) == (False, None, False, False)
+    assert build_options("blobfs#/data/p", "m").source == Path("/data/p")
+
+
+@pytest.mark.parametrize("bad,word", [("frobnicate", "frobnicate"), ("libfuse", "libfuse"),
+                                      ("allow_other=1", "allow_other"), ("libfuse=4", "4"),
+                                      ("threads,nothreads", "contradict")])
+def test_bad_options_are_usage_errors_naming_them(bad, word):
+    with pytest.raises(MountUsageError) as e:
+        build_options("s", "m", o=(bad,))
+    assert word in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_unknown_option_exit_2_one_line(tmp_path):
+    r = CliRunner().invoke(mount_cmd, [str(tmp_path), str(tmp_path), "-o", "ro,bogus"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == ["blobfs mount: unknown mount option 'bogus'"]
+
+
+def test_route_mount_helper_argv():
+    cmds = {"mount", "umount", "info"}
+    assert route_mount_helper_argv(["/data/p", "/mnt/p", "-o", "ro"], cmds) == ["mount", "/data/p", "/mnt/p", "-o", "ro"]
+    assert route_mount_helper_argv(["info", "/data/p"], cmds) == ["info", "/data/p"]
+    assert route_mount_helper_argv(["--help"], cmds) == ["--help"]
+    assert route_mount_helper_argv(["/data/p"], cmds) == ["/data/p"]
