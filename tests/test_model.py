@@ -231,3 +231,39 @@ def test_fatal_inputs(tmp_path: Path) -> None:
     (root / "blob/ds.tar").write_bytes(gzip.compress(b"x" * 100))
     with pytest.raises(InputError, match="gzip-compressed"):
         open_project(root)
+
+
+def test_index_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blobfs.model import cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_ENTRIES", 0)
+    root = tmp_path / "proj"
+    _make_project(root, {"ds": {f"{i}.png": bytes([i]) * (i + 1) for i in range(30)}})
+    with open_project(root) as p:
+        first = dict(p.iter_bytes())
+    files = list((tmp_path / "cache" / "blobfs").glob("*.idx"))
+    assert len(files) == 1
+    with open_project(root) as p:  # served from the cache file
+        assert dict(p.iter_bytes()) == first
+        assert p.datasets[0].items.find("7.png") >= 0 and p.datasets[0].items.find("x") == -1
+    # A rewritten offsets file is a new key: the cache never serves stale ranges.
+    tar = root / "blob/ds.tar"
+    with tarfile.open(tar) as tf:
+        m = next(x for x in tf if x.name == "3.png")
+    write_offsets(root / "ds/ds_offsets.pkl", [("only.png", m.offset_data, m.offset_data + m.size)])
+    with open_project(root) as p:
+        assert dict(p.iter_bytes()) == {"ds/img/only.png": bytes([3]) * 4}
+    # A cache file that was tampered with to widen a range is ignored.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache2"))
+    with open_project(root):
+        pass
+    (idx,) = (tmp_path / "cache2" / "blobfs").glob("*.idx")
+    raw = bytearray(idx.read_bytes())
+    head_end = raw.index(b"\n", len(b"blobfs-index\n")) + 1
+    n_names = len("only.png")
+    ends_at = head_end + n_names + 8 + 8  # names, name_ends[0], starts[0]
+    raw[ends_at:ends_at + 8] = (10**12).to_bytes(8, "little")
+    idx.write_bytes(bytes(raw))
+    with open_project(root) as p:
+        assert dict(p.iter_bytes()) == {"ds/img/only.png": bytes([3]) * 4}

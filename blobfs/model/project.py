@@ -215,9 +215,16 @@ class _Opener:
         self.sources[path] = src
         return src
 
-    def offsets(self, pkl: Path, tar: BlobSource) -> EntryTable | None:
+    def offsets(self, pkl: Path, tar: BlobSource) -> tuple[EntryTable, object, str | None] | None:
+        """(entries, cached hash table or None, cache key) of an offsets file; None if refused."""
         from blobfs.format.offsets_read import read_offsets
+        from blobfs.model import cache
 
+        key = cache.cache_key(pkl, tar.path)
+        hit = cache.load(key, tar.size) if key else None
+        if hit is not None:
+            self.problems.extend(hit[1])
+            return hit[0], hit[2], None
         try:
             result = read_offsets(pkl, tar_size=tar.size)
         except InputError as e:
@@ -227,7 +234,7 @@ class _Opener:
             self.fail(f"{pkl}: cannot read offsets file: {e.strerror}")
             return None
         self.problems.extend(result.problems)
-        return result.table
+        return result.table, None, key
 
     def headers(self, tar: BlobSource) -> EntryTable | None:
         """Entries of a tar without offsets file: its regular members, by their own headers."""
@@ -263,17 +270,23 @@ class _Opener:
     def dataset(self, name: str, relpath: str, path: Path, offsets: tuple[str, ...],
                 blob_dir: Path, root_real: str) -> Dataset:
         parts = []
+        hashed, store_key, store_problems = None, None, len(self.problems)
         for pkl_name in offsets:
             stem = pkl_name[: -len(OFFSETS_SUFFIX)]
             tar = self.tar(blob_dir / f"{stem}.tar")
             if tar is None:
                 continue
-            table = self.offsets(path / pkl_name, tar)
-            if table is not None:
-                parts.append((table, list(self.sources.values()).index(tar), pkl_name))
+            got = self.offsets(path / pkl_name, tar)
+            if got is not None:
+                parts.append((got[0], list(self.sources.values()).index(tar), pkl_name))
+                hashed, store_key = got[1], got[2]
         img_dir = path / "img"
         disk = self.disk_images(img_dir, root_real) if img_dir.is_dir() else []
-        items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk)
+        items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
+        if store_key and len(parts) == 1 and not disk:
+            from blobfs.model import cache
+
+            cache.store(store_key, parts[0][0], self.problems[store_problems:], items.hashed)
         self.problems.extend(f"{path}: {d}" for d in dups)
         ann_dir = path / "ann"
         return Dataset(name, relpath, path, items, ann_dir if ann_dir.is_dir() else None,
@@ -348,12 +361,13 @@ def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
     pkl = Path(offsets) if offsets is not None else tar_path.with_name(tar_path.stem + OFFSETS_SUFFIX)
     if offsets is not None and not pkl.is_file():
         raise ProjectError(f"{pkl}: offsets file not found")
-    table = op.offsets(pkl, tar) if pkl.is_file() else op.headers(tar)
+    got = op.offsets(pkl, tar) if pkl.is_file() else (op.headers(tar), None, None)
+    table = got[0] if got is not None else None
     ann_dir = Path(ann) if ann is not None else None
     if ann_dir is not None and not ann_dir.is_dir():
         raise ProjectError(f"{ann_dir}: annotation folder not found")
     parts = [(table, 0, pkl.name if pkl.is_file() else tar_path.name)] if table is not None else []
-    items, dups = ItemIndex.build(parts, [tar])
+    items, dups = ItemIndex.build(parts, [tar], hashed=got[1] if got is not None else None)
     op.problems.extend(f"{tar_path}: {d}" for d in dups)
     stem = tar_path.name[:-4] if tar_path.name.endswith(".tar") else tar_path.name
     ds = Dataset(stem, stem, None, items, ann_dir, [pkl.name] if pkl.is_file() else [])
