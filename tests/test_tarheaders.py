@@ -152,6 +152,42 @@ def test_pax_size_record_overrides_header(tmp_path):
     assert [(m[0], m[3]) for m in ours] == [("big.bin", 700), ("big.bin", 0)]
 
 
+def _gnu_long(kind: bytes, value: str) -> bytes:
+    data = value.encode() + b"\0"
+    return bytes(header_block("././@LongLink", len(data), kind)) + pad(data)
+
+
+def test_crafted_header_combinations(tmp_path):
+    """Orders and oddities GNU tar or tarfile do not write, read exactly as tarfile does."""
+    signed = header_block("\u00e9t\u00e9.bin", 0)            # high-bit bytes in the name
+    signed[148:156] = b" " * 8
+    signed[148:156] = b"%06o\0 " % (256 + sum(b - 256 if b > 127 else b
+                                              for i, b in enumerate(signed)
+                                              if not 148 <= i < 156))
+    prefixed_dir = set_field(header_block("", 0, b"5", tarfile.USTAR_FORMAT), 345, b"pre/fix")
+    parts = [
+        _gnu_long(b"L", "L-then-x/" + "a" * 150), pax_block({"mtime": "5.5"}),
+        bytes(header_block("short1", 2)), pad(b"aa"),
+        pax_block({"path": "x-then-L-wins/" + "b" * 150}), _gnu_long(b"L", "L-loses"),
+        bytes(header_block("short2", 0)),
+        _gnu_long(b"K", "/target/" + "c" * 200), bytes(header_block("sym", 0, b"2")),
+        _gnu_long(b"L", "longdir/" + "d" * 120 + "/"), bytes(header_block("dir/", 0, b"5")),
+        bytes(header_block("v7file", 3, b"\0")), pad(b"vvv"),
+        bytes(header_block("v7dir/", 0, b"\0")),
+        bytes(header_block("unknown-type", 600, b"V")), pad(b"u" * 600),
+        bytes(header_block("hardlink-with-size", 5, b"1")),     # no data blocks follow
+        bytes(signed), bytes(prefixed_dir),
+        pax_block({"size": "1000"}), bytes(header_block("dir-with-pax-size", 0, b"5")),
+        pax_block({"path": "renamed-by-global"}, b"g"), bytes(header_block("g1", 1)), pad(b"1"),
+        bytes(header_block("g2", 0)), bytes(1024),
+    ]
+    path = tmp_path / "combo.tar"
+    path.write_bytes(b"".join(parts))
+    names = [m[0] for m in assert_like_tarfile(path)]
+    assert names[:3] == ["L-then-x/" + "a" * 150, "x-then-L-wins/" + "b" * 150, "sym"]
+    assert "pre/fix" in names and names[-2:] == ["renamed-by-global"] * 2
+
+
 def test_base256_size_field(tmp_path):
     h = set_field(header_block("b256.bin"), 124, base256(1000))
     path = tmp_path / "b.tar"

@@ -160,8 +160,9 @@ class _Parser:
         # PAX header block and often its records ("mtime=..."), so most of a typical
         # member's validation is a dict hit.
         self._num_cache: dict[bytes, int] = {}
+        self._chk_cache: dict[bytes, int] = {}
         self._ext_cache: dict[bytes, _Header] = {}
-        self._pax_cache: dict[bytes, dict[str, str]] = {}
+        self._pax_cache: dict[bytes, tuple[dict[str, str], bool]] = {}
 
     def error(self, problem: str) -> TarFormatError:
         return TarFormatError(f"{self.path}: {problem}")
@@ -227,14 +228,17 @@ class _Parser:
             raise _HeaderError("eof", offset)
         name, ids, size, mtime, chksum, type_, linkname, devs, prefix = _HEADER.unpack(buf)
         cache = self._num_cache
-        want = cache.get(chksum)
-        if want is None:
-            want = self._num(chksum, offset, "checksum")
-        # Unsigned sum with the checksum field counted as 8 spaces (256). adler32's low
-        # half is 1 + sum(bytes) mod 65521, exact for chunks of at most 256 bytes.
-        got = ((_adler32(buf[:148]) & 0xFFFF) + (_adler32(buf[156:356]) & 0xFFFF)
-               + (_adler32(buf[356:]) & 0xFFFF) + 253)
-        if want != got and want != _signed_checksum(buf):
+        # Unsigned sum with the checksum field counted as 8 spaces (256): adler32's low half
+        # is 1 + sum(bytes) mod 65521, exact for 256-byte halves. ``target`` folds the field's
+        # own bytes and the +1s in, per distinct checksum field.
+        target = self._chk_cache.get(chksum)
+        if target is None:
+            target = self._num(chksum, offset, "checksum") + sum(chksum) - 254
+            if len(self._chk_cache) > _CACHE_LIMIT:
+                self._chk_cache.clear()
+            self._chk_cache[chksum] = target
+        if ((_adler32(buf[:256]) & 0xFFFF) + (_adler32(buf[256:]) & 0xFFFF) != target
+                and self._num(chksum, offset, "checksum") != _signed_checksum(buf)):
             raise _HeaderError("invalid", offset, "bad header checksum")
         mode_n = cache.get(ids)
         if mode_n is None:
@@ -280,13 +284,15 @@ class _Parser:
         if t == b"L" or t == b"K":
             pending.append((t, _nts(data), offset))
         else:
-            records = self._pax_cache.get(data)
-            if records is None:
+            cached = self._pax_cache.get(data)
+            if cached is None:
                 records = self._pax_records(data, offset)
+                cached = records, any(k.startswith("GNU.sparse.") for k in records)
                 if n <= BLOCK:
                     if len(self._pax_cache) > _CACHE_LIMIT:
                         self._pax_cache.clear()
-                    self._pax_cache[data] = records
+                    self._pax_cache[data] = cached
+            records, sparse = cached
             if t == b"g":
                 self.globals.update(records)
                 self.globals_sparse = any(k.startswith("GNU.sparse.") for k in self.globals)
@@ -294,7 +300,6 @@ class _Parser:
             else:   # b"x" and Solaris b"X"; records are shared with the cache: read-only
                 pax = {**self.globals, **records} if self.globals else records
                 # Sparse records describe the member that follows: refused once it is named.
-                sparse = any(k.startswith("GNU.sparse.") for k in records)
                 pending.append((b"S" if sparse else b"x", pax, offset))
         return offset + BLOCK + n
 
