@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +32,10 @@ class PngStreamWriter:
         self.rows = 0
         self._out = open(self.path, "wb")
         self._z = zlib.compressobj(level)
+        # zlib releases the GIL: compressing strip N overlaps rendering strip N+1. At most one
+        # strip is in flight, so memory stays at two strips.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-deflate")
+        self._pending: Future[None] | None = None
         self._out.write(_SIGNATURE)
         # 8-bit depth, colour type 2 (RGB), deflate, adaptive filtering, no interlace.
         _chunk(self._out, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
@@ -48,20 +53,31 @@ class PngStreamWriter:
         for y in range(strip.height):
             lines += b"\x00"
             lines += raw[y * stride : (y + 1) * stride]
-        data = self._z.compress(bytes(lines))
+        self._wait()
+        self._pending = self._pool.submit(self._deflate, bytes(lines))
+        self.rows += strip.height
+
+    def _deflate(self, lines: bytes) -> None:
+        data = self._z.compress(lines)
         if data:
             _chunk(self._out, b"IDAT", data)
-        self.rows += strip.height
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a write error (disk full) in the caller
 
     def close(self) -> None:
         if self._out.closed:
             return
         try:
+            self._wait()
             if self.rows != self.height:
                 raise ValueError(f"wrote {self.rows} of {self.height} rows")
             _chunk(self._out, b"IDAT", self._z.flush())
             _chunk(self._out, b"IEND", b"")
         finally:
+            self._pool.shutdown()
             self._out.close()
 
     def __enter__(self) -> "PngStreamWriter":
@@ -71,5 +87,6 @@ class PngStreamWriter:
         if exc_type is None:
             self.close()
         else:
+            self._pool.shutdown(cancel_futures=True)
             self._out.close()
             self.path.unlink(missing_ok=True)
