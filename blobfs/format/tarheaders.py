@@ -33,8 +33,8 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
-from dataclasses import dataclass
 
 from blobfs.errors import TarFormatError
 
@@ -92,6 +92,21 @@ class TarMember:
     def isreg(self) -> bool:
         """Same notion as ``tarfile.TarInfo.isreg()``."""
         return self.type in _REGULAR_TYPES
+
+
+# A frozen dataclass's __init__ assigns each field through object.__setattr__; on archives
+# of small files that is ~15% of the parse. Members are built through the slot descriptors.
+_SET = tuple(TarMember.__dict__[f.name].__set__ for f in fields(TarMember))
+_new = object.__new__
+
+
+def _member(name: str, header_offset: int, offset_data: int, size: int, type_: bytes,
+            mode: int, mtime: float, linkname: str) -> TarMember:
+    m = _new(TarMember)
+    s0, s1, s2, s3, s4, s5, s6, s7 = _SET
+    s0(m, name), s1(m, header_offset), s2(m, offset_data), s3(m, size)
+    s4(m, type_), s5(m, mode), s6(m, mtime), s7(m, linkname)
+    return m
 
 
 class _HeaderError(Exception):
@@ -417,8 +432,7 @@ class _Parser:
             if end > self.filesize:
                 raise self.error(f"truncated: member {name!r} needs {size} bytes from offset "
                                  f"{data_at}, the file ends at {self.filesize}")
-            yield TarMember(name, header_offset, data_at, size, t, mode, float(mtime),
-                            linkname)
+            yield _member(name, header_offset, data_at, size, t, mode, float(mtime), linkname)
             offset = end
 
 
@@ -459,7 +473,8 @@ def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
     when it matches some include (or there are none) and no exclude. Duplicated basenames
     are kept, as the SDK keeps them.
     """
-    out = []
+    out: list[tuple[str, int, int]] = []
+    append = out.append
     for m in iter_members(path):
         if m.type not in _REGULAR_TYPES:
             continue
@@ -468,5 +483,5 @@ def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
             continue
         if exclude and _matches(exclude, m.name, base):
             continue
-        out.append((base, m.offset_data, m.offset_data + m.size))
+        append((base, m.offset_data, m.offset_data + m.size))
     return out
