@@ -28,9 +28,11 @@ _NUM = (rb"(K.|M..|J....|\x8a\x01.|\x8a\x02..|\x8a\x03...|\x8a\x04....|\x8a\x05.
 # (gap before the entry)(length byte)(name)(start int)(end int). A name holding the byte 0x94
 # (MEMOIZE; also a UTF-8 continuation byte) is not matched: its entry becomes part of the
 # next gap and runs through the generic interpreter. The lazy gap makes findall report
-# where runs of back-to-back entries break (``e(`` every 1000 items, frame ends).
-ENTRY_RE = re.compile(rb"(.*?)h\x03\)\x81\x94\}\x94\(h\x06\x8c(.)([^\x94]*)\x94h\x08" + _NUM
-                      + rb"h\t" + _NUM + rb"ub", re.DOTALL)
+# where runs of back-to-back entries break (``e(`` every 1000 items, frame ends); the
+# ``|\Z`` alternative lets the last gap run to the end of the region in one match, so every
+# byte is scanned once (a bare lazy gap would rescan the tail from every position: O(n²)).
+ENTRY_RE = re.compile(rb"(.*?)(?:h\x03\)\x81\x94\}\x94\(h\x06\x8c(.)([^\x94]{0,255})\x94h\x08" + _NUM
+                      + rb"h\t" + _NUM + rb"ub|\Z)", re.DOTALL)
 _FIXED = len(b"h\x03)\x81\x94}\x94(h\x06\x8c" b"L" b"\x94h\x08" b"h\t" b"ub")
 REGION = 1 << 20  # bytes scanned per findall
 _BAD_NAME_BYTES = re.compile(rb"[\x01-\x1f\x7f/]")  # NUL is the join separator, counted apart
@@ -94,16 +96,16 @@ class Scanner:
     def _scan(self, data, pos: int, limit: int) -> bool:
         end = min(limit, pos + REGION)
         found = ENTRY_RE.findall(data, pos, end)
-        self.data, self.scanned_end = data, end
-        if not found or found[0][0]:
-            self.next_pos = -1
-            return False
         flat = list(chain.from_iterable(found))  # cheaper than zip(*found) for 5 columns
         del found
-        self.cols = tuple(flat[k::5] for k in range(5))  # gaps, length bytes, names, ints
-        self.breaks = bytes(map(bool, self.cols[0]))
-        self.idx, self.next_pos = 0, pos
-        return True
+        cols = [flat[k::5] for k in range(5)]  # gaps, length bytes, names, starts, ends
+        while cols[1] and not cols[1][-1]:  # the tail gap and findall's final empty match
+            for c in cols:
+                c.pop()
+        self.data, self.scanned_end, self.cols = data, end, cols
+        self.breaks = bytes(map(bool, cols[0]))
+        self.idx, self.next_pos = 0, (pos + len(cols[0][0]) if cols[0] else -1)
+        return bool(cols[0]) and not cols[0][0]
 
     def parse_run(self, data, pos: int, limit: int, stage: EntryTable, name_base: int):
         """Parse the run of back-to-back canonical entries at ``pos`` into ``stage``.
@@ -123,13 +125,13 @@ class Scanner:
         if b < 0:
             b = len(self.breaks)
         _, lbs, names, ss, es = (c[a:b] for c in self.cols)
-        names = tuple(names)  # tuple.count is used below; slices of lists are lists
         n = b - a
-        self.next_pos = -1  # unless the run is accepted below
-        try:
-            lens = bytes(map(len, names))
-        except ValueError:
-            return None
+        lens = bytes(map(len, names))  # the regex caps names at 255 bytes
+        end = pos + _FIXED * n + sum(lens) + sum(map(len, ss)) + sum(map(len, es))
+        if b < len(self.breaks):  # where the generic path will hand over again
+            self.idx, self.next_pos = b, end + len(self.cols[0][b])
+        else:
+            self.next_pos = -1
         if lens != b"".join(lbs):
             return None  # a length byte disagrees: leave it to the generic interpreter
         sep = b"\0".join(names)
@@ -142,9 +144,6 @@ class Scanner:
                  and _BAD_NAME_BYTES.search(sep) is None
                  and names.count(b".") == 0 and names.count(b"..") == 0
                  and min(starts) >= 0 and not any(map(gt, starts, ends)))
-        end = pos + _FIXED * n + sum(lens) + sum(map(len, ss)) + sum(map(len, es))
-        if b < len(self.breaks):
-            self.idx, self.next_pos = b, end + len(self.cols[0][b])
         lo = len(stage)
         stage.names += b"".join(names)
         ne = stage.name_ends

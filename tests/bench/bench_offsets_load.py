@@ -24,13 +24,13 @@ import resource, sys, time
 sys.path.insert(0, sys.argv[2])
 from blobfs.format.offsets_read import read_offsets
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 r = read_offsets(sys.argv[1])
-dt = time.perf_counter() - t0
+dt, cpu = time.perf_counter() - t0, time.process_time() - c0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = r.table
 table_mb = (len(t.names) + 8 * (len(t.name_ends) + len(t.starts) + len(t.ends))) / 1e6
-print(f"entries={len(t)} problems={len(r.problems)} load_s={dt:.3f} "
+print(f"entries={len(t)} problems={len(r.problems)} load_s={dt:.3f} cpu_s={cpu:.3f} "
       f"peak_rss_mb={peak / 1024:.1f} rss_before_load_mb={base / 1024:.1f} "
       f"table_payload_mb={table_mb:.1f}")
 """
