@@ -80,9 +80,11 @@ def _ints(raw: tuple[bytes, ...]) -> array:
 class Scanner:
     """Finds canonical entries with one findall per region and hands them out run by run.
 
-    A region is scanned once: a later call at a position inside it is served from the cache
-    when it is where the previous run's following gap ends, and refused otherwise, so
-    hostile data full of ``h\\x03`` cannot make us rescan the same bytes again and again.
+    A region (at most 1 MiB, one frame for SDK files) is scanned once. Runs break where a
+    gap is not empty (``e(`` every 1000 items, a non-canonical entry); the VM runs the gap
+    generically and is served from the cache again when it reaches the next entry. A call
+    anywhere else inside a scanned region gets None, so hostile data full of ``h\\x03``
+    cannot make us rescan the same bytes again and again.
     """
 
     def __init__(self) -> None:
