@@ -23,6 +23,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from itertools import repeat
 from typing import Callable
 
 from blobfs.errors import InputError
@@ -48,10 +49,10 @@ def _matches(patterns: tuple[str, ...], rel: str, base: str) -> bool:
 
 
 def scan_images(folder: Path, opts: PackOptions, skip: frozenset[str] = frozenset()
-                ) -> list[tuple[str, int]]:
-    """(relative path, size) of every file to pack, in pack order. ``skip``: real paths
+                ) -> list[str]:
+    """Relative path of every file to pack, in pack order. ``skip``: absolute real paths
     never to pack (the output itself, when it lies inside the folder)."""
-    out: list[tuple[str, int]] = []
+    out: list[str] = []
     try:
         root_st = os.stat(folder)
     except OSError as e:
@@ -63,81 +64,98 @@ def scan_images(folder: Path, opts: PackOptions, skip: frozenset[str] = frozense
 
 
 def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
-          out: list[tuple[str, int]], active: set[tuple[int, int]]) -> None:
-    path = folder / rel if rel else folder
+          out: list[str], active: set[tuple[int, int]]) -> None:
+    path = os.path.join(folder, rel) if rel else os.fspath(folder)
+    names: list[str] = []
+    subdirs: list[str] = []
     try:
         with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            for entry in it:
+                if entry.is_dir():
+                    if opts.recursive:
+                        subdirs.append(entry.name)
+                elif entry.is_file():  # dangling links, FIFOs, sockets, devices: not images
+                    names.append(entry.name)
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
-    for entry in entries:
-        child = f"{rel}/{entry.name}" if rel else entry.name
+    prefix = f"{rel}/" if rel else ""
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{path}: folder name is not valid UTF-8") from None
+    if opts.include:
+        names = [n for n in names if _matches(opts.include, prefix + n, n)]
+    else:
+        names = [n for n in names if is_image_name(n)]
+    if opts.exclude:
+        names = [n for n in names if not _matches(opts.exclude, prefix + n, n)]
+    if skip:
+        # Only when an output lies in this folder: its real path, computed once (a realpath
+        # per file would cost more than the packing itself).
+        here = os.path.realpath(path) + "/"
+        names = [n for n in names if here + n not in skip]
+    # Files and sub-folders interleaved in name order, as tarfile.add walks a folder.
+    items = sorted([(n, False) for n in names] + [(d, True) for d in subdirs])
+    for name, is_dir in items:
+        child = prefix + name
+        if not is_dir:
+            out.append(child)
+            continue
         try:
-            child.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"{folder / child}: file name is not valid UTF-8") from None
-        try:
-            if entry.is_dir():
-                if not opts.recursive:
-                    continue
-                st = entry.stat()
-                key = (st.st_dev, st.st_ino)
-                if key in active:  # a symlink back up the tree
-                    continue
-                active.add(key)
-                _scan(folder, child, opts, skip, out, active)
-                active.discard(key)
-                continue
-            if not entry.is_file():
-                continue  # dangling links, FIFOs, sockets, devices: not images
+            st = os.stat(os.path.join(path, name))
         except OSError as e:
-            raise InputError(f"{folder / child}: {e.strerror}") from None
-        if opts.include:
-            if not _matches(opts.include, child, entry.name):
-                continue
-        elif not is_image_name(entry.name):
+            raise InputError(f"{path}/{name}: {e.strerror}") from None
+        key = (st.st_dev, st.st_ino)
+        if key in active:  # a symlink back up the tree
             continue
-        if opts.exclude and _matches(opts.exclude, child, entry.name):
-            continue
-        if skip and os.path.realpath(entry.path) in skip:
-            continue
-        try:
-            out.append((child, entry.stat().st_size))
-        except OSError as e:
-            raise InputError(f"{folder / child}: {e.strerror}") from None
+        active.add(key)
+        _scan(folder, child, opts, skip, out, active)
+        active.discard(key)
 
 
-def assign_members(folder: Path, files: list[tuple[str, int]], rename: bool) -> list[Member]:
-    """Member names whose base names are unique item names (see the module doc)."""
+def assign_members(folder: Path, files: list[str], rename: bool) -> list[Member]:
+    """Members (member name, relative path, None) whose base names are unique item names
+    (see the module doc)."""
+    bases = [rel.rpartition("/")[2] for rel in files]
+    members = files
+    if len(set(bases)) != len(bases):
+        members = _resolve_duplicates(folder, files, bases, rename)
+        bases = [m.rpartition("/")[2] for m in members]
+        if len(set(bases)) != len(bases):
+            seen: dict[str, str] = {}
+            for rel, base in zip(files, bases):
+                if seen.setdefault(base, rel) is not rel:
+                    raise InputError(f"{folder / seen[base]} and {folder / rel}: both would be "
+                                     f"item {base!r} after --rename")
+    # Fast path, checked in C over all names at once: printable ASCII holds no control
+    # character, and names of at most 250 characters fit; else the full check per name.
+    joined = "/".join(bases)
+    if not (joined.isascii() and joined.isprintable() and max(map(len, bases)) <= 250):
+        for rel, base in zip(files, bases):
+            problem = name_problem(base)
+            if problem:
+                raise InputError(f"{folder / rel}: cannot be an item: {problem}")
+    return list(zip(members, files, repeat(None)))
+
+
+def _resolve_duplicates(folder: Path, files: list[str], bases: list[str], rename: bool) -> list[str]:
     by_base: dict[str, list[int]] = {}
-    for i, (rel, _size) in enumerate(files):
-        by_base.setdefault(rel.rpartition("/")[2], []).append(i)
-    members = [rel for rel, _ in files]
+    for i, base in enumerate(bases):
+        by_base.setdefault(base, []).append(i)
+    members = list(files)
     for base, idx in by_base.items():
         if len(idx) < 2:
             continue
         if not rename:
-            a, b = (files[i][0] for i in idx[:2])
+            a, b = (files[i] for i in idx[:2])
             more = f" and {len(idx) - 2} more" if len(idx) > 2 else ""
             raise InputError(f"{folder / a} and {folder / b}{more}: same base name {base!r} "
                              "would be one item name (use --rename, or --exclude one)")
         for i in idx:
-            rel = files[i][0]
+            rel = files[i]
             if "/" in rel:
                 members[i] = f"{rel.rpartition('/')[0]}/{rel.replace('/', RENAME_SEPARATOR)}"
-    out: list[Member] = []
-    seen: dict[str, str] = {}
-    for (rel, size), member in zip(files, members):
-        name = member.rpartition("/")[2]
-        problem = name_problem(name)
-        if problem:
-            raise InputError(f"{folder / rel}: cannot be an item: {problem}")
-        if name in seen:
-            raise InputError(f"{folder / seen[name]} and {folder / rel}: both would be item "
-                             f"{name!r} after --rename")
-        seen[name] = rel
-        out.append(Member(member, os.fspath(folder / rel), size))
-    return out
+    return members
 
 
 def check_tar_name(out_tar: Path) -> None:
@@ -168,7 +186,7 @@ def pack(folder: Path, out_tar: Path, opts: PackOptions,
         try:
             off_fd, _ = outputs.file(offsets)
             try:
-                count, size = write_blob(members, tar_fd, out_tar, off_fd, offsets,
+                count, size = write_blob(members, os.fspath(folder), tar_fd, out_tar, off_fd, offsets,
                                          mtime=opts.mtime, progress=progress)
             finally:
                 os.close(off_fd)

@@ -75,7 +75,7 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
                 continue
             if name_problem(name):
                 continue  # not a valid item name: leave it where it is, as the mount would
-            chosen.append(Member(name, os.fspath(src / img_rel / name), size))
+            chosen.append((name, f"{img_rel}/{name}", size))
         if not chosen:
             continue
         parts = _split(chosen, opts.max_blob_size)
@@ -84,7 +84,7 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
         taken.update([stem, *names])
         for part_stem, members in zip(names, parts):
             blobs.append(_Blob(part_stem, ds.relpath, members))
-        packed.update(f"{img_rel}/{m.member}" for m in chosen)
+        packed.update(rel for _name, rel, _size in chosen)
     return blobs, packed, len(datasets)
 
 
@@ -94,7 +94,7 @@ def _split(members: list[Member], limit: int | None) -> list[list[Member]]:
     parts: list[list[Member]] = [[]]
     spans = 0
     for m in members:
-        span = member_span(m.member, m.size or 0)
+        span = member_span(m[0], m[2] or 0)
         if parts[-1] and tar_size(spans + span) > limit:
             parts.append([])
             spans = 0
@@ -202,12 +202,12 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
             tar = tmp / "blob" / f"{blob.stem}.tar"
             offsets = Path(offsets_path_for_tar(tar, tmp / blob.dataset_rel))
             os.makedirs(offsets.parent, exist_ok=True)
-            _write_one(blob, tar, offsets, out_dir, opts, progress)
+            _write_one(src, blob, tar, offsets, out_dir, opts, progress)
         outputs.commit()
     return PackProjectResult(out_dir, n_datasets, len(blobs), len(packed), plain, copied)
 
 
-def _write_one(blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
+def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
                opts: PackProjectOptions, progress: Progress | None) -> None:
     # Labels name the final paths: what the user will look for in a message.
     tar_label = out_dir / "blob" / tar.name
@@ -223,7 +223,7 @@ def _write_one(blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
         except OSError as e:
             raise output_failed(off_label, e) from None
         try:
-            write_blob(blob.members, tar_fd, tar_label, off_fd, off_label, mtime=opts.mtime,
+            write_blob(blob.members, os.fspath(src), tar_fd, tar_label, off_fd, off_label, mtime=opts.mtime,
                        progress=progress)
         finally:
             os.close(off_fd)

@@ -28,6 +28,7 @@ RECORD = 20 * BLOCK
 _OCTAL_LIMIT = 8**11          # 11 octal digits: ustar's size and mtime fields
 _SMALL = 1 << 20              # larger files bypass the buffer
 _BUFFER = 4 << 20
+_DIRECT = 256 << 10          # writes at least this big bypass the buffer
 
 _MODE_UID_GID = b"0000644\x00" + b"0000000\x00" + b"0000000\x00"
 
@@ -116,11 +117,12 @@ class TarWriter:
         self._used = 0
 
     def _put(self, data: bytes) -> None:
+        if len(data) >= _DIRECT:  # big enough to write as it is: skip the copy
+            self._flush()
+            self._direct(data)
+            return
         if self._used + len(data) > _BUFFER:
             self._flush()
-            if len(data) > _BUFFER:  # a huge in-memory member: write it directly
-                self._direct(data)
-                return
         self._mv[self._used : self._used + len(data)] = data
         self._used += len(data)
 
@@ -207,6 +209,30 @@ class TarWriter:
         self._put(_ZEROS[: -size % BLOCK])
         return start, start + size
 
+    def write_segment(self, pieces: list) -> int:
+        """Append a segment from ``build_segment``; returns the archive offset of its start."""
+        base = self.position
+        for piece in pieces:
+            if isinstance(piece, LargeMember):
+                self._copy_large(piece)
+            else:
+                self._put(piece)
+        return base
+
+    def _copy_large(self, m: "LargeMember") -> None:
+        try:
+            fd = os.open(m.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise input_failed(m.path, e, "while packing") from None
+        try:
+            if os.fstat(fd).st_size != m.size:
+                raise InputError(f"{m.path}: changed size while packing")
+            self._add_large(fd, m.path, m.header, m.size)
+        except OSError as e:
+            raise input_failed(m.path, e, "while packing") from None
+        finally:
+            os.close(fd)
+
     def finish(self) -> int:
         """Write the end-of-archive blocks and the record padding; return the tar's size."""
         end = self.position + 2 * BLOCK
@@ -256,3 +282,107 @@ def copy_stream(src: BinaryIO, dst_fd: int, label: str) -> int:
             raise output_failed(label, e) from None
         total += len(chunk)
     return total
+
+
+# -- segments: many small members built in worker threads -------------------------------------
+#
+# Tar headers hold no offsets, so the bytes of a run of members do not depend on where the run
+# lands in the archive. ``build_segment`` turns a chunk of members into those bytes (in a
+# worker thread: open/fstat/preadv/close release the GIL, so two workers overlap their system
+# calls with each other's Python work and with the main thread's writes); the main thread
+# writes segments in order and turns relative data offsets into absolute ones.
+
+
+class LargeMember:
+    """A member too big to buffer: the writer copies it in the kernel."""
+
+    __slots__ = ("member", "path", "header", "size")
+
+    def __init__(self, member: str, path: str, header: bytes, size: int) -> None:
+        self.member, self.path, self.header, self.size = member, path, header, size
+
+
+Piece = "memoryview | LargeMember"
+_SEGMENT_BUFFER = 4 << 20
+_DIRECT = 256 << 10          # writes at least this big bypass the buffer
+
+
+def build_segment(members: list, root: str, mtime: int | None
+                  ) -> tuple[list, list[tuple[str, int, int]]]:
+    """(pieces, entries) for a chunk of (member name, path relative to ``root``, ...).
+    ``entries`` are
+    (base name, start, end) relative to the segment's first byte; a LargeMember's range
+    counts its header, data and padding as the writer will emit them."""
+    pieces: list = []
+    entries: list[tuple[str, int, int]] = []
+    append = entries.append
+    o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    zeros = _ZEROS
+    buf = bytearray(_SEGMENT_BUFFER)
+    mv = memoryview(buf)
+    used = 0
+    base = 0  # segment offset of buf[0]
+    root = root + "/"
+    for m in members:
+        member = m[0]
+        path = root + m[1]
+        try:
+            fd = o_open(path, flags)
+        except OSError as e:
+            raise input_failed(path, e, "while packing") from None
+        try:
+            st = o_fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{path}: not a regular file")
+            size = st.st_size
+            mt = mtime if mtime is not None else st.st_mtime_ns // 1_000_000_000
+            raw = member.encode("utf-8", "surrogateescape")
+            if len(raw) <= 100 and raw.isascii() and 0 <= mt < _OCTAL_LIMIT and size < _OCTAL_LIMIT:
+                size_f = b"%011o\x00" % size
+                mtime_f = b"%011o\x00" % mt
+                csum = _CONST_SUM_REG + sum(raw) + sum(size_f) + sum(mtime_f)
+                header = b"".join((raw.ljust(100, b"\0"), _MODE_UID_GID, size_f, mtime_f,
+                                   b"%06o\x00 " % csum, _TAIL_REG))
+            else:
+                header = member_header(member, size, mt)
+            pad = -size % BLOCK
+            if size > _SMALL:
+                if used:
+                    pieces.append(mv[:used])
+                    base += used
+                    buf = bytearray(_SEGMENT_BUFFER)
+                    mv, used = memoryview(buf), 0
+                pieces.append(LargeMember(member, path, header, size))
+                start = base + len(header)
+                base = start + size + pad
+                append((member.rpartition("/")[2], start, start + size))
+                continue
+            need = len(header) + size + pad + 1
+            if used + need > _SEGMENT_BUFFER:
+                pieces.append(mv[:used])
+                base += used
+                buf = bytearray(_SEGMENT_BUFFER)
+                mv, used = memoryview(buf), 0
+            p = used + len(header)
+            mv[used:p] = header
+            # One byte more than the size: a file that grew since fstat shows up here without
+            # an extra read(2) at EOF.
+            got = o_preadv(fd, [mv[p : p + size + 1]], 0)
+            while 0 < got < size:
+                n = o_preadv(fd, [mv[p + got : p + size + 1]], got)
+                if n == 0:
+                    break
+                got += n
+            if got != size:
+                raise InputError(f"{path}: changed size while packing")
+            mv[p + size : p + size + pad] = zeros[:pad]
+            used = p + size + pad
+            append((member.rpartition("/")[2], base + p, base + p + size))
+        except OSError as e:
+            raise input_failed(path, e, "while packing") from None
+        finally:
+            o_close(fd)
+    if used:
+        pieces.append(mv[:used])
+    return pieces, entries

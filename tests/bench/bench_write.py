@@ -1,0 +1,133 @@
+"""Benchmark of the write side (not a test): blobfs pack / unpack against GNU tar and the SDK.
+
+    .venv/bin/python tests/bench/bench_write.py [--n 300000] [--rounds 3] [--workdir DIR]
+                                                [--sdk-python /path/to/venv/bin/python]
+
+Generates N files of ~4 KB (random bytes, sizes 3-5 KiB, fixed seed) once in WORKDIR/src, then
+runs interleaved rounds of:
+  pack     blobfs pack SRC -o X.tar                       (tar + offsets in one pass)
+  tar+idx  tar cf X.tar -C SRC . ; blobfs index X.tar     (GNU tar, then the offsets)
+  sdk      sly.fs.archive_directory + save_blob_offsets_pkl (only with --sdk-python: a Python
+           with supervisely installed; timed inside that process, import excluded)
+  unpack   blobfs unpack X.tar OUT                        (bare tar → classic tree)
+  tar xf   tar xf X.tar -C OUT
+and prints one table: median seconds, files/s, and the ratio to the GNU tar baseline
+(ratio > 1 = blobfs faster). Outputs are deleted between runs (not timed); the page cache is
+warm for everyone. Every command runs as a subprocess, so interpreter start-up is included.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BLOBFS = [sys.executable, "-m", "blobfs"]
+
+SDK_SCRIPT = """
+import sys, time, logging
+import supervisely as sly
+logging.disable(logging.CRITICAL)
+src, tar, out = sys.argv[1:4]
+t0 = time.perf_counter()
+sly.fs.archive_directory(src, tar)
+sly.fs.save_blob_offsets_pkl(tar, out)
+print(time.perf_counter() - t0)
+"""
+
+
+def generate(src: Path, n: int) -> None:
+    marker = src / ".generated"
+    if marker.is_file() and marker.read_text() == str(n):
+        return
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    rng = random.Random(1234)
+    pool = rng.randbytes(1 << 20)
+    t0 = time.perf_counter()
+    for i in range(n):
+        size = rng.randint(3072, 5120)
+        off = rng.randint(0, len(pool) - size)
+        with open(src / f"img_{i:07d}.png", "wb") as f:
+            f.write(pool[off : off + size])
+    os.utime(src, (1_700_000_000, 1_700_000_000))
+    marker.write_text(str(n))
+    print(f"generated {n} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+def clean(*paths: Path) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    subprocess.run(["sync"], check=False)
+
+
+def timed(cmds: list[list[str]]) -> float:
+    t0 = time.perf_counter()
+    for cmd in cmds:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       cwd=REPO)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=300_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/blobfs-bench"))
+    ap.add_argument("--sdk-python", help="python of a venv with supervisely installed")
+    args = ap.parse_args()
+
+    w = args.workdir.resolve()
+    src = w / "src"
+    generate(src, args.n)
+    tar_a, tar_b, tar_c = w / "a.tar", w / "b.tar", w / "c.tar"
+    out_a, out_b = w / "out_a", w / "out_b"
+    sdk_out = w / "sdk_offsets"
+    times: dict[str, list[float]] = {k: [] for k in ("pack", "tar+idx", "sdk", "unpack", "tar xf")}
+
+    for r in range(args.rounds):
+        clean(tar_a, w / "a_offsets.pkl")
+        times["pack"].append(timed([[*BLOBFS, "pack", str(src), "-o", str(tar_a)]]))
+        clean(tar_b, w / "b_offsets.pkl")
+        times["tar+idx"].append(timed([["tar", "cf", str(tar_b), "-C", str(src), "."],
+                                       [*BLOBFS, "index", str(tar_b)]]))
+        if args.sdk_python:
+            clean(tar_c, sdk_out)
+            sdk_out.mkdir()
+            res = subprocess.run([args.sdk_python, "-c", SDK_SCRIPT, str(src), str(tar_c),
+                                  str(sdk_out)], check=True, capture_output=True, text=True)
+            times["sdk"].append(float(res.stdout.strip().splitlines()[-1]))
+        clean(out_a)
+        times["unpack"].append(timed([[*BLOBFS, "unpack", str(tar_a), str(out_a)]]))
+        clean(out_b)
+        out_b.mkdir()
+        times["tar xf"].append(timed([["tar", "xf", str(tar_a), "-C", str(out_b)]]))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v),
+              file=sys.stderr)
+    clean(tar_a, tar_b, tar_c, out_a, out_b, sdk_out, w / "a_offsets.pkl", w / "b_offsets.pkl")
+
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    base = {"pack": "tar+idx", "tar+idx": "tar+idx", "sdk": "tar+idx",
+            "unpack": "tar xf", "tar xf": "tar xf"}
+    rows = [("method", "median s", "files/s", "vs GNU tar")]
+    for k, t in med.items():
+        rows.append((k, f"{t:.2f}", f"{args.n / t:,.0f}", f"{med[base[k]] / t:.2f}x"))
+    if "sdk" in med:
+        rows.append(("pack vs sdk", "", "", f"{med['sdk'] / med['pack']:.2f}x"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"N={args.n} files of ~4 KB, {args.rounds} interleaved rounds, medians")
+    for row in rows:
+        print("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)))
+
+
+if __name__ == "__main__":
+    main()
