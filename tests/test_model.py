@@ -86,7 +86,7 @@ def test_readdir_resumes_at_any_offset(blob_project: Path) -> None:
             for cut in range(len(full)):
                 # A consumer that stops after `cut` entries resumes from the offset it kept.
                 first = full[:cut]
-                rest = list(v.readdir(path, first[-1][2] if first else 0))
+                rest = list(v.readdir(path, first[-1][-1] if first else 0))
                 assert [e[0] for e in first + rest] == [e[0] for e in full]
 
 

@@ -87,21 +87,8 @@ class BlobfsOperations:
     def _entries(self, path: str, offset: int) -> Iterator[tuple[str, dict[str, int], int]]:
         # Each entry carries its mode (so `find -type f` needs no stat) and its inode number:
         # with use_ino libfuse copies st_ino into d_ino, and glibc's readdir() silently skips
-        # entries whose d_ino is 0 (sysdeps/unix/sysv/linux/readdir.c, "Skip deleted files"),
-        # so mode-only entries make every listing look empty.
-        view = self._view
-        prefix = path.rstrip("/") + "/"
-        for entry in view.readdir(path, offset):
-            if len(entry) == 4:  # (name, mode, ino, next): the view knows the inode number
-                name, mode, ino, nxt = entry
-            else:
-                name, mode, nxt = entry
-                if name == ".":
-                    ino = view.getattr(path).ino
-                elif name == "..":
-                    ino = 1  # any non-zero value: the kernel resolves ".." itself
-                else:
-                    ino = view.getattr(prefix + name).ino
+        # entries whose d_ino is 0 (sysdeps/unix/sysv/linux/readdir.c, "Skip deleted files").
+        for name, mode, ino, nxt in self._view.readdir(path, offset):
             yield name, {"st_mode": mode, "st_ino": ino}, nxt
 
     def statfs(self, path: str) -> dict[str, int]:

@@ -115,10 +115,7 @@ class Project:
     def iter_bytes(self) -> Iterator[tuple[str, bytes]]:
         """(view path, bytes) of every image item, dataset by dataset in index order."""
         for ds in self.datasets:
-            items = ds.items
-            prefix = f"{ds.relpath}/img/"
-            for i in range(len(items)):
-                yield prefix + items.name(i), items.read(i)
+            yield from ds.items.iter_read(f"{ds.relpath}/img/")
 
     @property
     def item_count(self) -> int:

@@ -20,13 +20,13 @@ import errno
 import logging
 import os
 import stat as st
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from blobfs.model.discovery import OFFSETS_SUFFIX
+from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister
+from blobfs.model.synth_ann import AnnSynthesizer
 
 if TYPE_CHECKING:
     from blobfs.model.project import Dataset, Project
@@ -42,8 +42,6 @@ BLKSIZE = 128 * 1024
 _VDIR = 1 << 56
 _ITEM = 2 << 56
 _VFILE = 3 << 56
-_DIR_MODE = st.S_IFDIR | 0o555
-_FILE_MODE = st.S_IFREG | 0o444
 _WRITE_BITS = 0o222
 _SYNTH_OFF = 1 << 48
 
@@ -78,6 +76,11 @@ class _DirNode:
     ann_of: "Dataset | None" = None    # ann/ with synthesized files for this dataset
     ds_index: int = -1
 
+    def hides(self, name: str) -> bool:
+        """Whether a real entry of this folder is not shown (or shown by an overlay instead)."""
+        return (name in self.overlay or name in self.hidden
+                or (self.hide_offsets and name.endswith(OFFSETS_SUFFIX)))
+
 
 class ClassicView:
     """Path-level read-only view; every method is thread-safe."""
@@ -86,11 +89,8 @@ class ClassicView:
         self.project = project
         self._root_real = os.path.realpath(project.root) if project.root else None
         self._dirs: dict[str, _DirNode] = {}
-        self._streams: OrderedDict[str, tuple[int, Iterator, tuple | None]] = OrderedDict()
-        self._streams_lock = threading.Lock()
-        self._synth_lock = threading.Lock()
-        self._missing_ann: dict[int, set[str]] = {}
-        self._synth_cache: dict[tuple[int, str], bytes] = {}
+        self._lister = RealLister(self._root_real)
+        self._synth = AnnSynthesizer(project.datasets)
         self._build()
 
     # -- layout -------------------------------------------------------------------------
@@ -126,10 +126,11 @@ class ClassicView:
         if rel in self._dirs:
             return ("dir", rel)
         parent_rel, _, name = rel.rpartition("/")
+        raw = name.encode("utf-8", "surrogateescape")
+        if len(raw) > 255:
+            raise _err(errno.ENAMETOOLONG, rel)
         if not name or name in (".", ".."):
             raise _err(errno.ENOENT, rel)
-        if len(name.encode("utf-8", "surrogateescape")) > 255:
-            raise _err(errno.ENAMETOOLONG, rel)
         parent = self._dirs.get(parent_rel)
         if parent is None:
             node = self._resolve(parent_rel)
@@ -139,14 +140,14 @@ class ClassicView:
                 raise _err(errno.ENOENT, rel)
             raise _err(errno.ENOTDIR, rel)
         if parent.items_of is not None:
-            i = parent.items_of.items.find(name)
+            i = parent.items_of.items.find_bytes(raw)
             if i < 0:
                 raise _err(errno.ENOENT, rel)
             return ("item", parent.items_of, i, parent.ds_index)
         if name in parent.overlay:
             child = parent.overlay[name]
             return self._real(child[1], rel) if child[0] == "link" else child
-        if name in parent.hidden or (parent.hide_offsets and name.endswith(OFFSETS_SUFFIX)):
+        if parent.hides(name):
             raise _err(errno.ENOENT, rel)
         if parent.real is not None:
             try:
@@ -154,7 +155,7 @@ class ClassicView:
             except OSError as e:
                 if e.errno != errno.ENOENT or parent.ann_of is None:
                     raise
-        if parent.ann_of is not None and name in self._missing(parent):
+        if parent.ann_of is not None and name in self._missing_ann(parent):
             return ("synth", parent.ds_index, name)
         raise _err(errno.ENOENT, rel)
 
@@ -162,10 +163,9 @@ class ClassicView:
         try:
             s = os.lstat(path)
             if st.S_ISLNK(s.st_mode):
-                real = os.path.realpath(path)
-                if self._root_real is None or not real.startswith(self._root_real + "/"):
+                if not self._lister.inside(str(path)):
                     raise _err(errno.ENOENT, rel)
-                s = os.stat(real)
+                s = os.stat(path)
         except FileNotFoundError:
             raise _err(errno.ENOENT, rel) from None
         except NotADirectoryError:
@@ -204,7 +204,7 @@ class ClassicView:
             if d.real is not None and d.items_of is None:
                 try:
                     s = os.stat(d.real)
-                    return Stat(s.st_mode & ~_WRITE_BITS, d.ino or s.st_ino, s.st_nlink, 0,
+                    return Stat(s.st_mode & ~_WRITE_BITS, s.st_ino, s.st_nlink, 0,
                                 s.st_mtime_ns, s.st_uid, s.st_gid)
                 except OSError:
                     pass
@@ -213,11 +213,12 @@ class ClassicView:
             mtime, uid, gid = self._dir_times(self._dirs[""])
             return Stat(_FILE_MODE, node[2], 1, len(node[1]), mtime, uid, gid)
         k, name = node[1], node[2]
-        ds = self.project.datasets[k]
-        data = self._synth(k, name)
-        mtime, uid, gid = self._dir_times(self._dirs[ds.relpath])
-        i = ds.items.find(name[: -len(".json")])
-        return Stat(_FILE_MODE, _VFILE | (k + 1) << 32 | (i + 1), 1, len(data), mtime, uid, gid)
+        data = self._synth.data(k, name)
+        mtime, uid, gid = self._dir_times(self._dirs[self.project.datasets[k].relpath])
+        return Stat(_FILE_MODE, self._synth_ino(k, name), 1, len(data), mtime, uid, gid)
+
+    def _synth_ino(self, k: int, name: str) -> int:
+        return _VFILE | (k + 1) << 32 | (self._synth.item(k, name) + 1)
 
     def _dir_times(self, d: _DirNode) -> tuple[int, int, int]:
         """mtime/uid/gid of a virtual folder: its real counterpart, else its dataset or tar."""
@@ -236,105 +237,50 @@ class ClassicView:
         return 0, os.getuid(), os.getgid()
 
     # -- listing ------------------------------------------------------------------------
-    def readdir(self, path: str, offset: int) -> Iterator[tuple[str, int, int]]:
-        """(name, mode, next offset) after ``offset``; "." and ".." come first."""
+    def readdir(self, path: str, offset: int) -> Iterator[tuple[str, int, int, int]]:
+        """(name, mode, inode number, next offset) after ``offset``; "." and ".." first.
+
+        Each entry carries its mode (so ``find -type f`` needs no stat) and its inode number
+        (with ``use_ino`` libfuse copies it to d_ino, and glibc's readdir skips d_ino 0)."""
         rel = self._rel(path)
         node = self._resolve(rel)
         if node[0] == "real":
             if not st.S_ISDIR(node[2].st_mode):
                 raise _err(errno.ENOTDIR, rel)
-            d = None
+            d, real, ino = None, node[1], node[2].st_ino
         elif node[0] == "dir":
             d = self._dirs[node[1]]
+            real, ino = d.real, self.getattr(rel).ino
         else:
             raise _err(errno.ENOTDIR, rel)
         if offset < 1:
-            yield ".", _DIR_MODE, 1
+            yield ".", _DIR_MODE, ino, 1
         if offset < 2:
-            yield "..", _DIR_MODE, 2
+            yield "..", _DIR_MODE, 1, 2  # any non-zero inode: the kernel resolves ".." itself
         offset = max(offset, 2)
         if d is not None and d.items_of is not None:
-            items = d.items_of.items
+            items, base = d.items_of.items, _ITEM | (d.ds_index + 1) << 32
             for i in range(offset - 2, len(items)):
-                yield items.name(i), _FILE_MODE, i + 3
+                yield items.name(i), _FILE_MODE, base | (i + 1), i + 3
             return
-        overlay = list(d.overlay.items()) if d is not None else []
         pos = 2
-        for name, child in overlay:
+        for name in (d.overlay if d is not None else ()):
             pos += 1
             if pos > offset:
-                yield name, _DIR_MODE if child[0] == "dir" else _FILE_MODE, pos
-        real = d.real if d is not None else node[1]
+                a = self.getattr(f"{rel}/{name}" if rel else name)
+                yield name, a.mode, a.ino, pos
         if real is not None and offset < _SYNTH_OFF:
-            yield from self._real_entries(rel, real, d, offset, pos)
+            yield from self._lister.entries(rel, real, d.hides if d else None, offset, pos)
         if d is not None and d.ann_of is not None:
             # Synthesized names get offsets of their own, far above any real entry's, so
             # resuming never has to count the real folder again.
-            for j, name in enumerate(sorted(self._missing(d))):
+            for j, name in enumerate(sorted(self._missing_ann(d))):
                 if _SYNTH_OFF + j + 1 > offset:
-                    yield name, _FILE_MODE, _SYNTH_OFF + j + 1
-
-    def _real_filter(self, entry: os.DirEntry, d: _DirNode | None) -> int:
-        """Mode to list a real entry with, or 0 to hide it (same rules as ``_resolve``)."""
-        name = entry.name
-        if d is not None and (name in d.overlay or name in d.hidden
-                              or (d.hide_offsets and name.endswith(OFFSETS_SUFFIX))):
-            return 0
-        try:
-            if entry.is_symlink():
-                real = os.path.realpath(entry.path)
-                if self._root_real is None or not real.startswith(self._root_real + "/"):
-                    return 0
-            if entry.is_dir():
-                return _DIR_MODE
-            if entry.is_file():
-                return _FILE_MODE
-        except OSError:
-            pass
-        return 0
-
-    def _real_entries(self, rel: str, real: Path, d: _DirNode | None, offset: int,
-                      base: int) -> Iterator[tuple[str, int, int]]:
-        """Real folder entries numbered from ``base``+1, resumable without re-listing: the
-        kernel asks again from the last offset it kept, so the open scan is cached per path."""
-        with self._streams_lock:
-            cached = self._streams.pop(rel, None)
-        if cached is not None and cached[0] == offset:
-            pos, it, pending = cached
-        else:
-            it, pos, pending = self._scan(real, d), base, None
-            while pos < offset:
-                nxt = next(it, None)
-                if nxt is None:
-                    return
-                pos += 1
-        while True:
-            entry = pending if pending is not None else next(it, None)
-            pending = None
-            if entry is None:
-                return
-            with self._streams_lock:  # if the consumer stops after this yield, resume here
-                self._streams[rel] = (pos, it, entry)
-                while len(self._streams) > 64:
-                    self._streams.popitem(last=False)
-            yield entry[0], entry[1], pos + 1
-            with self._streams_lock:
-                self._streams.pop(rel, None)
-            pos += 1
-
-    def _scan(self, real: Path, d: _DirNode | None) -> Iterator[tuple[str, int]]:
-        try:
-            with os.scandir(real) as it:
-                for entry in it:
-                    mode = self._real_filter(entry, d)
-                    if mode:
-                        yield entry.name, mode
-        except OSError:
-            return
+                    yield name, _FILE_MODE, self._synth_ino(d.ds_index, name), _SYNTH_OFF + j + 1
 
     def listdir(self, path: str) -> list[tuple[str, int]]:
         """All (name, mode) of a folder, without "." and "..", sorted by name."""
-        return sorted((n, m) for n, m, _ in self.readdir(path, 2))
+        return sorted((e[0], e[1]) for e in self.readdir(path, 2))
 
     def walk(self, top: str = "") -> Iterator[tuple[str, list[str], list[str]]]:
         """Like ``os.walk`` over view paths, top-down, sorted."""
@@ -364,12 +310,15 @@ class ClassicView:
                 os.close(fd)
         if kind == "dir":
             raise _err(errno.EISDIR, rel)
-        data = node[1] if kind == "bytes" else self._synth(node[1], node[2])
+        data = node[1] if kind == "bytes" else self._synth.data(node[1], node[2])
         return data[offset : offset + size]
 
     def read_all(self, path: str) -> bytes:
-        size = self.getattr(path).size
-        return self.read(path, size, 0)
+        rel = self._rel(path)
+        node = self._resolve(rel)
+        if node[0] == "item":  # the API's hot path: one lookup, one pread
+            return node[1].items.read(node[2])
+        return self.read(path, self.getattr(path).size, 0)
 
     def statfs(self) -> dict[str, int]:
         total = sum(s.size for s in self.project.sources)
@@ -378,44 +327,7 @@ class ClassicView:
                 "f_bfree": 0, "f_bavail": 0, "f_files": files, "f_ffree": 0, "f_favail": 0,
                 "f_namemax": 255}
 
-    # -- synthesized annotations --------------------------------------------------------
-    def _missing(self, d: _DirNode) -> set[str]:
-        """Names of ``ann/`` files to synthesize: items with neither annotation file."""
-        k = d.ds_index
-        with self._synth_lock:
-            if k in self._missing_ann:
-                return self._missing_ann[k]
-        from blobfs.format.names import ann_names
-
-        present: set[str] = set()
-        if d.real is not None:
-            present = {n for n, _ in self._scan(d.real, None)}
-        missing = set()
-        for name in d.ann_of.items.names():  # type: ignore[union-attr]
-            new, old = ann_names(name)
-            if new not in present and (old is None or old not in present):
-                missing.add(new)
-        with self._synth_lock:
-            self._missing_ann[k] = missing
-        return missing
-
-    def _synth(self, k: int, ann_name: str) -> bytes:
-        with self._synth_lock:
-            data = self._synth_cache.get((k, ann_name))
-        if data is None:
-            from blobfs.errors import BlobfsError
-            from blobfs.preview.imagefacts import HEADER_PREFIX, facts_from_prefix
-            from blobfs.preview.synth import synthesize_ann
-
-            items = self.project.datasets[k].items
-            i = items.find(ann_name[: -len(".json")])
-            try:
-                facts = facts_from_prefix(items.read(i, HEADER_PREFIX), lambda: items.read(i),
-                                          items.name(i))
-            except BlobfsError as e:
-                log.warning("cannot synthesize %s: %s", ann_name, e)
-                raise _err(errno.EIO, ann_name) from None
-            data = synthesize_ann(facts.width, facts.height)
-            with self._synth_lock:
-                self._synth_cache[(k, ann_name)] = data
-        return data
+    def _missing_ann(self, d: _DirNode) -> set[str]:
+        real = d.real
+        return self._synth.missing(
+            d.ds_index, lambda: (e[0] for e in self._lister.scan(real)) if real else ())

@@ -1,0 +1,97 @@
+"""Listing real folders for the view: filtering by the view's rules and resumable scans.
+
+The kernel reads a directory in buffer-sized chunks and asks again "from offset N". For a real
+folder of a million annotation files, re-scanning from the start for every chunk would be
+quadratic, so an open scan is kept per folder and continued when the next request starts where
+the previous one stopped (libfuse calls back with the offset of the last entry it kept; the
+entry it could not fit is yielded again).
+"""
+from __future__ import annotations
+
+import os
+import stat as st
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Iterator
+
+DIR_MODE = st.S_IFDIR | 0o555
+FILE_MODE = st.S_IFREG | 0o444
+
+Hide = Callable[[str], bool]
+Entry = tuple[str, int, int]  # name, mode, inode number
+
+
+class RealLister:
+    """Lists real folders below ``root_real`` (None: no symlink may be followed)."""
+
+    MAX_OPEN_SCANS = 64
+
+    def __init__(self, root_real: str | None) -> None:
+        self._root_real = root_real
+        self._scans: OrderedDict[str, tuple[int, Iterator[Entry], Entry | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def inside(self, path: str) -> bool:
+        """Whether a symlink's target stays inside the project."""
+        real = os.path.realpath(path)
+        return self._root_real is not None and real.startswith(self._root_real + "/")
+
+    def _entry(self, entry: os.DirEntry) -> Entry | None:
+        """How the view lists a real entry, or None when it hides it (same rules as lookup:
+        symlinks only inside the project, only regular files and folders)."""
+        try:
+            if entry.is_symlink():
+                if not self.inside(entry.path):
+                    return None
+                s = entry.stat()
+                ino = s.st_ino
+            else:
+                ino = entry.inode()
+            if entry.is_dir():
+                return entry.name, DIR_MODE, ino
+            if entry.is_file():
+                return entry.name, FILE_MODE, ino
+        except OSError:
+            pass
+        return None
+
+    def scan(self, real: Path, hide: Hide | None = None) -> Iterator[Entry]:
+        try:
+            with os.scandir(real) as it:
+                for entry in it:
+                    if hide is not None and hide(entry.name):
+                        continue
+                    e = self._entry(entry)
+                    if e is not None:
+                        yield e
+        except OSError:
+            return
+
+    def entries(self, key: str, real: Path, hide: Hide | None, offset: int,
+                base: int) -> Iterator[tuple[str, int, int, int]]:
+        """(name, mode, ino, next offset) of ``real``'s entries numbered from ``base`` + 1,
+        starting after ``offset``."""
+        with self._lock:
+            cached = self._scans.pop(key, None)
+        if cached is not None and cached[0] == offset:
+            pos, it, pending = cached
+        else:
+            it, pos, pending = self.scan(real, hide), base, None
+            while pos < offset:
+                if next(it, None) is None:
+                    return
+                pos += 1
+        while True:
+            entry = pending if pending is not None else next(it, None)
+            pending = None
+            if entry is None:
+                return
+            with self._lock:  # if the consumer stops after this yield, resume right here
+                self._scans[key] = (pos, it, entry)
+                while len(self._scans) > self.MAX_OPEN_SCANS:
+                    self._scans.popitem(last=False)
+            yield entry[0], entry[1], entry[2], pos + 1
+            with self._lock:
+                self._scans.pop(key, None)
+            pos += 1
