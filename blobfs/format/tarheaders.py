@@ -404,7 +404,7 @@ class _Parser:
             # TarInfo._proc_builtin: only regular and unknown types have data blocks.
             data_at = offset + BLOCK
             has_data = t in _REGULAR_TYPES or t not in _SUPPORTED_TYPES
-            end = data_at + _round_up(size) if has_data else data_at
+            end = data_at + ((size + 511) & -512) if has_data else data_at
             if self.globals:
                 name, linkname, size, mtime = self._apply_pax(
                     self.globals, name, linkname, size, mtime, offset)
