@@ -1,0 +1,196 @@
+"""``blobfs pack-project``: classic project → blob project, round-tripped through the model,
+``unpack`` and the SDK's rules, on the SDK's fixture and on generated projects."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from blobfs.cli.write import pack_project_cmd, unpack_cmd
+from blobfs.format.names import is_image_name
+from blobfs.format.offsets_write import dumps_offsets
+from blobfs.model.project import open_project
+from offsets_helpers import sdk_entries
+from sdk_rules import read_project
+
+BLOBFS = [sys.executable, "-m", "blobfs"]
+LONG = "long_" + "y" * 110 + ".png"
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root: relative path → bytes."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def dirs(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_dir()}
+
+
+def invoke(cmd, *args) -> object:
+    return CliRunner().invoke(cmd, [str(a) for a in args], catch_exceptions=False)
+
+
+def ann(w: int = 4, h: int = 3) -> bytes:
+    return json.dumps({"description": "", "size": {"height": h, "width": w}, "tags": [],
+                       "objects": [], "customBigData": {}}, indent=4).encode()
+
+
+def make_classic(root: Path) -> dict[str, bytes]:
+    """A classic project: nested dataset, unicode and long names, side files, sizes 0..200 KB."""
+    files: dict[str, bytes] = {"meta.json": b'{"classes": [], "tags": [], "projectSettings": {}}',
+                               "key_id_map.json": b"{}"}
+    layout = {
+        "train": ["a.png", "b.jpg", "café 图.png", LONG, "huge.png", "tiny.png"],
+        "train/datasets/nested": ["n1.png", "n2.jpeg"],
+        "val": ["v.png"],
+    }
+    sizes = {"huge.png": 200_000, "tiny.png": 10}
+    for ds, names in layout.items():
+        for i, name in enumerate(names):
+            files[f"{ds}/img/{name}"] = os.urandom(sizes.get(name, 3000 + 500 * i))
+            files[f"{ds}/ann/{name}.json"] = ann(i + 1, 2)
+    files["train/img_info/a.png.json"] = b'{"id": 1}'
+    files["train/meta/b.jpg.json"] = b'{"k": "v"}'
+    files["train/img/notes.txt"] = b"not an image: stays a plain file"
+    files["val/README"] = b"other file"
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "val" / "empty_folder").mkdir()
+    return files
+
+
+def visible(files: dict[str, bytes]) -> dict[str, bytes]:
+    """What a classic view shows: not the non-image files inside img/ (the SDK ignores them;
+    pack-project keeps them on disk all the same)."""
+    return {k: v for k, v in files.items()
+            if k.rpartition("/")[0].rpartition("/")[2] != "img" or is_image_name(k)}
+
+
+def assert_sdk_offsets(out: Path) -> None:
+    """Every offsets file is what save_blob_offsets_pkl writes for its tar (FORMAT.md §6)."""
+    for pkl in out.rglob("*_offsets.pkl"):
+        tar = out / "blob" / (pkl.name[: -len("_offsets.pkl")] + ".tar")
+        assert pkl.read_bytes() == dumps_offsets(sdk_entries(tar))
+
+
+def test_fixture_round_trip(classic_project: Path, tmp_path: Path) -> None:
+    out, back = tmp_path / "blobproj", tmp_path / "back"
+    res = invoke(pack_project_cmd, classic_project, out)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "blob").iterdir()) == ["ds1.tar", "ds2.tar"]
+    assert (out / "ds1" / "ds1_offsets.pkl").is_file() and not (out / "ds1" / "img").exists()
+    assert_sdk_offsets(out)
+    original = tree(classic_project)
+    # Annotations and side files are copied byte for byte.
+    for rel in original:
+        if "/img/" not in rel:
+            assert (out / rel).read_bytes() == original[rel]
+    # The model's view of the blob project is the original classic project.
+    with open_project(out) as p:
+        assert not p.problems
+        assert sorted(p.files()) == sorted(original)
+        for rel, data in original.items():
+            assert p.read(rel) == data
+    # The SDK's rules see the same datasets and items, blob bytes included.
+    sdk_in, sdk_out = read_project(classic_project), read_project(out)
+    assert sdk_out.counts() == sdk_in.counts() and not sdk_out.warnings
+    for ds in sdk_out.datasets:
+        for name, (tar, start, end) in ds.blob_items.items():
+            with open(out / tar, "rb") as f:
+                f.seek(start)
+                assert f.read(end - start) == original[f"{ds.dir}/img/{name}"]
+    # ... and unpack gives back the original, file for file.
+    assert invoke(unpack_cmd, out, back).exit_code == 0
+    assert tree(back) == original
+
+
+def test_generated_round_trip_sizes_and_split(tmp_path: Path) -> None:
+    src, out, back = tmp_path / "classic", tmp_path / "blobproj", tmp_path / "back"
+    files = make_classic(src)
+    res = invoke(pack_project_cmd, src, out, "--min-size", "100", "--max-size", "100K",
+                 "--max-blob-size", "10K")
+    assert res.exit_code == 0, res.output
+    # Outside the size range: ordinary img/ files. Non-images in img/ stay too.
+    for rel in ("train/img/huge.png", "train/img/tiny.png", "train/img/notes.txt"):
+        assert (out / rel).read_bytes() == files[rel]
+    assert not (out / "train/img/a.png").exists()
+    tars = sorted(p.name for p in (out / "blob").iterdir())
+    assert tars == ["train-000.tar", "train-001.tar", "train-002.tar", "train__nested.tar", "val.tar"]
+    for t in tars:
+        assert os.path.getsize(out / "blob" / t) <= 10 * 1024
+        with tarfile.open(out / "blob" / t) as tf:
+            assert all(m.isfile() and "/" not in m.name for m in tf.getmembers())
+    assert (out / "train/datasets/nested/train__nested_offsets.pkl").is_file()
+    assert_sdk_offsets(out)
+    assert read_project(out).counts() == read_project(src).counts()
+    assert invoke(unpack_cmd, out, back).exit_code == 0
+    assert tree(back) == visible(files)
+    assert "val/empty_folder" in dirs(back)
+
+
+def test_long_and_unicode_names_in_one_tar(tmp_path: Path) -> None:
+    src, out = tmp_path / "classic", tmp_path / "blobproj"
+    files = make_classic(src)
+    assert invoke(pack_project_cmd, src, out).exit_code == 0
+    with tarfile.open(out / "blob" / "train.tar") as tf:
+        names = tf.getnames()
+        assert LONG in names and "café 图.png" in names
+        assert tf.extractfile(LONG).read() == files[f"train/img/{LONG}"]
+    listed = subprocess.run(["tar", "tf", str(out / "blob" / "train.tar")], capture_output=True,
+                            text=True, check=True)
+    assert listed.stdout.splitlines() == names
+    with open_project(out) as p:
+        assert {path: p.read(path) for path in p.files()} == visible(files)
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    src = tmp_path / "classic"
+    make_classic(src)
+    assert invoke(pack_project_cmd, src, tmp_path / "one").exit_code == 0
+    assert invoke(pack_project_cmd, src, tmp_path / "two").exit_code == 0
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+
+
+def test_refuses_existing_output_unless_force(tmp_path: Path) -> None:
+    src, out = tmp_path / "classic", tmp_path / "out"
+    make_classic(src)
+    out.mkdir()
+    (out / "keep.txt").write_bytes(b"mine")
+    res = invoke(pack_project_cmd, src, out)
+    assert res.exit_code == 2 and str(out) in res.output and "--force" in res.output
+    assert tree(out) == {"keep.txt": b"mine"}
+    assert invoke(pack_project_cmd, src, out, "--force").exit_code == 0
+    assert not (out / "keep.txt").exists() and (out / "blob" / "train.tar").is_file()
+    # An existing empty folder is not clobbered by filling it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke(pack_project_cmd, src, empty).exit_code == 0
+    assert (empty / "meta.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".blobfs-" in p.name]
+
+
+def test_refuses_non_classic_input(blob_project: Path, tmp_path: Path) -> None:
+    res = invoke(pack_project_cmd, blob_project, tmp_path / "o")
+    assert res.exit_code == 2 and "blob/" in res.output
+    (tmp_path / "nometa").mkdir()
+    res = invoke(pack_project_cmd, tmp_path / "nometa", tmp_path / "o")
+    assert res.exit_code == 2 and "meta.json" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_subprocess(classic_project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    proc = subprocess.run([*BLOBFS, "pack-project", str(classic_project), str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 datasets" in proc.stderr
+    with open_project(out) as p:
+        assert sorted(p.files()) == sorted(tree(classic_project))
