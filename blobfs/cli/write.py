@@ -1,7 +1,8 @@
 """Click commands of the write side: ``pack``, ``pack-project``, ``unpack``.
 
 Thin: parse options into one frozen dataclass, run ``blobfs.write``, report. Exit codes:
-0 done; 2 bad input, refused output (exists, no ``--force``) or usage; 1 the output could not
+0 done; 1 for ``unpack`` when the source had problems (skipped entries, as the mount skips
+them: the output is written and equals the mount, each problem is printed); 2 bad input, refused output (exists, no ``--force``) or usage; 1 the output could not
 be written (full disk, permissions); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every
 failure case nothing is left under the final output name.
 """
@@ -179,5 +180,10 @@ def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: b
     t0 = time.monotonic()
     with _reporting(), contextlib.ExitStack() as stack:
         result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
-    click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})",
+    for problem in result.problems:
+        click.echo(f"blobfs: warning: {problem}", err=True)
+    click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})"
+               + (f"; {len(result.problems)} problems in the source, see above" if result.problems else ""),
                err=True)
+    if result.problems:
+        sys.exit(1)

@@ -29,6 +29,7 @@ class UnpackResult:
     out_dir: Path
     files: int
     bytes: int
+    problems: tuple[str, ...] = ()   # what the source's model reported (entries skipped, ...)
 
 
 def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
@@ -93,4 +94,5 @@ def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
         if progress is not None and pending:
             progress(pending)
         outputs.commit()
-    return UnpackResult(out_dir, n_files, n_bytes)
+        problems = tuple(project.problems)
+    return UnpackResult(out_dir, n_files, n_bytes, problems)

@@ -1,0 +1,133 @@
+"""``blobfs unpack``: blob project → classic project, equal to what the mount shows."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from blobfs.cli.write import pack_cmd, unpack_cmd
+from blobfs.model.project import open_project
+from mount_helpers import mounted, requires_fuse
+
+BLOBFS = [sys.executable, "-m", "blobfs"]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(unpack_cmd, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_sdk_blob_project_unpacks_to_the_sdk_classic_project(
+        blob_project: Path, classic_project: Path, fixtures_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = invoke(blob_project, out)
+    assert res.exit_code == 0, res.output
+    got = tree(out)
+    assert got == tree(classic_project)
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())["files"]
+    assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items()} == \
+        {k: v["sha256"] for k, v in expected.items()}
+    diff = subprocess.run(["diff", "-r", str(out), str(classic_project)], capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout
+    # Inputs untouched, nothing but the output in the destination folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_equals_the_view_with_its_mtimes(blob_project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert invoke(blob_project, out).exit_code == 0
+    with open_project(blob_project) as p:
+        view = p.view
+        listed = {f"{d}/{f}" if d else f for d, _dirs, files in view.walk() for f in files}
+        assert listed == set(tree(out))
+        for rel in listed:
+            st = view.getattr("/" + rel)
+            assert (out / rel).read_bytes() == p.read(rel)
+            assert os.stat(out / rel).st_mtime_ns == st.mtime_ns
+
+
+@requires_fuse
+@pytest.mark.mount
+@pytest.mark.timeout(90)
+def test_diff_with_the_mount_is_empty(blob_project: Path, tmp_path: Path) -> None:
+    out, mp = tmp_path / "out", tmp_path / "mnt"
+    mp.mkdir()
+    assert invoke(blob_project, out).exit_code == 0
+    with mounted(blob_project, mp, libfuse=3) as m:
+        diff = subprocess.run(["diff", "-r", str(out), str(m.path())], capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+def test_bare_tar_and_synthesized_annotations(tmp_path: Path, classic_project: Path) -> None:
+    """A tar made by pack unpacks to the images it holds; --synthesize-ann adds annotations."""
+    images = classic_project / "ds1" / "img"
+    tar = tmp_path / "imgs.tar"
+    assert CliRunner().invoke(pack_cmd, [str(images), "-o", str(tar)]).exit_code == 0
+    plain, synth = tmp_path / "plain", tmp_path / "synth"
+    assert invoke(tar, plain).exit_code == 0
+    got = tree(plain)
+    imgs = {k.rpartition("/")[2]: v for k, v in got.items() if "/img/" in k}
+    assert imgs == {p.name: p.read_bytes() for p in images.iterdir()}
+    assert invoke(tar, synth, "--synthesize-ann").exit_code == 0
+    anns = [k for k in tree(synth) if "/ann/" in k]
+    assert len(anns) == len(imgs)
+    with open_project(tar, synthesize_ann=True) as p:
+        for rel in anns:
+            assert (synth / rel).read_bytes() == p.read(rel)
+
+
+def test_refuses_existing_output_unless_force(blob_project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_bytes(b"mine")
+    res = invoke(blob_project, out)
+    assert res.exit_code == 2 and str(out) in res.output
+    assert tree(out) == {"mine.txt": b"mine"}
+    assert invoke(blob_project, out, "--force").exit_code == 0
+    assert "mine.txt" not in tree(out) and (out / "meta.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    res = invoke(tmp_path / "nope", tmp_path / "out")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_tar_reports_problems(blob_project: Path, tmp_path: Path) -> None:
+    """Entries past the end of a cut-short tar: the output is still what the mount shows (it
+    skips them), and every skipped entry is reported with exit code 1."""
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    tar = proj / "blob" / "small_images.tar"
+    os.chmod(tar, 0o644)
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) // 2])
+    proc = subprocess.run([*BLOBFS, "unpack", str(proj), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "warning" in proc.stderr
+    with open_project(proj) as p:
+        assert p.problems and all(line in proc.stderr for line in p.problems)
+        assert {rel: p.read(rel) for rel in p.files()} == tree(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "proj"]
+
+
+def test_subprocess_round_trip_via_pack_project(classic_project: Path, tmp_path: Path) -> None:
+    blob, back = tmp_path / "blob", tmp_path / "back"
+    for cmd in (["pack-project", str(classic_project), str(blob)], ["unpack", str(blob), str(back)]):
+        proc = subprocess.run([*BLOBFS, *cmd], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    diff = subprocess.run(["diff", "-r", str(back), str(classic_project)], capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout
