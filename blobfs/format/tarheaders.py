@@ -4,8 +4,9 @@ The SDK computes blob offsets with Python's ``tarfile`` (``tarfile.open(path, "r
 ``getmembers()``), so this module reproduces exactly ``tarfile``'s view of an archive: member
 names (ustar prefix, GNU ``././@LongLink`` L/K records, PAX ``path``/``linkpath``, global
 ``g`` headers), ``offset_data``, ``size``, normalized type, header offset. It reads header
-blocks only and jumps over member data with ``os.pread``, so 300,000 members index in about a
-second and member data is never held in memory.
+blocks only (one small ``os.pread`` per member, jumping over data; member data is never held
+in memory): 300,000 members index in ~2 s where ``tarfile`` takes 10-20 s. Names are decoded
+like ``tarfile``'s (UTF-8, surrogateescape: non-UTF-8 bytes become lone surrogates).
 
 Deliberate differences from ``tarfile`` (all on damaged input, never on a valid archive):
 
@@ -110,13 +111,11 @@ def _member(name: str, header_offset: int, offset_data: int, size: int, type_: b
 
 
 class _HeaderError(Exception):
-    """A header block tarfile would reject; ``kind`` says how."""
+    """A block tarfile would reject: kind "eof" (zero block), "empty", "truncated", "invalid"."""
 
     def __init__(self, kind: str, offset: int, detail: str = "") -> None:
         super().__init__(kind)
-        self.kind = kind          # "eof" (zero block), "empty", "truncated", "invalid"
-        self.offset = offset
-        self.detail = detail
+        self.kind, self.offset, self.detail = kind, offset, detail
 
 
 #: What one header block says: name, mode, size, mtime, type, linkname.
@@ -124,7 +123,7 @@ _Header = tuple[str, int, int, int, bytes, str]
 
 
 def _round_up(n: int) -> int:
-    return (n + BLOCK - 1) // BLOCK * BLOCK
+    return (n + 511) & -512
 
 
 def _nts(field: bytes) -> str:
@@ -404,7 +403,7 @@ class _Parser:
             # TarInfo._proc_builtin: only regular and unknown types have data blocks.
             data_at = offset + BLOCK
             has_data = t in _REGULAR_TYPES or t not in _SUPPORTED_TYPES
-            end = data_at + ((size + 511) & -512) if has_data else data_at
+            end = data_at + ((size + 511) & -512) if has_data else data_at  # _round_up inlined
             if self.globals:
                 name, linkname, size, mtime = self._apply_pax(
                     self.globals, name, linkname, size, mtime, offset)
