@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -114,8 +115,7 @@ class Project:
 
     def iter_bytes(self) -> Iterator[tuple[str, bytes]]:
         """(view path, bytes) of every image item, dataset by dataset in index order."""
-        for ds in self.datasets:
-            yield from ds.items.iter_read(f"{ds.relpath}/img/")
+        return chain.from_iterable(ds.items.iter_read(f"{ds.relpath}/img/") for ds in self.datasets)
 
     @property
     def item_count(self) -> int:

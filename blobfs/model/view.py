@@ -123,15 +123,21 @@ class ClassicView:
     def _resolve(self, rel: str) -> tuple:
         """Node of view path ``rel`` ("" = root): ("dir", rel) | ("item", ds, i, k) |
         ("real", path, stat) | ("bytes", data, ino) | ("synth", k, name)."""
+        parent_rel, _, name = rel.rpartition("/")
+        parent = self._dirs.get(parent_rel)
+        if parent is not None and parent.items_of is not None:  # the hot path: an image
+            raw = name.encode("utf-8", "surrogateescape")
+            i = parent.items_of.items.find_bytes(raw)
+            if i >= 0:
+                return ("item", parent.items_of, i, parent.ds_index)
+            raise _err(errno.ENAMETOOLONG if len(raw) > 255 else errno.ENOENT, rel)
         if rel in self._dirs:
             return ("dir", rel)
-        parent_rel, _, name = rel.rpartition("/")
         raw = name.encode("utf-8", "surrogateescape")
         if len(raw) > 255:
             raise _err(errno.ENAMETOOLONG, rel)
         if not name or name in (".", ".."):
             raise _err(errno.ENOENT, rel)
-        parent = self._dirs.get(parent_rel)
         if parent is None:
             node = self._resolve(parent_rel)
             if node[0] == "real" and st.S_ISDIR(node[2].st_mode):
@@ -139,11 +145,6 @@ class ClassicView:
             if node[0] == "dir":  # unreachable: explicit dirs are in self._dirs
                 raise _err(errno.ENOENT, rel)
             raise _err(errno.ENOTDIR, rel)
-        if parent.items_of is not None:
-            i = parent.items_of.items.find_bytes(raw)
-            if i < 0:
-                raise _err(errno.ENOENT, rel)
-            return ("item", parent.items_of, i, parent.ds_index)
         if name in parent.overlay:
             child = parent.overlay[name]
             return self._real(child[1], rel) if child[0] == "link" else child
