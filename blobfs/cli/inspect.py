@@ -10,6 +10,7 @@ from typing import Iterator
 
 import click
 
+from blobfs.errors import InputError
 from blobfs.model.project import SourceSpec
 
 
@@ -98,7 +99,7 @@ def ls_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str, long
             a = p.view.getattr(path)
             entries = p.view.listdir(path) if st.S_ISDIR(a.mode) else [(path.rsplit("/", 1)[-1], a.mode)]
         except OSError as e:
-            raise click.ClickException(f"{path or '/'}: {e.strerror}") from None
+            raise InputError(f"{path or '/'}: {e.strerror}") from None
         for name, mode in entries:
             if long:
                 full = f"{path.strip('/')}/{name}".strip("/") if st.S_ISDIR(a.mode) else path
@@ -117,7 +118,7 @@ def cat_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str) -> 
         try:
             data = p.read(path)
         except OSError as e:
-            raise click.ClickException(f"{path}: {e.strerror}") from None
+            raise InputError(f"{path}: {e.strerror}") from None
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 
@@ -136,7 +137,6 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     Every regular member in archive order, named by its base name. Globs match the full
     member name or its base name.
     """
-    from blobfs.errors import InputError
     from blobfs.format.offsets_write import offsets_path_for_tar, write_offsets
     from blobfs.format.tarheaders import index_tar
 

@@ -1,0 +1,138 @@
+"""The inspection commands through click's runner (and the real entry points once)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import blobfs
+from blobfs.cli.main import cli, route_argv
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def run(runner: CliRunner, *args: str):
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_version_and_help(runner: CliRunner) -> None:
+    r = run(runner, "--version")
+    assert r.exit_code == 0 and blobfs.__version__ in r.output
+    for cmd in ("info", "ls", "cat", "index", "verify", "mount", "umount", "pack",
+                "pack-project", "unpack", "preview", "demo"):
+        r = run(runner, cmd, "--help")
+        assert r.exit_code == 0 and "Usage:" in r.output, cmd
+
+
+def test_entry_points_run() -> None:
+    for argv in ([sys.executable, "-m", "blobfs", "--version"],
+                 [str(Path(sys.executable).parent / "blobfs"), "--version"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and blobfs.__version__ in out.stdout
+
+
+def test_info_text_and_json(runner: CliRunner, blob_project: Path, fixtures_dir: Path) -> None:
+    r = run(runner, "info", str(blob_project))
+    assert r.exit_code == 0, r.output
+    assert "items: 74 in 2 dataset(s)" in r.output
+    r = run(runner, "info", str(blob_project), "--json")
+    assert r.exit_code == 0
+    report = json.loads(r.output)
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())["datasets"]
+    assert [(d["name"], d["items"], d["blob_items"]) for d in report["datasets"]] == \
+        [(d["name"], d["items"], d["blob_items"]) for d in expected]
+    assert sorted(Path(b["path"]).name for b in report["blobs"]) == ["more_images.tar", "small_images.tar"]
+    assert report["problems"] == []
+
+
+def test_ls_and_cat(runner: CliRunner, blob_project: Path, classic_project: Path) -> None:
+    r = run(runner, "ls", str(blob_project))
+    assert r.exit_code == 0
+    assert r.output.split() == ["ds1/", "ds2/", "meta.json"]
+    r = run(runner, "ls", str(blob_project), "ds2/img")
+    assert "scan 00.jpg" in r.output.splitlines()
+    r = run(runner, "ls", "-l", str(blob_project), "ds2/img")
+    assert r.exit_code == 0 and r.output.splitlines()[0].startswith("- ")
+    r = runner.invoke(cli, ["cat", str(blob_project), "ds1/img/img_040.png"])
+    assert r.exit_code == 0
+    assert r.stdout_bytes == (classic_project / "ds1/img/img_040.png").read_bytes()
+    r = run(runner, "cat", str(blob_project), "ds1/img/nope.png")
+    assert r.exit_code == 2 and "No such file" in r.output
+
+
+def test_index_matches_sdk_bytes(runner: CliRunner, blob_project: Path, tmp_path: Path) -> None:
+    for tar, pkl in (("small_images.tar", "ds1/small_images_offsets.pkl"),
+                     ("more_images.tar", "ds2/more_images_offsets.pkl")):
+        r = run(runner, "index", str(blob_project / "blob" / tar), "-o", str(tmp_path))
+        assert r.exit_code == 0, r.output
+        out = tmp_path / (Path(tar).stem + "_offsets.pkl")
+        assert out.read_bytes() == (blob_project / pkl).read_bytes()
+        r = run(runner, "index", str(blob_project / "blob" / tar), "-o", str(tmp_path))
+        assert r.exit_code == 2 and "exists" in r.output  # refused without --force
+    r = run(runner, "index", str(blob_project / "blob/small_images.tar"), "-o", str(tmp_path),
+            "--force", "--include", "batch2/*", "--exclude", "*.jpg")
+    assert r.exit_code == 0
+    from blobfs.format.offsets_read import read_offsets
+
+    names = [n for n, _, _ in read_offsets(tmp_path / "small_images_offsets.pkl").table]
+    assert names and all(n.endswith(".png") for n in names) and len(names) < 10
+
+
+def test_verify_clean_and_with_problems(runner: CliRunner, blob_project: Path, tmp_path: Path) -> None:
+    r = run(runner, "verify", str(blob_project), "--decode")
+    assert r.exit_code == 0, r.output
+    assert "74 items checked, 0 problem(s)" in r.output
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    (proj / "ds1/ann/img_003.png.json").unlink()
+    (proj / "ds1/ann/img_004.png.json").write_text("{not json")
+    ann5 = proj / "ds1/ann/img_005.jpg.json"
+    doc = json.loads(ann5.read_text())
+    doc["size"]["width"] += 1
+    ann5.write_text(json.dumps(doc))
+    r = run(runner, "verify", str(proj), "--decode", "--json")
+    assert r.exit_code == 1
+    problems = json.loads(r.output)["problems"]
+    assert any("img_003.png.json: missing" in p for p in problems)
+    assert any("img_004.png.json: not valid JSON" in p for p in problems)
+    assert any("img_005.jpg" in p and "annotation says" in p for p in problems)
+
+
+def test_verify_reports_ranges_that_are_not_members(runner: CliRunner, blob_project: Path,
+                                                    tmp_path: Path) -> None:
+    from blobfs.format.offsets_write import write_offsets
+
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    # A range covering a member's header and data: inside the tar, so it is served as given,
+    # but verify says it is not a member's data.
+    write_offsets(proj / "ds2/more_images_offsets.pkl", [("scan 00.jpg", 0, 2000)])
+    r = run(runner, "verify", str(proj))
+    assert r.exit_code == 1
+    assert "is not the data of a member of this tar" in r.output
+
+
+def test_unreadable_input_exits_2_with_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    for args in (["info", str(tmp_path / "missing")], ["ls", str(tmp_path)],
+                 ["verify", str(tmp_path / "missing")], ["index", str(tmp_path / "x.tar")]):
+        r = run(runner, *args)
+        assert r.exit_code == 2, args
+        assert "Traceback" not in r.output
+    gz = tmp_path / "fake.tar"
+    gz.write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 100)
+    r = run(runner, "ls", str(gz))
+    assert r.exit_code == 2 and "gzip-compressed" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_mount_helper_argv_routing() -> None:
+    assert route_argv(["/data/p", "/mnt/p", "-o", "ro"]) == ["mount", "/data/p", "/mnt/p", "-o", "ro"]
+    assert route_argv(["info", "/data/p"]) == ["info", "/data/p"]
+    assert route_argv(["--version"]) == ["--version"]
