@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,11 @@ class _Opener:
         if path in self.sources:
             return self.sources[path]
         try:
+            # Only a regular file: open(2) of a FIFO named .tar blocks until a writer appears
+            # (the mount would hang before it starts), and a folder fails only at the first read.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                self.fail(f"{path}: not a regular file")
+                return None
             src = BlobSource.open(path)
         except FileNotFoundError:
             self.fail(f"{path}: tar not found")
