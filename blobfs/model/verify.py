@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from pathlib import Path
 from typing import Callable
 
 from blobfs.errors import BlobfsError
@@ -44,9 +46,12 @@ def check_ranges(project: Project, problems: list[str]) -> None:
 
 
 def check_annotations(ds: Dataset, decode: bool, problems: list[str],
-                      progress: Progress | None = None) -> None:
+                      progress: Progress | None = None, *, root: Path | None = None) -> None:
     """Exactly one annotation per item, parseable JSON; with ``decode`` the image opens with
-    Pillow and its size matches the annotation's ``size``."""
+    Pillow and its size matches the annotation's ``size``. An annotation reached through a
+    symlink leading outside ``root`` is not read: the mount hides it (``view.py``), so for a
+    client the item has none."""
+    root_real = os.path.realpath(root) + "/" if root is not None else None
     where = ds.path or ds.relpath
     if ds.ann_dir is None:
         problems.append(f"{where}: no ann/ folder (the SDK skips this dataset)")
@@ -60,15 +65,17 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
             problems.append(f"{ds.ann_dir / new}: missing: item {name!r} has no annotation "
                             "(the SDK drops the dataset)")
         doc = None
+        if ann is not None and (not os.path.realpath(ann).startswith(root_real) if root_real
+                                else ann.is_symlink()):
+            problems.append(f"{ann}: symlink leads outside the project; the mount hides it, so item "
+                            f"{name!r} has no annotation there (the SDK drops the dataset)")
+            ann = None
         if ann is not None:
             if ann.name in owners:
                 problems.append(f"{ann}: shared by items {owners[ann.name]!r} and {name!r} "
                                 "(the SDK drops the dataset)")
             owners[ann.name] = name
-            try:
-                doc = json.loads(ann.read_bytes())
-            except (OSError, ValueError) as e:
-                problems.append(f"{ann}: not valid JSON ({e})")
+            doc = _load_json(ann, problems)
         if decode:
             _check_decode(ds, i, name, doc, problems)
         if progress:
@@ -94,13 +101,29 @@ def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[st
                             f"{want.get('width')}x{want.get('height')}")
 
 
+def _load_json(path: Path, problems: list[str], consequence: str = "") -> object:
+    """The parsed JSON at ``path``, or None with one problem line (unreadable or not JSON)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        problems.append(f"{path}: cannot read ({e.strerror}){consequence}")
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as e:  # also UnicodeDecodeError
+        problems.append(f"{path}: not valid JSON ({e}){consequence}")
+        return None
+
+
 def verify(project: Project, *, decode: bool = False,
            progress: Progress | None = None) -> list[str]:
     """All problems of an opened (lenient) project, opening problems first."""
     problems = list(project.problems)
+    if project.meta_path is not None:
+        _load_json(project.meta_path, problems, " (the SDK cannot open this project)")
     check_ranges(project, problems)
     for ds in project.datasets:
-        check_annotations(ds, decode, problems, progress)
+        check_annotations(ds, decode, problems, progress, root=project.root)
     return problems
 
 
