@@ -286,7 +286,9 @@ class _Opener:
         img_dir = path / "img"
         disk = self.disk_images(img_dir, root_real) if img_dir.is_dir() else []
         items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
-        if store_key and len(parts) == 1 and not disk:
+        # Not with duplicates: ``items.hashed`` then describes the deduplicated index, not
+        # ``parts[0][0]``, and such a cache file could never be loaded back.
+        if store_key and len(parts) == 1 and not disk and not dups:
             from blobfs.model import cache
 
             cache.store(store_key, parts[0][0], self.problems[store_problems:], items.hashed)
