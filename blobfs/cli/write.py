@@ -72,9 +72,13 @@ class _Progress:
         self.t0 = time.monotonic()
         self.bar = None
 
-    def start(self, total: int) -> Callable[[int], None] | None:
-        if not sys.stderr.isatty():
-            return None
+    @property
+    def start(self) -> Callable[[int], Callable[[int], None] | None] | None:
+        """The ``progress_start`` to hand to the write functions; None (no counting work at
+        all) when stderr is not a terminal."""
+        return self._start if sys.stderr.isatty() else None
+
+    def _start(self, total: int) -> Callable[[int], None] | None:
         self.t0 = time.monotonic()
         self.bar = self.stack.enter_context(click.progressbar(
             length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True,

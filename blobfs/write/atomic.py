@@ -115,22 +115,25 @@ class AtomicOutputs:
         """(write fd, temp path) for the file that will become ``final``."""
         final = Path(final)
         tmp = temp_name(final)
+        # Registered before it exists: a Ctrl-C right after open() must still remove it.
+        self._temps[final] = tmp
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as e:
+            del self._temps[final]
             raise output_failed(final, e) from None
-        self._temps[final] = tmp
         return fd, tmp
 
     def directory(self, final: Path) -> Path:
         """Temp directory that will become ``final``."""
         final = Path(final)
         tmp = temp_name(final)
+        self._temps[final] = tmp
         try:
             os.mkdir(tmp, 0o777)
         except OSError as e:
+            del self._temps[final]
             raise output_failed(final, e) from None
-        self._temps[final] = tmp
         return tmp
 
     def commit(self) -> None:

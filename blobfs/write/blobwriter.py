@@ -1,52 +1,68 @@
-"""One blob: a tar plus its SDK offsets file, written together in one streaming pass.
+"""One blob: a tar plus its SDK offsets file.
 
-Shared by ``pack`` and ``pack-project``. The offsets are emitted in batches of
-``OFFSETS_BATCH`` entries as the members are written; since the SDK's
-``save_blob_offsets_pkl`` also dumps one independent pickle per 10,000 members in archive
-order (FORMAT.md §4), the concatenation is byte-identical to what it would write for our tar,
-and memory stays flat however many members there are.
+Every member's offset follows from the names and sizes alone (``tarwriter.member_span``), so
+the layout — and with it the whole offsets file — is computed before any image is read. The
+tar is then filled in chunks of ``CHUNK`` members by forked worker processes
+writing with ``pwrite`` at their chunk's offset (each with its own GIL: per-file Python work is
+what limits a pack of 300k small files), while the parent writes the offsets and drives the
+progress bar. Small inputs are written in-process.
+
+The offsets are emitted in batches of 10,000 entries in archive order — exactly the batches
+the SDK's ``save_blob_offsets_pkl`` dumps (FORMAT.md §4) — so the file is byte-identical to
+what it would write for this tar.
+
+Workers, failures and interrupts: ``blobfs.write.workers``.
 """
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from array import array
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterator, Sequence
 
-from blobfs.errors import InputError
 from blobfs.format.offsets_write import dumps_offsets
 from blobfs.write.errors import output_failed
-from blobfs.write.tarwriter import BLOCK, RECORD, TarWriter, build_segment, member_header
+from blobfs.write.tarwriter import BLOCK, OCTAL_LIMIT, fill_span, header_length, write_trailer
+from blobfs.write.workers import run_chunks
+
+#: A file to store: (tar member name — its base name is the item name —, path relative to the
+#: root folder, size when listed). Plain tuples: 300k of them must stay cheap.
+Member = tuple[str, str, int]
+Progress = Callable[[int], None]
 
 #: FORMAT.md §4: save_blob_offsets_pkl's batch size.
 OFFSETS_BATCH = 10_000
-#: Members per segment (one unit of work for a worker thread; also the progress step).
-CHUNK = 500
-#: Worker threads building segments, and segments built ahead of the writer (memory bound:
-#: about (WINDOW + WORKERS) segments of at most a few MiB each).
-WORKERS = 2
-WINDOW = 4
-PROGRESS_EVERY = CHUNK
-
-Progress = Callable[[int], None]
+#: Members per unit of work.
+CHUNK = 1000
 
 
-#: A file to store: (tar member name — its base name is the item name —, path relative to the
-#: root folder, size seen when listed or None). Plain tuples: 300k of them must stay cheap.
-Member = tuple[str, str, "int | None"]
+def layout(members: Sequence[Member]) -> tuple[array, int]:
+    """(offset of each member's first header byte, end of the last member)."""
+    starts = array("q")
+    pos = 0
+    for member, _rel, size in members:
+        starts.append(pos)
+        if size < OCTAL_LIMIT and len(member) <= 100 and member.isascii():
+            pos += BLOCK + size + (-size % BLOCK)
+        else:
+            pos += header_length(member, size) + size + (-size % BLOCK)
+    return starts, pos
 
 
-def member_span(member: str, size: int) -> int:
-    """Bytes a member occupies in the tar (headers + padded data): to plan tar sizes."""
-    return len(member_header(member, size, 0)) + size + (-size % BLOCK)
-
-
-def tar_size(spans: int) -> int:
-    """Final tar size given the summed member spans (end blocks + record padding)."""
-    end = spans + 2 * BLOCK
-    return end + (-end % RECORD)
+def _offsets(members: Sequence[Member], starts: array) -> Iterator[bytes]:
+    """The offsets file, one SDK batch at a time."""
+    it = iter(range(len(members)))
+    while idx := list(islice(it, OFFSETS_BATCH)):
+        batch = []
+        for i in idx:
+            member, _rel, size = members[i]
+            if size < OCTAL_LIMIT and len(member) <= 100 and member.isascii():
+                start = starts[i] + BLOCK
+            else:
+                start = starts[i] + header_length(member, size)
+            batch.append((member.rpartition("/")[2], start, start + size))
+        yield dumps_offsets(batch)
 
 
 def _write_all(fd: int, data: bytes, label: str | os.PathLike[str]) -> None:
@@ -58,42 +74,24 @@ def _write_all(fd: int, data: bytes, label: str | os.PathLike[str]) -> None:
         raise output_failed(label, e) from None
 
 
-def write_blob(members: Iterable[Member], root: str, tar_fd: int, tar_label: Path,
+def write_blob(members: Sequence[Member], root: str, tar_fd: int, tar_label: Path,
                offsets_fd: int, offsets_label: Path, *, mtime: int | None = None,
                progress: Progress | None = None) -> tuple[int, int]:
     """Write ``members`` (in the given order) as a tar to ``tar_fd`` and their offsets to
     ``offsets_fd``; member paths are relative to ``root``. Returns (member count, tar size)."""
-    writer = TarWriter(tar_fd, os.fspath(tar_label), mtime=mtime)
-    batch: list[tuple[str, int, int]] = []
-    count = 0
+    starts, end = layout(members)
+    label = os.fspath(tar_label)
+    n = len(members)
 
-    def consume(chunk: list[Member], future: Future) -> None:
-        nonlocal batch, count
-        pieces, entries = future.result()
-        base = writer.write_segment(pieces)
-        for (_member, rel, size), (name, start, end) in zip(chunk, entries):
-            if size is not None and end - start != size:
-                raise InputError(f"{os.path.join(root, rel)}: changed size while packing")
-            batch.append((name, base + start, base + end))
-        count += len(entries)
-        if len(batch) >= OFFSETS_BATCH:
-            _write_all(offsets_fd, dumps_offsets(batch[:OFFSETS_BATCH]), offsets_label)
-            del batch[:OFFSETS_BATCH]
-        if progress is not None:
-            progress(len(entries))
+    def fill(span: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = span
+        fill_span(members, lo, hi, starts[lo], root, tar_fd, label, mtime)
+        return hi - lo, 0
 
-    it = iter(members)
-    pending: deque[tuple[list[Member], Future]] = deque()
-    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="blobfs-pack")
-    try:
-        while chunk := list(islice(it, CHUNK)):
-            pending.append((chunk, pool.submit(build_segment, chunk, root, mtime)))
-            if len(pending) > WINDOW:
-                consume(*pending.popleft())
-        while pending:
-            consume(*pending.popleft())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    if batch:
-        _write_all(offsets_fd, dumps_offsets(batch), offsets_label)
-    return count, writer.finish()
+    def offsets() -> None:  # the layout fixes them: written while the workers fill the tar
+        for data in _offsets(members, starts):
+            _write_all(offsets_fd, data, offsets_label)
+
+    chunks = [(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)]
+    run_chunks(chunks, fill, label, progress=progress, parent_work=offsets)
+    return n, write_trailer(tar_fd, label, end)

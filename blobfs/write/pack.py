@@ -23,7 +23,6 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from itertools import repeat
 from typing import Callable
 
 from blobfs.errors import InputError
@@ -52,7 +51,7 @@ def scan_images(folder: Path, opts: PackOptions, skip: frozenset[str] = frozense
                 ) -> list[str]:
     """Relative path of every file to pack, in pack order. ``skip``: absolute real paths
     never to pack (the output itself, when it lies inside the folder)."""
-    out: list[str] = []
+    out: list[tuple[str, int]] = []
     try:
         root_st = os.stat(folder)
     except OSError as e:
@@ -64,42 +63,45 @@ def scan_images(folder: Path, opts: PackOptions, skip: frozenset[str] = frozense
 
 
 def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
-          out: list[str], active: set[tuple[int, int]]) -> None:
+          out: list[tuple[str, int]], active: set[tuple[int, int]]) -> None:
     path = os.path.join(folder, rel) if rel else os.fspath(folder)
-    names: list[str] = []
-    subdirs: list[str] = []
-    try:
-        with os.scandir(path) as it:
-            for entry in it:
-                if entry.is_dir():
-                    if opts.recursive:
-                        subdirs.append(entry.name)
-                elif entry.is_file():  # dangling links, FIFOs, sockets, devices: not images
-                    names.append(entry.name)
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror}") from None
     prefix = f"{rel}/" if rel else ""
     try:
         prefix.encode("utf-8")
     except UnicodeEncodeError:
         raise InputError(f"{path}: folder name is not valid UTF-8") from None
-    if opts.include:
-        names = [n for n in names if _matches(opts.include, prefix + n, n)]
-    else:
-        names = [n for n in names if is_image_name(n)]
-    if opts.exclude:
-        names = [n for n in names if not _matches(opts.exclude, prefix + n, n)]
-    if skip:
-        # Only when an output lies in this folder: its real path, computed once (a realpath
-        # per file would cost more than the packing itself).
-        here = os.path.realpath(path) + "/"
-        names = [n for n in names if here + n not in skip]
+    include, exclude = opts.include, opts.exclude
+    # Only when an output lies in this folder: its real path, computed once (a realpath per
+    # file would cost more than the packing itself).
+    here = os.path.realpath(path) + "/" if skip else ""
+    items: list[tuple[str, int]] = []   # (name, size) of files; size -1 for sub-folders
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                name = entry.name
+                if entry.is_dir():
+                    if opts.recursive:
+                        items.append((name, -1))
+                    continue
+                if include:
+                    if not _matches(include, prefix + name, name):
+                        continue
+                elif not is_image_name(name):
+                    continue
+                if exclude and _matches(exclude, prefix + name, name):
+                    continue
+                if here and here + name in skip:
+                    continue
+                if entry.is_file():  # dangling links, FIFOs, sockets, devices: not packed
+                    items.append((name, entry.stat().st_size))
+    except OSError as e:
+        raise InputError(f"{e.filename or path}: {e.strerror}") from None
     # Files and sub-folders interleaved in name order, as tarfile.add walks a folder.
-    items = sorted([(n, False) for n in names] + [(d, True) for d in subdirs])
-    for name, is_dir in items:
+    items.sort()
+    for name, size in items:
         child = prefix + name
-        if not is_dir:
-            out.append(child)
+        if size >= 0:
+            out.append((child, size))
             continue
         try:
             st = os.stat(os.path.join(path, name))
@@ -113,9 +115,10 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
         active.discard(key)
 
 
-def assign_members(folder: Path, files: list[str], rename: bool) -> list[Member]:
-    """Members (member name, relative path, None) whose base names are unique item names
+def assign_members(folder: Path, listed: list[tuple[str, int]], rename: bool) -> list[Member]:
+    """Members (member name, relative path, size) whose base names are unique item names
     (see the module doc)."""
+    files = [rel for rel, _size in listed]
     bases = [rel.rpartition("/")[2] for rel in files]
     members = files
     if len(set(bases)) != len(bases):
@@ -135,7 +138,7 @@ def assign_members(folder: Path, files: list[str], rename: bool) -> list[Member]
             problem = name_problem(base)
             if problem:
                 raise InputError(f"{folder / rel}: cannot be an item: {problem}")
-    return list(zip(members, files, repeat(None)))
+    return list(zip(members, files, (size for _rel, size in listed)))
 
 
 def _resolve_duplicates(folder: Path, files: list[str], bases: list[str], rename: bool) -> list[str]:

@@ -28,7 +28,8 @@ from blobfs.format.names import is_image_name, name_problem
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
 from blobfs.write.atomic import AtomicOutputs
-from blobfs.write.blobwriter import Member, Progress, member_span, tar_size, write_blob
+from blobfs.write.blobwriter import Member, Progress, write_blob
+from blobfs.write.tarwriter import archive_size, member_span
 from blobfs.write.errors import input_failed, output_failed
 from blobfs.write.options import PackProjectOptions
 
@@ -94,8 +95,8 @@ def _split(members: list[Member], limit: int | None) -> list[list[Member]]:
     parts: list[list[Member]] = [[]]
     spans = 0
     for m in members:
-        span = member_span(m[0], m[2] or 0)
-        if parts[-1] and tar_size(spans + span) > limit:
+        span = member_span(m[0], m[2])
+        if parts[-1] and archive_size(spans + span) > limit:
             parts.append([])
             spans = 0
         parts[-1].append(m)

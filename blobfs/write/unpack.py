@@ -4,7 +4,9 @@ The output is, file for file and byte for byte, the tree the mount shows: it is 
 walking ``open_project(src).view`` and copying every file it lists (so ``diff -r`` between an
 unpacked project and a mounted one is empty by construction). Files get the view's mtimes and
 ordinary permissions (0666 & ~umask: the mount's read-only modes are not copied). Everything
-is written under a temporary name beside ``OUT_DIR`` and renamed into place at the end.
+is written under a temporary name beside ``OUT_DIR`` and renamed into place at the end. The
+folders are created first; the files are then written by forked workers
+(``blobfs.write.workers``), each reading through the view it inherited.
 """
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ from typing import Callable
 from blobfs.errors import InputError
 from blobfs.model.project import open_project
 from blobfs.write.atomic import AtomicOutputs
-from blobfs.write.blobwriter import PROGRESS_EVERY, Progress
+from blobfs.write.blobwriter import Progress
 from blobfs.write.errors import output_failed
 from blobfs.write.options import UnpackOptions
+from blobfs.write.workers import run_chunks
 
+#: Files per unit of work (see blobfs.write.workers).
+CHUNK = 1000
 _CHUNK = 8 << 20
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
@@ -70,29 +75,28 @@ def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs, \
             open_project(src, synthesize_ann=opts.synthesize_ann) as project:
         view = project.view
-        progress = None
-        if progress_start is not None:
-            progress = progress_start(sum(len(files) for _d, _s, files in view.walk()))
+        folders: list[str] = []
+        files: list[str] = []
+        for rel, _dirs, names in view.walk():
+            folders.append(rel)
+            files.extend(f"{rel}/{n}" if rel else n for n in names)
+        progress = progress_start(len(files)) if progress_start is not None else None
         tmp = outputs.directory(out_dir)
-        n_files = n_bytes = pending = 0
-        for rel, _dirs, files in view.walk():
-            base = os.fspath(tmp / rel) if rel else os.fspath(tmp)
-            if rel:
-                try:
-                    os.mkdir(base)
-                except OSError as e:
-                    raise output_failed(out_dir / rel, e) from None
-            prefix = f"/{rel}/" if rel else "/"
-            for name in files:
-                n_bytes += _copy_out(view, prefix + name, f"{base}/{name}", f"{src}{prefix}{name}")
-                n_files += 1
-                if progress is not None:
-                    pending += 1
-                    if pending == PROGRESS_EVERY:
-                        progress(pending)
-                        pending = 0
-        if progress is not None and pending:
-            progress(pending)
+        for rel in folders[1:]:  # [0] is the root, created above
+            try:
+                os.mkdir(tmp / rel)
+            except OSError as e:
+                raise output_failed(out_dir / rel, e) from None
+        base, label = os.fspath(tmp), os.fspath(src)
+
+        def copy(chunk: list[str]) -> tuple[int, int]:
+            nbytes = 0
+            for rel in chunk:
+                nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
+            return len(chunk), nbytes
+
+        chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
+        n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress)
         outputs.commit()
         problems = tuple(project.problems)
     return UnpackResult(out_dir, n_files, n_bytes, problems)

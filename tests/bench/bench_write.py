@@ -43,7 +43,7 @@ print(time.perf_counter() - t0)
 
 
 def generate(src: Path, n: int) -> None:
-    marker = src / ".generated"
+    marker = src.parent / f"{src.name}.generated"  # outside src: tar cf would pack it
     if marker.is_file() and marker.read_text() == str(n):
         return
     shutil.rmtree(src, ignore_errors=True)

@@ -1,0 +1,148 @@
+"""Run chunks of per-file work in forked worker processes.
+
+Packing or unpacking 300k small files is bound by per-file Python work, so threads (one GIL)
+do not help; processes do. The parent prepares everything (file lists, tar layout, view)
+*before* forking, so children inherit it for free and share nothing mutable but the output
+files (written with ``pwrite`` at fixed offsets, or as distinct files) and a small shared
+counter array for the progress bar. Chunks are dealt out round-robin (worker k takes chunks
+k, k+w, ...), so all workers move through the output together and the result does not depend
+on the number of workers.
+
+Failure handling: a child that fails writes one line ("I:" input / "W:" output problem) to a
+pipe and exits 1; the parent stops the others and raises the matching error. Children ignore
+SIGINT/SIGTERM/SIGHUP (Ctrl-C reaches the whole process group: the parent alone handles it,
+kills its children and removes the temporaries) and get SIGKILL when the parent dies
+(``prctl(PR_SET_PDEATHSIG)``), so a killed pack leaves no writer behind.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import signal
+import struct
+import time
+from typing import Callable, Sequence, TypeVar
+
+from blobfs.errors import BlobfsError, InputError
+from blobfs.write.errors import WriteFailedError
+
+T = TypeVar("T")
+#: Below this many chunks, forking costs more than it saves.
+FORK_MIN_CHUNKS = 4
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_count() -> int:
+    """One worker per CPU this process may use, at most 4."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 4))
+
+
+def run_chunks(chunks: Sequence[T], work: Callable[[T], tuple[int, int]], label: str, *,
+               progress: Callable[[int], None] | None = None,
+               parent_work: Callable[[], None] | None = None) -> tuple[int, int]:
+    """Call ``work(chunk)`` for every chunk; it returns (units done, bytes done). Meanwhile the
+    parent runs ``parent_work()``. Returns the summed (units, bytes)."""
+    w = min(worker_count(), len(chunks))
+    if w < 2 or len(chunks) < FORK_MIN_CHUNKS or not hasattr(os, "fork"):
+        if parent_work is not None:
+            parent_work()
+        units = nbytes = 0
+        for chunk in chunks:
+            u, b = work(chunk)
+            units, nbytes = units + u, nbytes + b
+            if progress is not None:
+                progress(u)
+        return units, nbytes
+    return _forked(chunks, work, label, w, progress, parent_work)
+
+
+def _forked(chunks: Sequence[T], work: Callable[[T], tuple[int, int]], label: str, w: int,
+            progress: Callable[[int], None] | None,
+            parent_work: Callable[[], None] | None) -> tuple[int, int]:
+    counters = mmap.mmap(-1, 16 * w)          # per worker: units done, bytes done
+    rfd, wfd = os.pipe()
+    pids: list[int] = []
+    try:
+        for k in range(w):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                _child(k, w, chunks, work, label, counters, wfd)
+            pids.append(pid)
+        os.close(wfd)
+        wfd = -1
+        if parent_work is not None:
+            parent_work()
+        reported = 0
+        failed = False
+        while pids and not failed:
+            time.sleep(0.02)
+            for pid in list(pids):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    pids.remove(pid)
+                    failed = failed or os.waitstatus_to_exitcode(status) != 0
+            if progress is not None:
+                units = sum(struct.unpack_from(f"{2 * w}q", counters)[0::2])
+                if units > reported:
+                    progress(units - reported)
+                    reported = units
+        if failed:
+            message = os.read(rfd, 4096).decode("utf-8", "replace").strip().partition("\n")[0]
+            kind, _, text = message.partition(":")
+            if kind == "W":
+                raise WriteFailedError(text)
+            raise InputError(text or f"{label}: a worker process died")
+        values = struct.unpack_from(f"{2 * w}q", counters)
+        return sum(values[0::2]), sum(values[1::2])
+    finally:
+        for pid in pids:  # interrupted or failed: stop the rest, reap them
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        os.close(rfd)
+        if wfd >= 0:
+            os.close(wfd)
+        counters.close()
+
+
+def _child(k: int, w: int, chunks: Sequence[T], work: Callable[[T], tuple[int, int]],
+           label: str, counters: mmap.mmap, wfd: int) -> None:  # pragma: no cover - child
+    """Never returns: leaves with os._exit, so no parent cleanup (temp removal!) runs here."""
+    code = 0
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+        units = nbytes = 0
+        for chunk in chunks[k::w]:
+            u, b = work(chunk)
+            units, nbytes = units + u, nbytes + b
+            struct.pack_into("qq", counters, 16 * k, units, nbytes)
+    except BaseException as e:  # noqa: BLE001 - everything must reach the parent as one line
+        code = 1
+        kind = "W" if isinstance(e, WriteFailedError) else "I"
+        text = str(e) if isinstance(e, BlobfsError) else f"{label}: {type(e).__name__}: {e}"
+        try:
+            os.write(wfd, f"{kind}:{text}\n".encode()[:4000])
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
