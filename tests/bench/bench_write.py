@@ -1,7 +1,7 @@
 """Benchmark of the write side (not a test): blobfs pack / unpack against GNU tar and the SDK.
 
     .venv/bin/python tests/bench/bench_write.py [--n 300000] [--rounds 3] [--workdir DIR]
-                                                [--sdk-python /path/to/venv/bin/python]
+                                                [--sdk-python /path/to/venv/bin/python] [--sdk-rounds 1]
 
 Generates N files of ~4 KB (random bytes, sizes 3-5 KiB, fixed seed) once in WORKDIR/src, then
 runs interleaved rounds of:
@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/blobfs-bench"))
     ap.add_argument("--sdk-python", help="python of a venv with supervisely installed")
+    ap.add_argument("--sdk-rounds", type=int, default=1,
+                    help="rounds that also run the (slow) SDK way (default 1)")
     args = ap.parse_args()
 
     w = args.workdir.resolve()
@@ -100,7 +102,7 @@ def main() -> None:
         clean(tar_b, w / "b_offsets.pkl")
         times["tar+idx"].append(timed([["tar", "cf", str(tar_b), "-C", str(src), "."],
                                        [*BLOBFS, "index", str(tar_b)]]))
-        if args.sdk_python:
+        if args.sdk_python and r < args.sdk_rounds:
             clean(tar_c, sdk_out)
             sdk_out.mkdir()
             res = subprocess.run([args.sdk_python, "-c", SDK_SCRIPT, str(src), str(tar_c),
