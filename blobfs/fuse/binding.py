@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from blobfs.errors import BlobfsError
+from blobfs.fuse.fastfuse import caches_dirs, fast_fuse
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,14 @@ class Binding:
 
     @property
     def FUSE(self) -> Callable[..., Any]:  # noqa: N802 - mirrors the binding's class name
+        if self.name == "mfusepy":
+            return fast_fuse(self.module)
         return self.module.FUSE
+
+    @property
+    def caches_dirs(self) -> bool:
+        """Whether OPENDIR can reply FOPEN_CACHE_DIR (see :mod:`blobfs.fuse.fastfuse`)."""
+        return self.name == "mfusepy" and caches_dirs(self.module)
 
     @property
     def has_readdir_offset(self) -> bool:

@@ -126,7 +126,7 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
 
     # ENOSYS from open is what enables zero-message opens; libfuse 2 passes it to the kernel
     # the same way (fuse_lib_open replies the callback's error) — see tests/test_mount_* .
-    ops = make_operations(project.view, fb.name, on_init=_init)
+    ops = make_operations(project.view, fb.name, caches_dirs=fb.caches_dirs, on_init=_init)
     kwargs = opts.fuse_kwargs(fb.libfuse)
     log.debug("FUSE options: %s", kwargs)
     try:

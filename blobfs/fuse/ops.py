@@ -8,7 +8,9 @@ changes while mounted):
   connection and stops sending OPEN, FLUSH and RELEASE at all ("zero-message open", kernel
   fs/fuse/file.c ``fuse_file_open``); its default for such files is FOPEN_KEEP_CACHE, so
   page-cache contents survive across opens.
-* ``ioctl``, ``release``, ``opendir``, ``releasedir``, ``access`` are left NULL: libfuse answers
+* ``opendir`` is answered by the FUSE class on libfuse >= 3.16 only, so the kernel caches
+  listings (see :mod:`blobfs.fuse.fastfuse`; older high-level libfuse drops the flag).
+* ``ioctl``, ``release``, ``releasedir``, ``access`` are left NULL: libfuse answers
   them in C without entering Python (``default_permissions`` makes the kernel check modes).
 * Write-type callbacks are absent; the ``ro`` mount makes the kernel refuse them with EROFS
   before they could reach us.
@@ -84,6 +86,10 @@ class BlobfsOperations:
         for name, attrs, _next in self._entries(path, 0):
             yield name, attrs, 0
 
+    def readdir_entries(self, path: str, offset: int) -> Iterator[tuple[str, int, int, int]]:
+        """(name, mode, inode, next offset) for :mod:`blobfs.fuse.fastfuse`'s READDIR loop."""
+        return self._view.readdir(path, offset)
+
     def _entries(self, path: str, offset: int) -> Iterator[tuple[str, dict[str, int], int]]:
         # Each entry carries its mode (so `find -type f` needs no stat) and its inode number:
         # with use_ino libfuse copies st_ino into d_ino, and glibc's readdir() silently skips
@@ -105,6 +111,15 @@ class BlobfsOperations:
         raise OSError(_ENOSYS, "no flush needed")
 
 
+class CachedDirOperations(BlobfsOperations):
+    """Operations for libfuse >= 3.16: the bindings register a libfuse callback only for
+    methods the object has, and :mod:`blobfs.fuse.fastfuse` answers OPENDIR itself (with
+    FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE); this method is never called."""
+
+    def opendir(self, path: str) -> int:
+        return 0
+
+
 class FusepyOperations(BlobfsOperations):
     """fusepy dispatches every callback through ``operations(name, *args)``."""
 
@@ -115,7 +130,10 @@ class FusepyOperations(BlobfsOperations):
         return fn(*args)
 
 
-def make_operations(view: View, binding_name: str, **kwargs: Any) -> BlobfsOperations:
+def make_operations(view: View, binding_name: str, *, caches_dirs: bool = False,
+                    **kwargs: Any) -> BlobfsOperations:
     """The operations object for the loaded binding (see :mod:`blobfs.fuse.binding`)."""
-    cls = FusepyOperations if binding_name == "fusepy" else BlobfsOperations
+    if binding_name == "fusepy":
+        return FusepyOperations(view, **kwargs)
+    cls = CachedDirOperations if caches_dirs else BlobfsOperations
     return cls(view, **kwargs)
