@@ -307,3 +307,23 @@ def test_disk_full_leaves_nothing(tmp_path: Path) -> None:
     assert str(out) in proc.stderr and "nothing written" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_worker_processes_write_the_same_bytes(many_files: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """30k files go through the forked workers; the bytes equal an in-process pack's and the
+    offsets equal the SDK's for that tar."""
+    forked, inline = tmp_path / "forked.tar", tmp_path / "inline.tar"
+    assert run_pack(many_files, "-o", forked).exit_code == 0
+    import blobfs.write.workers as workers
+
+    monkeypatch.setattr(workers, "FORK_MIN_CHUNKS", 10**9)
+    assert run_pack(many_files, "-o", inline).exit_code == 0
+    assert forked.read_bytes() == inline.read_bytes()
+    offsets = (tmp_path / "forked_offsets.pkl").read_bytes()
+    assert offsets == (tmp_path / "inline_offsets.pkl").read_bytes()
+    assert offsets == dumps_offsets(sdk_entries(forked))
+    entries, _ = load_offsets(tmp_path / "forked_offsets.pkl")
+    data = forked.read_bytes()
+    for name, start, end in entries[::997]:
+        assert data[start:end] == (many_files / name).read_bytes()

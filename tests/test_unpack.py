@@ -131,3 +131,30 @@ def test_subprocess_round_trip_via_pack_project(classic_project: Path, tmp_path:
         assert proc.returncode == 0, proc.stderr
     diff = subprocess.run(["diff", "-r", str(back), str(classic_project)], capture_output=True, text=True)
     assert diff.returncode == 0, diff.stdout
+
+
+def test_many_files_through_the_workers(tmp_path: Path) -> None:
+    """Enough files for the forked workers: every byte and mtime arrives."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5000):
+        p = src / f"{i:05d}.png"
+        p.write_bytes(os.urandom(16) * (1 + i % 50))
+        os.utime(p, (1_650_000_000 + i, 1_650_000_000 + i))
+    tar = tmp_path / "x.tar"
+    assert CliRunner().invoke(pack_cmd, [str(src), "-o", str(tar)]).exit_code == 0
+    out = tmp_path / "out"
+    assert invoke(tar, out).exit_code == 0
+    imgs = {k.rpartition("/")[2]: v for k, v in tree(out).items() if "/img/" in k}
+    assert imgs == {p.name: p.read_bytes() for p in src.iterdir()}
+    with open_project(tar) as p:
+        for rel in p.files():
+            assert os.stat(out / rel).st_mtime_ns == p.view.getattr("/" + rel).mtime_ns
+
+
+def test_output_inside_the_source_is_refused(blob_project: Path, tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    res = invoke(proj, proj / "ds1" / "out")
+    assert res.exit_code == 2 and "inside" in res.output
+    assert not (proj / "ds1" / "out").exists()

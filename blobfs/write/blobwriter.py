@@ -27,8 +27,9 @@ from blobfs.write.tarwriter import BLOCK, OCTAL_LIMIT, fill_span, header_length,
 from blobfs.write.workers import run_chunks
 
 #: A file to store: (tar member name — its base name is the item name —, path relative to the
-#: root folder, size when listed). Plain tuples: 300k of them must stay cheap.
-Member = tuple[str, str, int]
+#: root folder, size when listed, mtime in seconds when listed or None to fstat it).
+#: Plain tuples: 300k of them must stay cheap.
+Member = tuple[str, str, int, "int | None"]
 Progress = Callable[[int], None]
 
 #: FORMAT.md §4: save_blob_offsets_pkl's batch size.
@@ -41,7 +42,7 @@ def layout(members: Sequence[Member]) -> tuple[array, int]:
     """(offset of each member's first header byte, end of the last member)."""
     starts = array("q")
     pos = 0
-    for member, _rel, size in members:
+    for member, _rel, size, _mtime in members:
         starts.append(pos)
         if size < OCTAL_LIMIT and len(member) <= 100 and member.isascii():
             pos += BLOCK + size + (-size % BLOCK)
@@ -56,7 +57,7 @@ def _offsets(members: Sequence[Member], starts: array) -> Iterator[bytes]:
     while idx := list(islice(it, OFFSETS_BATCH)):
         batch = []
         for i in idx:
-            member, _rel, size = members[i]
+            member, _rel, size, _mtime = members[i]
             if size < OCTAL_LIMIT and len(member) <= 100 and member.isascii():
                 start = starts[i] + BLOCK
             else:

@@ -24,7 +24,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from blobfs.errors import InputError
 from blobfs.format.names import is_image_name, name_problem
@@ -118,30 +118,34 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
         active.discard(key)
 
 
-def file_sizes(folder: Path, files: list[str]) -> memoryview:
-    """Size of every file, stat'ed by the worker processes (a third of a pack's serial time
-    otherwise) into shared memory."""
-    shared = mmap.mmap(-1, max(8 * len(files), 8))
-    sizes = memoryview(shared).cast("q")
+def file_stats(folder: Path, files: list[str]) -> tuple[memoryview, memoryview]:
+    """(sizes, mtimes in seconds) of the files, stat'ed by the worker processes (a third of a
+    pack's serial time otherwise) into shared memory. Refuses what is not a regular file."""
+    shared = mmap.mmap(-1, max(16 * len(files), 16))
+    n = len(files)
+    sizes = memoryview(shared)[: 8 * n].cast("q")
+    mtimes = memoryview(shared)[8 * n : 16 * n].cast("q")
     root = os.fspath(folder) + "/"
 
     def stat_span(span: tuple[int, int]) -> tuple[int, int]:
         for i in range(*span):
             try:
-                sizes[i] = os.stat(root + files[i]).st_size
+                st = os.stat(root + files[i])
             except OSError as e:
                 raise input_failed(root + files[i], e, "while packing") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{root}{files[i]}: not a regular file")
+            sizes[i] = st.st_size
+            mtimes[i] = st.st_mtime_ns // 1_000_000_000
         return 0, 0
 
-    n = len(files)
     run_chunks([(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)], stat_span, os.fspath(folder))
-    return sizes
+    return sizes, mtimes
 
 
-def assign_members(folder: Path, files: list[str], rename: bool,
-                   sizes: Sequence[int] | None = None) -> list[Member]:
-    """Members (member name, relative path, size) whose base names are unique item names
-    (see the module doc)."""
+def assign_members(folder: Path, files: list[str], rename: bool) -> list[Member]:
+    """Members (member name, relative path, size, mtime) whose base names are unique item
+    names (see the module doc)."""
     bases = [rel.rpartition("/")[2] for rel in files]
     members = files
     if len(set(bases)) != len(bases):
@@ -161,9 +165,8 @@ def assign_members(folder: Path, files: list[str], rename: bool,
             problem = name_problem(base)
             if problem:
                 raise InputError(f"{folder / rel}: cannot be an item: {problem}")
-    if sizes is None:
-        sizes = file_sizes(folder, files)
-    return list(zip(members, files, sizes))
+    sizes, mtimes = file_stats(folder, files)
+    return list(zip(members, files, sizes, mtimes))
 
 
 def _resolve_duplicates(folder: Path, files: list[str], bases: list[str], rename: bool) -> list[str]:
@@ -207,7 +210,7 @@ def pack(folder: Path, out_tar: Path, opts: PackOptions,
         files = scan_images(folder, opts, skip)
         if not files:
             raise InputError(f"{folder}: no files to pack (no image extensions or globs matched)")
-        members = assign_members(folder, files, opts.rename, file_sizes(folder, files))
+        members = assign_members(folder, files, opts.rename)  # refuses before stat-ing anything
         del files
         progress = progress_start(len(members)) if progress_start else None
         tar_fd, _ = outputs.file(out_tar)

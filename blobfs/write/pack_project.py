@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,10 +27,11 @@ from blobfs.format.names import is_image_name, name_problem
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
 from blobfs.write.atomic import AtomicOutputs
-from blobfs.write.blobwriter import Member, Progress, write_blob
-from blobfs.write.tarwriter import archive_size, member_span
+from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed, output_failed
 from blobfs.write.options import PackProjectOptions
+from blobfs.write.tarwriter import archive_size, member_span
+from blobfs.write.workers import run_chunks
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
                 continue
             if name_problem(name):
                 continue  # not a valid item name: leave it where it is, as the mount would
-            chosen.append((name, f"{img_rel}/{name}", size))
+            chosen.append((name, f"{img_rel}/{name}", size, None))
         if not chosen:
             continue
         parts = _split(chosen, opts.max_blob_size)
@@ -85,7 +85,7 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
         taken.update([stem, *names])
         for part_stem, members in zip(names, parts):
             blobs.append(_Blob(part_stem, ds.relpath, members))
-        packed.update(rel for _name, rel, _size in chosen)
+        packed.update(m[1] for m in chosen)
     return blobs, packed, len(datasets)
 
 
@@ -135,13 +135,13 @@ def copy_file(src: str, dst: str, label_src: Path) -> None:
         os.close(sfd)
 
 
-def _copy_tree(src: Path, dst: Path, packed: set[str], progress: Progress | None) -> tuple[int, int]:
-    """Copy everything but ``packed``; returns (files copied, images left in img/)."""
-    copied = plain = 0
+def _plan_copies(src: Path, dst: Path, packed: set[str]) -> list[str]:
+    """Create the output folders; return the relative paths of the files to copy (everything
+    but ``packed``), in walk order."""
+    files: list[str] = []
     active: set[tuple[int, int]] = set()
 
     def walk(rel: str) -> None:
-        nonlocal copied, plain
         here = src / rel if rel else src
         st = os.stat(here)
         key = (st.st_dev, st.st_ino)
@@ -150,32 +150,30 @@ def _copy_tree(src: Path, dst: Path, packed: set[str], progress: Progress | None
         active.add(key)
         try:
             with os.scandir(here) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(((e.name, e.is_dir(), e.is_file()) for e in it))
         except OSError as e:
             raise InputError(f"{here}: {e.strerror}") from None
-        children = [(e, f"{rel}/{e.name}" if rel else e.name) for e in entries]
+        children = [(f"{rel}/{name}" if rel else name, is_dir, is_file)
+                    for name, is_dir, is_file in entries]
         # A folder whose every file went into a blob (a dataset's img/) is not created.
-        keep = any(c not in packed for _e, c in children) or not children
-        if rel and keep:
-            os.mkdir(dst / rel)
-        for entry, child in children:
+        if rel and (not children or any(c not in packed for c, _d, _f in children)):
+            try:
+                os.mkdir(dst / rel)
+            except OSError as e:
+                raise output_failed(dst / rel, e) from None
+        for child, is_dir, is_file in children:
             if child in packed:
                 continue
-            if entry.is_dir():
+            if is_dir:
                 walk(child)
-            elif entry.is_file():
-                copy_file(entry.path, os.fspath(dst / child), src / child)
-                copied += 1
-                if child.rpartition("/")[0].rpartition("/")[2] == "img" and is_image_name(entry.name):
-                    plain += 1
-                if progress is not None:
-                    progress(1)
+            elif is_file:
+                files.append(child)
             else:
                 log.warning("%s: not a regular file or folder; not copied", src / child)
         active.discard(key)
 
     walk("")
-    return copied, plain
+    return files
 
 
 def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
@@ -193,10 +191,21 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
         raise InputError(f"{out_dir}: output inside the source project {src}")
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs:
         blobs, packed, n_datasets = plan_blobs(src, opts)
-        total = sum(len(b.members) for b in blobs) + _count_files(src) - len(packed)
-        progress = progress_start(total) if progress_start else None
         tmp = outputs.directory(out_dir)
-        copied, plain = _copy_tree(src, tmp, packed, progress)
+        copies = _plan_copies(src, tmp, packed)
+        total = sum(len(b.members) for b in blobs) + len(copies)
+        progress = progress_start(total) if progress_start else None
+        base_src, base_dst = os.fspath(src), os.fspath(tmp)
+
+        def copy(chunk: list[str]) -> tuple[int, int]:
+            for rel in chunk:
+                copy_file(f"{base_src}/{rel}", f"{base_dst}/{rel}", src / rel)
+            return len(chunk), 0
+
+        chunks = [copies[i : i + CHUNK] for i in range(0, len(copies), CHUNK)]
+        run_chunks(chunks, copy, os.fspath(out_dir), progress=progress)
+        plain = sum(1 for rel in copies
+                    if rel.rpartition("/")[0].rpartition("/")[2] == "img" and is_image_name(rel))
         if blobs:
             os.mkdir(tmp / "blob")
         for blob in blobs:
@@ -205,7 +214,7 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
             os.makedirs(offsets.parent, exist_ok=True)
             _write_one(src, blob, tar, offsets, out_dir, opts, progress)
         outputs.commit()
-    return PackProjectResult(out_dir, n_datasets, len(blobs), len(packed), plain, copied)
+    return PackProjectResult(out_dir, n_datasets, len(blobs), len(packed), plain, len(copies))
 
 
 def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
@@ -230,10 +239,3 @@ def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
             os.close(off_fd)
     finally:
         os.close(tar_fd)
-
-
-def _count_files(src: Path) -> int:
-    n = 0
-    for _dirpath, _dirs, files in os.walk(src):  # for the progress bar only: no link loops
-        n += len(files)
-    return n

@@ -131,10 +131,11 @@ class _Out:
         self.used = 0
 
 
-def fill_span(members: Sequence[tuple[str, str, int]], lo: int, hi: int, start: int, root: str,
-              out_fd: int, out_label: str, mtime: int | None) -> None:
-    """Write members ``lo..hi-1`` — (member name, path relative to ``root``, size) — as tar
-    bytes from file offset ``start`` (the offset ``member_span`` gives member ``lo``).
+def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int, start: int,
+              root: str, out_fd: int, out_label: str, mtime: int | None) -> None:
+    """Write members ``lo..hi-1`` — (member name, path relative to ``root``, size, mtime or
+    None) — as tar bytes from file offset ``start`` (the offset ``member_span`` gives member
+    ``lo``). ``mtime`` (if not None) overrides every member's.
 
     Raises InputError when an input vanished, is not a regular file or changed size since it
     was listed; WriteFailedError when the output cannot be written.
@@ -147,17 +148,20 @@ def fill_span(members: Sequence[tuple[str, str, int]], lo: int, hi: int, start: 
     root = root + "/"
     zeros = ZEROS
     for i in range(lo, hi):
-        member, rel, size = members[i]
+        member, rel, size, listed_mtime = members[i]
         path = root + rel
         try:
             fd = o_open(path, flags)
         except OSError as e:
             raise input_failed(path, e, "while packing") from None
         try:
-            st = o_fstat(fd)
-            if st.st_size != size or not stat.S_ISREG(st.st_mode):
-                raise InputError(f"{path}: changed while packing (size or type)")
-            mt = mtime if mtime is not None else st.st_mtime_ns // 1_000_000_000
+            if listed_mtime is None or size > SMALL:
+                st = o_fstat(fd)
+                if st.st_size != size or not stat.S_ISREG(st.st_mode):
+                    raise InputError(f"{path}: changed while packing (size or type)")
+                listed_mtime = st.st_mtime_ns // 1_000_000_000
+            # else: stat'ed when listed; a size change still shows in the read below.
+            mt = mtime if mtime is not None else listed_mtime
             raw = member.encode()
             if len(raw) <= 100 and raw.isascii() and 0 <= mt < OCTAL_LIMIT and size < OCTAL_LIMIT:
                 size_f = b"%011o\x00" % size   # inlined _ustar: this loop is the hot path

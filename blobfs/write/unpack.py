@@ -72,6 +72,8 @@ def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
 def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
            progress_start: Callable[[int], Progress | None] | None = None) -> UnpackResult:
     src, out_dir = Path(src), Path(out_dir)
+    if src.is_dir() and (os.path.realpath(out_dir) + "/").startswith(os.path.realpath(src) + "/"):
+        raise InputError(f"{out_dir}: output inside the source {src}")
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs, \
             open_project(src, synthesize_ann=opts.synthesize_ann) as project:
         view = project.view
