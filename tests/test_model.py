@@ -267,3 +267,18 @@ def test_index_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.Mo
     idx.write_bytes(bytes(raw))
     with open_project(root) as p:
         assert dict(p.iter_bytes()) == {"ds/img/only.png": bytes([3]) * 4}
+
+
+def test_ann_path_follows_symlinks_only_inside_the_project(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    _make_project(root, {"ds": {"a.png": b"x", "b.png": b"y"}})
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"secret": 1}')
+    (root / "ds/ann/a.png.json").unlink()
+    os.symlink(outside, root / "ds/ann/a.png.json")
+    (root / "ds/ann/b.png.json").rename(root / "ds/real_b.json")
+    os.symlink(root / "ds/real_b.json", root / "ds/ann/b.png.json")
+    with open_project(root) as p:
+        ds = p.datasets[0]
+        assert ds.ann_path("a.png") is None
+        assert ds.ann_path("b.png") == root / "ds/ann/b.png.json"

@@ -59,6 +59,9 @@ class Dataset:
     items: ItemIndex
     ann_dir: Path | None
     offsets_files: list[str] = field(default_factory=list)
+    #: Symlinked annotations count only when they resolve inside this folder (the project),
+    #: the same rule the view applies.
+    confine: str | None = None
 
     def ann_path(self, name: str) -> Path | None:
         """The annotation file of item ``name``: ``NAME.json``, else ``STEM.json`` (FORMAT §7)."""
@@ -67,9 +70,12 @@ class Dataset:
         for candidate in ann_names(name):
             if candidate is not None:
                 p = self.ann_dir / candidate
-                if p.is_file():
+                if p.is_file() and (not p.is_symlink() or self._inside(p)):
                     return p
         return None
+
+    def _inside(self, p: Path) -> bool:
+        return self.confine is not None and os.path.realpath(p).startswith(self.confine + "/")
 
 
 class Project:
@@ -295,7 +301,7 @@ class _Opener:
         self.problems.extend(f"{path}: {d}" for d in dups)
         ann_dir = path / "ann"
         return Dataset(name, relpath, path, items, ann_dir if ann_dir.is_dir() else None,
-                       list(offsets))
+                       list(offsets), root_real)
 
 
 def _find_root(dataset_dir: Path) -> Path:
@@ -375,7 +381,8 @@ def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
     items, dups = ItemIndex.build(parts, [tar], hashed=got[1] if got is not None else None)
     op.problems.extend(f"{tar_path}: {d}" for d in dups)
     stem = tar_path.name[:-4] if tar_path.name.endswith(".tar") else tar_path.name
-    ds = Dataset(stem, stem, None, items, ann_dir, [pkl.name] if pkl.is_file() else [])
+    ds = Dataset(stem, stem, None, items, ann_dir, [pkl.name] if pkl.is_file() else [],
+                 os.path.realpath(ann_dir) if ann_dir is not None else None)
     meta = ann_dir.parent.parent / "meta.json" if ann_dir is not None else None
     return Project(None, [ds], meta if meta is not None and meta.is_file() else None, [tar],
                    op.problems, kind="tar", synthesize_ann=synthesize_ann, virtual_root=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -46,12 +45,11 @@ def check_ranges(project: Project, problems: list[str]) -> None:
 
 
 def check_annotations(ds: Dataset, decode: bool, problems: list[str],
-                      progress: Progress | None = None, *, root: Path | None = None) -> None:
+                      progress: Progress | None = None) -> None:
     """Exactly one annotation per item, parseable JSON; with ``decode`` the image opens with
     Pillow and its size matches the annotation's ``size``. An annotation reached through a
-    symlink leading outside ``root`` is not read: the mount hides it (``view.py``), so for a
+    symlink leading outside the project is not read: the mount hides it (``view.py``), so for a
     client the item has none."""
-    root_real = os.path.realpath(root) + "/" if root is not None else None
     where = ds.path or ds.relpath
     if ds.ann_dir is None:
         problems.append(f"{where}: no ann/ folder (the SDK skips this dataset)")
@@ -62,14 +60,14 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
         ann = ds.ann_path(name) if ds.ann_dir is not None else None
         if ds.ann_dir is not None and ann is None:
             new, _old = ann_names(name)
-            problems.append(f"{ds.ann_dir / new}: missing: item {name!r} has no annotation "
-                            "(the SDK drops the dataset)")
+            hidden = ds.ann_dir / new
+            if hidden.is_symlink() and hidden.is_file():
+                problems.append(f"{hidden}: symlink leads outside the project; the mount hides it, "
+                                f"so item {name!r} has no annotation there (the SDK drops the dataset)")
+            else:
+                problems.append(f"{hidden}: missing: item {name!r} has no annotation "
+                                "(the SDK drops the dataset)")
         doc = None
-        if ann is not None and (not os.path.realpath(ann).startswith(root_real) if root_real
-                                else ann.is_symlink()):
-            problems.append(f"{ann}: symlink leads outside the project; the mount hides it, so item "
-                            f"{name!r} has no annotation there (the SDK drops the dataset)")
-            ann = None
         if ann is not None:
             if ann.name in owners:
                 problems.append(f"{ann}: shared by items {owners[ann.name]!r} and {name!r} "
@@ -123,7 +121,7 @@ def verify(project: Project, *, decode: bool = False,
         _load_json(project.meta_path, problems, " (the SDK cannot open this project)")
     check_ranges(project, problems)
     for ds in project.datasets:
-        check_annotations(ds, decode, problems, progress, root=project.root)
+        check_annotations(ds, decode, problems, progress)
     return problems
 
 
