@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import blobfs
-from blobfs.cli.main import cli, route_argv
+from blobfs.cli.main import cli
 
 
 @pytest.fixture()
@@ -130,9 +130,3 @@ def test_unreadable_input_exits_2_with_one_line(runner: CliRunner, tmp_path: Pat
     gz.write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 100)
     r = run(runner, "ls", str(gz))
     assert r.exit_code == 2 and "gzip-compressed" in r.output and len(r.output.strip().splitlines()) == 1
-
-
-def test_mount_helper_argv_routing() -> None:
-    assert route_argv(["/data/p", "/mnt/p", "-o", "ro"]) == ["mount", "/data/p", "/mnt/p", "-o", "ro"]
-    assert route_argv(["info", "/data/p"]) == ["info", "/data/p"]
-    assert route_argv(["--version"]) == ["--version"]

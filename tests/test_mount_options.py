@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from blobfs.cli.mount import mount_cmd, route_mount_helper_argv
+from blobfs.cli.main import route_argv
+from blobfs.cli.mount import mount_cmd
 from blobfs.fuse.options import MountUsageError, build_options, parse_o
 
 
@@ -57,8 +58,7 @@ def test_cli_unknown_option_exit_2_one_line(tmp_path):
 
 
 def test_route_mount_helper_argv():
-    cmds = {"mount", "umount", "info"}
-    assert route_mount_helper_argv(["/data/p", "/mnt/p", "-o", "ro"], cmds) == ["mount", "/data/p", "/mnt/p", "-o", "ro"]
-    assert route_mount_helper_argv(["info", "/data/p"], cmds) == ["info", "/data/p"]
-    assert route_mount_helper_argv(["--help"], cmds) == ["--help"]
-    assert route_mount_helper_argv(["/data/p"], cmds) == ["/data/p"]
+    assert route_argv(["/data/p", "/mnt/p", "-o", "ro"]) == ["mount", "/data/p", "/mnt/p", "-o", "ro"]
+    assert route_argv(["info", "/data/p"]) == ["info", "/data/p"]
+    assert route_argv(["--help"]) == ["--help"]
+    assert route_argv(["/data/p"]) == ["/data/p"]

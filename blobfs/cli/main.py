@@ -1,6 +1,7 @@
 """The ``blobfs`` command group: logging, version, and one-line errors instead of tracebacks."""
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -10,8 +11,35 @@ from blobfs import __version__
 from blobfs.errors import BlobfsError
 
 
+#: command name -> (module, attribute). Imported only when the command runs (or for --help),
+#: so ``blobfs mount`` does not pay for Pillow and the write side at start-up.
+COMMANDS = {
+    "info": ("blobfs.cli.inspect", "info_cmd"),
+    "ls": ("blobfs.cli.inspect", "ls_cmd"),
+    "cat": ("blobfs.cli.inspect", "cat_cmd"),
+    "index": ("blobfs.cli.inspect", "index_cmd"),
+    "verify": ("blobfs.cli.inspect", "verify_cmd"),
+    "mount": ("blobfs.cli.mount", "mount_cmd"),
+    "umount": ("blobfs.cli.mount", "umount_cmd"),
+    "pack": ("blobfs.cli.write", "pack_cmd"),
+    "pack-project": ("blobfs.cli.write", "pack_project_cmd"),
+    "unpack": ("blobfs.cli.write", "unpack_cmd"),
+    "preview": ("blobfs.cli.preview", "preview_cmd"),
+    "demo": ("blobfs.cli.preview", "demo_cmd"),
+}
+
+
 class _Group(click.Group):
-    """Turns every ``BlobfsError`` into one line on stderr and exit code 2."""
+    """Lazily loaded commands; every ``BlobfsError`` becomes one line on stderr and exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -36,33 +64,11 @@ def cli(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="blobfs: %(levelname)s: %(message)s", stream=sys.stderr)
 
 
-def _register() -> None:
-    from blobfs.cli import inspect
-
-    for cmd in inspect.COMMANDS:
-        cli.add_command(cmd)
-    optional = [("blobfs.cli.mount", ("mount_cmd", "umount_cmd")),
-                ("blobfs.cli.write", ("pack_cmd", "pack_project_cmd", "unpack_cmd")),
-                ("blobfs.cli.preview", ("preview_cmd", "demo_cmd"))]
-    import importlib
-
-    for module, names in optional:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        for name in names:
-            if hasattr(mod, name):
-                cli.add_command(getattr(mod, name))
-
-
-_register()
-
-
 def route_argv(argv: list[str]) -> list[str]:
     """mount(8) runs ``blobfs SOURCE MOUNTPOINT -o OPTS`` for fstab type ``fuse.blobfs``
     (through mount.fuse3): a first word that is no command means ``mount``."""
-    if len(argv) >= 2 and not argv[0].startswith("-") and argv[0] not in cli.commands:
+    if (len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-")
+            and not argv[1].startswith("-")):
         return ["mount", *argv]
     return argv
 

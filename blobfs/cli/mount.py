@@ -1,14 +1,14 @@
 """``blobfs mount`` and ``blobfs umount`` (thin: arguments in, one line out on failure).
 
 mount(8) runs FUSE filesystems of type ``fuse.blobfs`` through mount.fuse3, which executes
-``blobfs SOURCE MOUNTPOINT -o OPTS``; :func:`route_mount_helper_argv` turns that into
-``blobfs mount SOURCE MOUNTPOINT -o OPTS`` for the main group.
+``blobfs SOURCE MOUNTPOINT -o OPTS``; ``blobfs.cli.main.route_argv`` turns that into
+``blobfs mount SOURCE MOUNTPOINT -o OPTS``.
 """
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Iterable, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -83,28 +83,3 @@ def umount_cmd(mountpoint: str, lazy: bool) -> None:
         unmount(mountpoint, lazy=lazy)
     except BlobfsError as e:
         _fail("blobfs umount", e)
-
-
-def route_mount_helper_argv(argv: list[str], commands: Iterable[str]) -> list[str]:
-    """``[SOURCE, MOUNTPOINT, -o, OPTS]`` (mount.fuse3's call) -> ``["mount", SOURCE, ...]``.
-
-    ``argv`` excludes the program name; ``commands`` are the main group's command names.
-    Anything else is returned unchanged.
-    """
-    names = set(commands)
-    if len(argv) >= 2 and argv[0] not in names and not argv[0].startswith("-") \
-            and not argv[1].startswith("-"):
-        return ["mount", *argv]
-    return list(argv)
-
-
-@click.group()
-def _group() -> None:
-    """blobfs mount/umount (standalone entry point for development)."""
-
-
-_group.add_command(mount_cmd)
-_group.add_command(umount_cmd)
-
-if __name__ == "__main__":
-    _group(args=route_mount_helper_argv(sys.argv[1:], _group.commands), prog_name="blobfs")
