@@ -215,22 +215,26 @@ class ItemIndex:
         return OSError(errno.EIO, f"{where}: short read for item {self.name(i)!r}")
 
     def iter_read(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
-        """(prefix + name, bytes) of every item, in index order — the bulk path: no lookups,
-        the names split from one cached string, one ``pread`` per item (short read: EIO)."""
+        """(prefix + name, bytes) of every item, in index order — the bulk path.
+
+        No lookups: the paths come from one ``split`` of the cached joined names, then one
+        ``pread`` per item (a short read raises EIO). Measured alternatives that batch the
+        preads in C-level ``map``s were slower: holding a batch of buffers defeats malloc's
+        reuse of the one just freed (tests/bench/bench_api.py).
+        """
         n = len(self)
         if n == 0:
             return iter(())
         if self._joined is None:
-            # Names joined by "/" (which no name contains), decoded once and kept: splitting
-            # it is the cheapest way to get every name as a str again.
-            self._joined = b"/".join(map(self._names.__getitem__, map(
+            # Names joined by NUL (which no name contains), decoded once and kept.
+            self._joined = b"\0".join(map(self._names.__getitem__, map(
                 slice, chain((0,), self._name_ends), self._name_ends))).decode()
-        paths = map(prefix.__add__, self._joined.split("/"))
+        paths = (prefix + self._joined.replace("\0", "\0" + prefix)).split("\0")
         if DISK in self._src or self._src.count(self._src[0]) != n:
             return ((path, self.read(i)) for i, path in enumerate(paths))
         return self._reads(paths, self.sources[self._src[0]].fd)
 
-    def _reads(self, paths: Iterator[str], fd: int) -> Iterator[tuple[str, bytes]]:
+    def _reads(self, paths: list[str], fd: int) -> Iterator[tuple[str, bytes]]:
         pread = os.pread
         for path, start, end in zip(paths, self._starts, self._ends):
             want = end - start
