@@ -202,7 +202,7 @@ def make_demo(root: str | Path, seed: int = 0, streets: int = 24, rainy: int = 1
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise InputError(f"{root}: exists and is not an empty folder")
     from blobfs.format.offsets_write import write_offsets  # written by the format layer
-    from blobfs.format.tarheaders import index_tar
+    from blobfs.format.tarindex import index_tar
 
     rng = random.Random(seed)
     plan = [DemoDataset("streets", "streets", []), DemoDataset("streets/rainy", "streets/datasets/rainy", [])]

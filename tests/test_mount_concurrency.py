@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import random
 import threading
-from pathlib import Path
 
 import pytest
 

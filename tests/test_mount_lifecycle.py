@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, mount_cmd,
-                           mounted, requires_fuse, wait_for_mount, wait_gone)
+                           mounted, requires_fuse, wait_gone)
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(90), requires_fuse]
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from blobfs.errors import OffsetsError
 from blobfs.format.offsets_read import OffsetsResult, read_offsets
 from blobfs.format.offsets_write import dumps_offsets
-from offsets_helpers import frame, pint, su
+from offsets_helpers import pint, su
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = dumps_offsets([("a.png", 0, 10), ("b.png", 10, 20)])

@@ -9,7 +9,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from blobfs.cli.write import pack_project_cmd, unpack_cmd

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from blobfs.errors import BlobfsError, TarFormatError
-from blobfs.format.tarheaders import index_tar, iter_members, regular_members
+from blobfs.format.tarheaders import iter_members, regular_members
+from blobfs.format.tarindex import index_tar
 from tar_helpers import (
     BLOCK, CAFE_NFC, CAFE_NFD, NAME_OVER_100, NAME_OVER_255_PATH, base256, fix_checksum,
     gnu_tar, gnu_tar_works, header_block, make_tree, members_tar, our_view, pad, pax_block,

@@ -138,7 +138,7 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     member name or its base name.
     """
     from blobfs.format.offsets_write import offsets_path_for_tar, write_offsets
-    from blobfs.format.tarheaders import index_tar
+    from blobfs.format.tarindex import index_tar
 
     out = offsets_path_for_tar(tar, output_dir)
     if out.exists() and not force:

@@ -29,15 +29,15 @@ A missing end-of-archive marker (EOF right after a member, at a block boundary) 
 """
 from __future__ import annotations
 
-import fnmatch
 import os
-import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
 from blobfs.errors import TarFormatError
+from blobfs.format.tarfields import (HEADER, Header, HeaderError, nti, nts, round_up,
+                                      signed_checksum)
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
@@ -70,7 +70,6 @@ _COMPRESSED_MAGIC = (
 
 # name, mode+uid+gid, size, mtime, chksum, type, linkname, (magic, version, uname, gname
 # skipped), devmajor+devminor, prefix.
-_HEADER = struct.Struct("100s24s12s12s8sc100s72x16s155s12x")
 _EXT_TYPES = frozenset(b"xgXLK")     # extension header type bytes (as ints)
 _EXT_TYPE_FLAGS = frozenset((b"x", b"g", b"X", b"L", b"K"))
 _CACHE_LIMIT = 4096
@@ -110,49 +109,6 @@ def _member(name: str, header_offset: int, offset_data: int, size: int, type_: b
     return m
 
 
-class _HeaderError(Exception):
-    """A block tarfile would reject: kind "eof" (zero block), "empty", "truncated", "invalid"."""
-
-    def __init__(self, kind: str, offset: int, detail: str = "") -> None:
-        super().__init__(kind)
-        self.kind, self.offset, self.detail = kind, offset, detail
-
-
-#: What one header block says: name, mode, size, mtime, type, linkname.
-_Header = tuple[str, int, int, int, bytes, str]
-
-
-def _round_up(n: int) -> int:
-    return (n + 511) & -512
-
-
-def _nts(field: bytes) -> str:
-    """tarfile.nts with the file-system encoding (UTF-8) and surrogateescape."""
-    p = field.find(0)
-    if p != -1:
-        field = field[:p]
-    return field.decode("utf-8", "surrogateescape")
-
-
-def _nti(field: bytes) -> int:
-    """tarfile.nti: octal text, or GNU base-256 (leading 0x80 positive / 0xff negative)."""
-    lead = field[0]
-    if lead == 0o200 or lead == 0o377:
-        n = int.from_bytes(field[1:], "big")
-        if lead == 0o377:
-            n = -(256 ** (len(field) - 1) - n)
-        return n
-    p = field.find(0)
-    if p != -1:
-        field = field[:p]
-    # int() accepts the same oddities (spaces, sign, "_") that tarfile accepts.
-    return int(field.decode("ascii").strip() or "0", 8)
-
-
-def _signed_checksum(buf: bytes) -> int:
-    return 256 + sum(struct.unpack_from("148b8x356b", buf))
-
-
 class _Parser:
     """Walks one archive, reproducing TarFile.next() and TarInfo._proc_*.
 
@@ -175,7 +131,7 @@ class _Parser:
         # member's validation is a dict hit.
         self._num_cache: dict[bytes, int] = {}
         self._chk_cache: dict[bytes, int] = {}
-        self._ext_cache: dict[bytes, _Header] = {}
+        self._ext_cache: dict[bytes, Header] = {}
         self._pax_cache: dict[bytes, tuple[dict[str, str], bool]] = {}
 
     def error(self, problem: str) -> TarFormatError:
@@ -197,7 +153,7 @@ class _Parser:
         return data[:n]
 
     # -- one header block (TarInfo.frombuf) ----------------------------------------------
-    def _header(self, offset: int) -> _Header:
+    def _header(self, offset: int) -> Header:
         start = offset - self._buf_start
         buf = self._buf
         if 0 <= start and start + BLOCK <= len(buf):
@@ -215,13 +171,13 @@ class _Parser:
         return self._frombuf(block, offset)
 
     def _num(self, field: bytes, offset: int, what: str) -> int:
-        """tarfile.nti of a field, cached; tarfile's "invalid header" as _HeaderError."""
+        """tarfile.nti of a field, cached; tarfile's "invalid header" as HeaderError."""
         n = self._num_cache.get(field)
         if n is None:
             try:
-                n = _nti(field)
+                n = nti(field)
             except ValueError:
-                raise _HeaderError("invalid", offset, f"invalid {what} field {field!r}") from None
+                raise HeaderError("invalid", offset, f"invalid {what} field {field!r}") from None
             if len(self._num_cache) > _CACHE_LIMIT:
                 self._num_cache.clear()
             self._num_cache[field] = n
@@ -235,12 +191,12 @@ class _Parser:
         self._num_cache[field] = first
         return first
 
-    def _frombuf(self, buf: bytes, offset: int) -> _Header:
+    def _frombuf(self, buf: bytes, offset: int) -> Header:
         if len(buf) != BLOCK:
-            raise _HeaderError("empty" if not buf else "truncated", offset)
+            raise HeaderError("empty" if not buf else "truncated", offset)
         if buf == _ZERO_BLOCK:
-            raise _HeaderError("eof", offset)
-        name, ids, size, mtime, chksum, type_, linkname, devs, prefix = _HEADER.unpack(buf)
+            raise HeaderError("eof", offset)
+        name, ids, size, mtime, chksum, type_, linkname, devs, prefix = HEADER.unpack(buf)
         cache = self._num_cache
         # Unsigned sum with the checksum field counted as 8 spaces (256): adler32's low half
         # is 1 + sum(bytes) mod 65521, exact for 256-byte halves. ``target`` folds the field's
@@ -252,8 +208,8 @@ class _Parser:
                 self._chk_cache.clear()
             self._chk_cache[chksum] = target
         if ((_adler32(buf[:256]) & 0xFFFF) + (_adler32(buf[256:]) & 0xFFFF) != target
-                and self._num(chksum, offset, "checksum") != _signed_checksum(buf)):
-            raise _HeaderError("invalid", offset, "bad header checksum")
+                and self._num(chksum, offset, "checksum") != signed_checksum(buf)):
+            raise HeaderError("invalid", offset, "bad header checksum")
         mode_n = cache.get(ids)
         if mode_n is None:
             mode_n = self._ids(ids, offset, "mode/uid/gid")
@@ -267,25 +223,25 @@ class _Parser:
             size_n = int(size[:p] if p >= 0 else size, 8)
         except ValueError:          # base-256, spaces, empty...: the exact slow path
             try:
-                size_n = _nti(size)
+                size_n = nti(size)
             except ValueError:
-                raise _HeaderError("invalid", offset, f"invalid size field {size!r}") from None
+                raise HeaderError("invalid", offset, f"invalid size field {size!r}") from None
         p = name.find(0)
         name_s = (name[:p] if p >= 0 else name).decode("utf-8", "surrogateescape")
-        link_s = _nts(linkname) if linkname[0] else ""
+        link_s = nts(linkname) if linkname[0] else ""
         if type_ == b"\0" and name_s.endswith("/"):
             type_ = _DIRTYPE          # old v7: a directory is a regular file named "x/"
         if type_ == _DIRTYPE:
             name_s = name_s.rstrip("/")
         if prefix[0] and type_ not in _GNU_TYPES:
-            name_s = _nts(prefix) + "/" + name_s
+            name_s = nts(prefix) + "/" + name_s
         return name_s, mode_n, size_n, mtime_n, type_, link_s
 
     # -- extension headers (TarInfo._proc_gnulong / _proc_pax) ---------------------------
-    def _extension(self, header: _Header, offset: int, pending: list) -> int:
+    def _extension(self, header: Header, offset: int, pending: list) -> int:
         """Read the extension header at ``offset``; return where the next header starts."""
         t, size = header[4], header[2]
-        n = _round_up(size)
+        n = round_up(size)
         if size < 0 or size > _MAX_EXT_SIZE:
             raise self.error(f"extension header at offset {offset} has a bad size ({size})")
         if offset + BLOCK + n > self.filesize:
@@ -296,7 +252,7 @@ class _Parser:
                              f"at offset {offset}")
         data = self._read(offset + BLOCK, n)
         if t == b"L" or t == b"K":
-            pending.append((t, _nts(data), offset))
+            pending.append((t, nts(data), offset))
         else:
             cached = self._pax_cache.get(data)
             if cached is None:
@@ -363,7 +319,7 @@ class _Parser:
         return name, linkname, size, mtime
 
     # -- the archive (TarFile.next) ------------------------------------------------------
-    def _header_problem(self, e: _HeaderError, offset: int, pending: list) -> TarFormatError:
+    def _header_problem(self, e: HeaderError, offset: int, pending: list) -> TarFormatError:
         if pending:
             what = {"eof": "an end-of-archive block", "empty": "end of file",
                     "truncated": "a truncated header"}.get(e.kind, e.detail)
@@ -393,7 +349,7 @@ class _Parser:
                 while header[4] in _EXT_TYPE_FLAGS:
                     offset = self._extension(header, offset, pending)
                     header = self._header(offset)
-            except _HeaderError as e:
+            except HeaderError as e:
                 if not pending and e.kind in ("eof", "empty"):
                     return              # first zero block / EOF at a block boundary
                 raise self._header_problem(e, offset, pending) from None
@@ -403,7 +359,7 @@ class _Parser:
             # TarInfo._proc_builtin: only regular and unknown types have data blocks.
             data_at = offset + BLOCK
             has_data = t in _REGULAR_TYPES or t not in _SUPPORTED_TYPES
-            end = data_at + ((size + 511) & -512) if has_data else data_at  # _round_up inlined
+            end = data_at + ((size + 511) & -512) if has_data else data_at  # round_up inlined
             if self.globals:
                 name, linkname, size, mtime = self._apply_pax(
                     self.globals, name, linkname, size, mtime, offset)
@@ -422,7 +378,7 @@ class _Parser:
                     if kind == b"S":
                         sparse, name = True, value.get("GNU.sparse.name", name)
                     if "size" in value:
-                        end = data_at + _round_up(size) if has_data else data_at
+                        end = data_at + round_up(size) if has_data else data_at
                 if kind != b"g":
                     header_offset = ext_offset
             if sparse:
@@ -455,32 +411,3 @@ def iter_members(path: str | os.PathLike[str]) -> Iterator[TarMember]:
 def regular_members(path: str | os.PathLike[str]) -> list[TarMember]:
     """``[m for m in tarfile.open(path) if m.isreg()]`` (regular files only, archive order)."""
     return [m for m in iter_members(path) if m.isreg()]
-
-
-def _matches(patterns: Sequence[str], full: str, base: str) -> bool:
-    return any(fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(base, p) for p in patterns)
-
-
-def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
-              exclude: Sequence[str] = ()) -> list[tuple[str, int, int]]:
-    """The entries ``sly.fs.save_blob_offsets_pkl`` writes for this tar.
-
-    One ``(basename of member name, offset_data, offset_data + size)`` per regular member,
-    in archive order (the SDK: ``member.isfile()``, ``os.path.basename(member.name)``).
-    ``include``/``exclude`` are case-sensitive fnmatch globs (``*`` also matches ``/``),
-    each tested against the full member name and against its basename; a member is kept
-    when it matches some include (or there are none) and no exclude. Duplicated basenames
-    are kept, as the SDK keeps them.
-    """
-    out: list[tuple[str, int, int]] = []
-    append = out.append
-    for m in iter_members(path):
-        if m.type not in _REGULAR_TYPES:
-            continue
-        base = m.name.rpartition("/")[2]     # == os.path.basename on POSIX, as the SDK does
-        if include and not _matches(include, m.name, base):
-            continue
-        if exclude and _matches(exclude, m.name, base):
-            continue
-        append((base, m.offset_data, m.offset_data + m.size))
-    return out

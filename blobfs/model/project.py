@@ -247,7 +247,7 @@ class _Opener:
 
     def headers(self, tar: BlobSource) -> EntryTable | None:
         """Entries of a tar without offsets file: its regular members, by their own headers."""
-        from blobfs.format.tarheaders import index_tar
+        from blobfs.format.tarindex import index_tar
 
         try:
             entries = index_tar(tar.path)

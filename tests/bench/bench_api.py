@@ -26,7 +26,7 @@ from pathlib import Path
 
 def build(root: Path, n: int) -> None:
     from blobfs.format.offsets_write import write_offsets
-    from blobfs.format.tarheaders import index_tar
+    from blobfs.format.tarindex import index_tar
 
     rnd = random.Random(1)
     (root / "blob").mkdir(parents=True)

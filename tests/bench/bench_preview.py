@@ -17,8 +17,6 @@ import io
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import tarfile
 import time
@@ -45,7 +43,7 @@ def _images(rnd: random.Random) -> list[tuple[bytes, int, int]]:
 
 def build(root: Path, n: int) -> None:
     from blobfs.format.offsets_write import write_offsets
-    from blobfs.format.tarheaders import index_tar
+    from blobfs.format.tarindex import index_tar
 
     rnd = random.Random(6)
     images = _images(rnd)

@@ -75,7 +75,7 @@ def build(workdir: Path, n: int) -> Path:
         shutil.rmtree(root)
     sys.path.insert(0, str(REPO))
     from blobfs.format.offsets_write import write_offsets
-    from blobfs.format.tarheaders import index_tar
+    from blobfs.format.tarindex import index_tar
 
     (root / "blob").mkdir(parents=True)
     (root / "ds" / "ann").mkdir(parents=True)

@@ -1,0 +1,55 @@
+"""Field-level decoding of tar header blocks, exactly as Python's ``tarfile`` does it.
+
+Split from ``tarheaders`` (which walks archives) so each stays small: these are the pure
+functions a header block is decoded with.
+"""
+from __future__ import annotations
+
+import struct
+
+#: name, mode+uid+gid, size, mtime, chksum, type, linkname, (magic, version, uname, gname
+#: skipped), devmajor+devminor, prefix.
+HEADER = struct.Struct("100s24s12s12s8sc100s72x16s155s12x")
+
+
+class HeaderError(Exception):
+    """A block tarfile would reject: kind "eof" (zero block), "empty", "truncated", "invalid"."""
+
+    def __init__(self, kind: str, offset: int, detail: str = "") -> None:
+        super().__init__(kind)
+        self.kind, self.offset, self.detail = kind, offset, detail
+
+
+#: What one header block says: name, mode, size, mtime, type, linkname.
+Header = tuple[str, int, int, int, bytes, str]
+
+
+def round_up(n: int) -> int:
+    return (n + 511) & -512
+
+
+def nts(field: bytes) -> str:
+    """tarfile.nts with the file-system encoding (UTF-8) and surrogateescape."""
+    p = field.find(0)
+    if p != -1:
+        field = field[:p]
+    return field.decode("utf-8", "surrogateescape")
+
+
+def nti(field: bytes) -> int:
+    """tarfile.nti: octal text, or GNU base-256 (leading 0x80 positive / 0xff negative)."""
+    lead = field[0]
+    if lead == 0o200 or lead == 0o377:
+        n = int.from_bytes(field[1:], "big")
+        if lead == 0o377:
+            n = -(256 ** (len(field) - 1) - n)
+        return n
+    p = field.find(0)
+    if p != -1:
+        field = field[:p]
+    # int() accepts the same oddities (spaces, sign, "_") that tarfile accepts.
+    return int(field.decode("ascii").strip() or "0", 8)
+
+
+def signed_checksum(buf: bytes) -> int:
+    return 256 + sum(struct.unpack_from("148b8x356b", buf))
