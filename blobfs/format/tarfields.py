@@ -1,11 +1,40 @@
 """Field-level decoding of tar header blocks, exactly as Python's ``tarfile`` does it.
 
-Split from ``tarheaders`` (which walks archives) so each stays small: these are the pure
-functions a header block is decoded with.
+Split from ``tarheaders`` (which walks archives) so each stays small: the format's constants
+(as ``tarfile`` groups them) and the pure functions a header block is decoded with.
 """
 from __future__ import annotations
 
 import struct
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+
+# tarfile's type constants and groups (Lib/tarfile.py).
+REGULAR_TYPES = frozenset((b"0", b"\0", b"7", b"S"))
+SUPPORTED_TYPES = frozenset((b"0", b"\0", b"1", b"2", b"5", b"6", b"7", b"3", b"4",
+                              b"L", b"K", b"S"))
+GNU_TYPES = frozenset((b"L", b"K", b"S"))
+DIRTYPE = b"5"
+
+#: Consecutive extension headers (L/K/x/g) before one member; tarfile recurses once per
+#: header and would hit RecursionError on a crafted archive.
+MAX_EXT_DEPTH = 32
+#: A GNU long name or PAX header larger than this is refused rather than read into memory.
+MAX_EXT_SIZE = 64 * 1024 * 1024
+
+
+COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x1f\x9d", "compress (.Z)"),
+    (b"LZIP", "lzip"),
+)
+
+EXT_TYPES = frozenset(b"xgXLK")     # extension header type bytes (as ints)
+EXT_TYPE_FLAGS = frozenset((b"x", b"g", b"X", b"L", b"K"))
 
 #: name, mode+uid+gid, size, mtime, chksum, type, linkname, (magic, version, uname, gname
 #: skipped), devmajor+devminor, prefix.

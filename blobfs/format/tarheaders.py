@@ -36,42 +36,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from blobfs.errors import TarFormatError
-from blobfs.format.tarfields import (HEADER, Header, HeaderError, nti, nts, round_up,
-                                      signed_checksum)
-
-BLOCK = 512
-_ZERO_BLOCK = bytes(BLOCK)
-
-# tarfile's type constants and groups (Lib/tarfile.py).
-_REGULAR_TYPES = frozenset((b"0", b"\0", b"7", b"S"))
-_SUPPORTED_TYPES = frozenset((b"0", b"\0", b"1", b"2", b"5", b"6", b"7", b"3", b"4",
-                              b"L", b"K", b"S"))
-_GNU_TYPES = frozenset((b"L", b"K", b"S"))
-_DIRTYPE = b"5"
-
-#: Consecutive extension headers (L/K/x/g) before one member; tarfile recurses once per
-#: header and would hit RecursionError on a crafted archive.
-_MAX_EXT_DEPTH = 32
-#: A GNU long name or PAX header larger than this is refused rather than read into memory.
-_MAX_EXT_SIZE = 64 * 1024 * 1024
+from blobfs.format.tarfields import (BLOCK, COMPRESSED_MAGIC, DIRTYPE, EXT_TYPE_FLAGS, EXT_TYPES,
+                                      GNU_TYPES, HEADER, MAX_EXT_DEPTH, MAX_EXT_SIZE,
+                                      REGULAR_TYPES, SUPPORTED_TYPES, ZERO_BLOCK, Header,
+                                      HeaderError, nti, nts, round_up, signed_checksum)
 
 #: Read sizes: small after jumping over member data, large while headers are dense.
 _SMALL_READ = 4096
 _BIG_READ = 64 * 1024
-
-_COMPRESSED_MAGIC = (
-    (b"\x1f\x8b", "gzip"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"\x1f\x9d", "compress (.Z)"),
-    (b"LZIP", "lzip"),
-)
-
-# name, mode+uid+gid, size, mtime, chksum, type, linkname, (magic, version, uname, gname
-# skipped), devmajor+devminor, prefix.
-_EXT_TYPES = frozenset(b"xgXLK")     # extension header type bytes (as ints)
-_EXT_TYPE_FLAGS = frozenset((b"x", b"g", b"X", b"L", b"K"))
 _CACHE_LIMIT = 4096
 _adler32 = zlib.adler32
 
@@ -91,7 +63,7 @@ class TarMember:
 
     def isreg(self) -> bool:
         """Same notion as ``tarfile.TarInfo.isreg()``."""
-        return self.type in _REGULAR_TYPES
+        return self.type in REGULAR_TYPES
 
 
 # A frozen dataclass's __init__ assigns each field through object.__setattr__; on archives
@@ -160,7 +132,7 @@ class _Parser:
             block = buf[start:start + BLOCK]
         else:
             block = self._read(offset, BLOCK)
-        if len(block) == BLOCK and block[156] in _EXT_TYPES:
+        if len(block) == BLOCK and block[156] in EXT_TYPES:
             hit = self._ext_cache.get(block)
             if hit is None:
                 hit = self._frombuf(block, offset)
@@ -194,7 +166,7 @@ class _Parser:
     def _frombuf(self, buf: bytes, offset: int) -> Header:
         if len(buf) != BLOCK:
             raise HeaderError("empty" if not buf else "truncated", offset)
-        if buf == _ZERO_BLOCK:
+        if buf == ZERO_BLOCK:
             raise HeaderError("eof", offset)
         name, ids, size, mtime, chksum, type_, linkname, devs, prefix = HEADER.unpack(buf)
         cache = self._num_cache
@@ -230,10 +202,10 @@ class _Parser:
         name_s = (name[:p] if p >= 0 else name).decode("utf-8", "surrogateescape")
         link_s = nts(linkname) if linkname[0] else ""
         if type_ == b"\0" and name_s.endswith("/"):
-            type_ = _DIRTYPE          # old v7: a directory is a regular file named "x/"
-        if type_ == _DIRTYPE:
+            type_ = DIRTYPE          # old v7: a directory is a regular file named "x/"
+        if type_ == DIRTYPE:
             name_s = name_s.rstrip("/")
-        if prefix[0] and type_ not in _GNU_TYPES:
+        if prefix[0] and type_ not in GNU_TYPES:
             name_s = nts(prefix) + "/" + name_s
         return name_s, mode_n, size_n, mtime_n, type_, link_s
 
@@ -242,13 +214,13 @@ class _Parser:
         """Read the extension header at ``offset``; return where the next header starts."""
         t, size = header[4], header[2]
         n = round_up(size)
-        if size < 0 or size > _MAX_EXT_SIZE:
+        if size < 0 or size > MAX_EXT_SIZE:
             raise self.error(f"extension header at offset {offset} has a bad size ({size})")
         if offset + BLOCK + n > self.filesize:
             raise self.error(f"truncated: extension header at offset {offset} needs "
                              f"{size} bytes, the file ends first")
-        if len(pending) >= _MAX_EXT_DEPTH:
-            raise self.error(f"more than {_MAX_EXT_DEPTH} consecutive extension headers "
+        if len(pending) >= MAX_EXT_DEPTH:
+            raise self.error(f"more than {MAX_EXT_DEPTH} consecutive extension headers "
                              f"at offset {offset}")
         data = self._read(offset + BLOCK, n)
         if t == b"L" or t == b"K":
@@ -327,7 +299,7 @@ class _Parser:
                               f"{what} at offset {e.offset}")
         if offset == 0:
             head = self._read(0, 8)
-            for magic, kind in _COMPRESSED_MAGIC:
+            for magic, kind in COMPRESSED_MAGIC:
                 if head.startswith(magic):
                     return self.error(f"{kind}-compressed data: compressed tar is not "
                                       "supported, decompress it to a plain .tar first")
@@ -346,7 +318,7 @@ class _Parser:
             pending: list[tuple[bytes, Any, int]] = []
             try:
                 header = self._header(offset)
-                while header[4] in _EXT_TYPE_FLAGS:
+                while header[4] in EXT_TYPE_FLAGS:
                     offset = self._extension(header, offset, pending)
                     header = self._header(offset)
             except HeaderError as e:
@@ -358,18 +330,18 @@ class _Parser:
                 raise self.error(f"negative size {size} in header at offset {offset}")
             # TarInfo._proc_builtin: only regular and unknown types have data blocks.
             data_at = offset + BLOCK
-            has_data = t in _REGULAR_TYPES or t not in _SUPPORTED_TYPES
+            has_data = t in REGULAR_TYPES or t not in SUPPORTED_TYPES
             end = data_at + ((size + 511) & -512) if has_data else data_at  # round_up inlined
             if self.globals:
                 name, linkname, size, mtime = self._apply_pax(
                     self.globals, name, linkname, size, mtime, offset)
-            if t == _DIRTYPE:
+            if t == DIRTYPE:
                 name = name.rstrip("/")
             header_offset = offset
             sparse = t == b"S" or self.globals_sparse
             for kind, value, ext_offset in reversed(pending):
                 if kind == b"L":
-                    name = value.removesuffix("/") if t == _DIRTYPE else value
+                    name = value.removesuffix("/") if t == DIRTYPE else value
                 elif kind == b"K":
                     linkname = value
                 elif kind == b"x" or kind == b"S":

@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Iterator
 from blobfs.errors import InputError, ProjectError
 from blobfs.format.entries import EntryTable
 from blobfs.format.names import ann_names, name_problem
+from blobfs.format.tarfields import COMPRESSED_MAGIC
 from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
 from blobfs.model.items import BlobSource, ItemIndex
 
 if TYPE_CHECKING:
     from blobfs.model.view import ClassicView
 
-#: First bytes of compressed files that users sometimes name ``.tar``.
-_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 #: meta.json shown for a bare tar whose annotations come with no project meta.
 EMPTY_META = json.dumps({"classes": [], "tags": [], "projectSettings": {}}, indent=4).encode()
@@ -216,7 +215,7 @@ class _Opener:
             self.fail(f"{path}: cannot open tar: {e.strerror}")
             return None
         head = os.pread(src.fd, 6, 0)
-        kind = next((k for magic, k in _COMPRESSED.items() if head.startswith(magic)), None)
+        kind = next((k for magic, k in COMPRESSED_MAGIC if head.startswith(magic)), None)
         if kind:
             src.close()
             self.fail(f"{path}: {kind}-compressed; only plain uncompressed tars are supported")
