@@ -66,7 +66,8 @@ def _offsets(members: Sequence[Member], starts: array) -> Iterator[bytes]:
         yield dumps_offsets(batch)
 
 
-def _write_all(fd: int, data: bytes, label: str | os.PathLike[str]) -> None:
+def write_all(fd: int, data: bytes, label: str | os.PathLike[str]) -> None:
+    """Write all of ``data`` (os.write may write less); a failure names ``label``."""
     mv = memoryview(data)
     try:
         while mv:
@@ -91,7 +92,7 @@ def write_blob(members: Sequence[Member], root: str, tar_fd: int, tar_label: Pat
 
     def offsets() -> None:  # the layout fixes them: written while the workers fill the tar
         for data in _offsets(members, starts):
-            _write_all(offsets_fd, data, offsets_label)
+            write_all(offsets_fd, data, offsets_label)
 
     chunks = [(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)]
     run_chunks(chunks, fill, label, progress=progress, parent_work=offsets)

@@ -18,7 +18,7 @@ from typing import Callable
 from blobfs.errors import InputError
 from blobfs.model.project import open_project
 from blobfs.write.atomic import AtomicOutputs
-from blobfs.write.blobwriter import Progress
+from blobfs.write.blobwriter import Progress, write_all
 from blobfs.write.errors import output_failed
 from blobfs.write.options import UnpackOptions
 from blobfs.write.workers import run_chunks
@@ -56,12 +56,7 @@ def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
                 raise InputError(f"{src_label}: {e.strerror or e}") from None
             if not data:
                 raise InputError(f"{src_label}: ends after {offset} of {st.size} bytes")
-            mv = memoryview(data)
-            try:
-                while mv:
-                    mv = mv[os.write(fd, mv):]
-            except OSError as e:
-                raise output_failed(dst, e) from None
+            write_all(fd, data, dst)
             offset += len(data)
         os.utime(fd, ns=(st.mtime_ns, st.mtime_ns))
     finally:
