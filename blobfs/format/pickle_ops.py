@@ -28,24 +28,23 @@ def _decode(raw, pos, base) -> str:
         raise Unreadable("string is not UTF-8", base + pos) from None
 
 
-def _unicode(hdr, fmt):
+def _string_op(hdr, fmt, what, make):
+    """Length-prefixed str or bytes: the declared length is checked before any copy."""
     def op(vm, data, pos, limit, file_end, framed, base):
         vm._need(data, pos, hdr, limit, file_end, framed, base)
         n = fmt(data, pos + 1)
-        end = _str_len(vm, data, pos, hdr, n, limit, file_end, framed, base, "string")
-        vm.stack.append(_decode(bytes(data[pos + hdr:end]), pos, base))
+        end = _str_len(vm, data, pos, hdr, n, limit, file_end, framed, base, what)
+        vm.stack.append(make(bytes(data[pos + hdr:end]), pos, base))
         return end
     return op
+
+
+def _unicode(hdr, fmt):
+    return _string_op(hdr, fmt, "string", _decode)
 
 
 def _bytes(hdr, fmt):
-    def op(vm, data, pos, limit, file_end, framed, base):
-        vm._need(data, pos, hdr, limit, file_end, framed, base)
-        n = fmt(data, pos + 1)
-        end = _str_len(vm, data, pos, hdr, n, limit, file_end, framed, base, "bytes")
-        vm.stack.append(bytes(data[pos + hdr:end]))
-        return end
-    return op
+    return _string_op(hdr, fmt, "bytes", lambda raw, pos, base: raw)
 
 
 def _int_op(size, signed):
