@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bench/bench_write.py [--n 300000] [--rounds 3] [--workdir DIR]
                                                 [--sdk-python /path/to/venv/bin/python] [--sdk-rounds 1]
+                                                [--no-unpack]
 
 Generates N files of ~4 KB (random bytes, sizes 3-5 KiB, fixed seed) once in WORKDIR/src, then
 runs interleaved rounds of:
@@ -11,8 +12,9 @@ runs interleaved rounds of:
            with supervisely installed; timed inside that process, import excluded)
   unpack   blobfs unpack X.tar OUT                        (bare tar → classic tree)
   tar xf   tar xf X.tar -C OUT
-and prints one table: median seconds, files/s, and the ratio to the GNU tar baseline
-(ratio > 1 = blobfs faster). Outputs are deleted and ``sync``ed between runs (not timed); the
+and prints one table: median wall seconds, files/s, the ratio to the GNU tar baseline
+(ratio > 1 = blobfs faster), and median CPU seconds (user + sys of the command's processes,
+from getrusage of the children) beside each, so a slow disk can be told from slow code. Outputs are deleted and ``sync``ed between runs (not timed); the
 input of every run is read once just before it (untimed), so the page cache is warm for all. Every command runs as a subprocess, so interpreter start-up is included.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -79,12 +82,21 @@ def warm(path: Path) -> None:
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
 
 
-def timed(cmds: list[list[str]]) -> float:
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed(cmds: list[list[str]], cpu: list[float]) -> float:
+    """Wall seconds of the commands run one after another; appends their CPU seconds to cpu."""
+    c0 = _children_cpu()
     t0 = time.perf_counter()
     for cmd in cmds:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        cwd=REPO)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    cpu.append(_children_cpu() - c0)
+    return wall
 
 
 def main() -> None:
@@ -95,6 +107,7 @@ def main() -> None:
     ap.add_argument("--sdk-python", help="python of a venv with supervisely installed")
     ap.add_argument("--sdk-rounds", type=int, default=1,
                     help="rounds that also run the (slow) SDK way (default 1)")
+    ap.add_argument("--no-unpack", action="store_true", help="time only the pack side")
     args = ap.parse_args()
 
     w = args.workdir.resolve()
@@ -104,15 +117,17 @@ def main() -> None:
     out_a, out_b = w / "out_a", w / "out_b"
     sdk_out = w / "sdk_offsets"
     times: dict[str, list[float]] = {k: [] for k in ("pack", "tar+idx", "sdk", "unpack", "tar xf")}
+    cpus: dict[str, list[float]] = {k: [] for k in times}
 
     for r in range(args.rounds):
         clean(tar_a, w / "a_offsets.pkl")
         warm(src)
-        times["pack"].append(timed([[*BLOBFS, "pack", str(src), "-o", str(tar_a)]]))
+        times["pack"].append(timed([[*BLOBFS, "pack", str(src), "-o", str(tar_a)]],
+                                   cpus["pack"]))
         clean(tar_b, w / "b_offsets.pkl")
         warm(src)
         times["tar+idx"].append(timed([["tar", "cf", str(tar_b), "-C", str(src), "."],
-                                       [*BLOBFS, "index", str(tar_b)]]))
+                                       [*BLOBFS, "index", str(tar_b)]], cpus["tar+idx"]))
         if args.sdk_python and r < args.sdk_rounds:
             clean(tar_c, sdk_out)
             sdk_out.mkdir()
@@ -120,27 +135,34 @@ def main() -> None:
             res = subprocess.run([args.sdk_python, "-c", SDK_SCRIPT, str(src), str(tar_c),
                                   str(sdk_out)], check=True, capture_output=True, text=True)
             times["sdk"].append(float(res.stdout.strip().splitlines()[-1]))
-        clean(out_a)
-        warm(tar_a)
-        times["unpack"].append(timed([[*BLOBFS, "unpack", str(tar_a), str(out_a)]]))
-        clean(out_b)
-        out_b.mkdir()
-        warm(tar_a)
-        times["tar xf"].append(timed([["tar", "xf", str(tar_a), "-C", str(out_b)]]))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if v),
-              file=sys.stderr)
+        if not args.no_unpack:
+            clean(out_a)
+            warm(tar_a)
+            times["unpack"].append(timed([[*BLOBFS, "unpack", str(tar_a), str(out_a)]],
+                                         cpus["unpack"]))
+            clean(out_b)
+            out_b.mkdir()
+            warm(tar_a)
+            times["tar xf"].append(timed([["tar", "xf", str(tar_a), "-C", str(out_b)]],
+                                         cpus["tar xf"]))
+        print(f"round {r + 1}: " + ", ".join(
+            f"{k} {v[-1]:.2f}s" + (f" (cpu {cpus[k][-1]:.2f}s)" if cpus[k] else "")
+            for k, v in times.items() if v), file=sys.stderr)
     clean(tar_a, tar_b, tar_c, out_a, out_b, sdk_out, w / "a_offsets.pkl", w / "b_offsets.pkl")
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
     base = {"pack": "tar+idx", "tar+idx": "tar+idx", "sdk": "tar+idx",
             "unpack": "tar xf", "tar xf": "tar xf"}
-    rows = [("method", "median s", "files/s", "vs GNU tar")]
+    cpu = {k: statistics.median(v) for k, v in cpus.items() if v}
+    rows = [("method", "median s", "files/s", "vs GNU tar", "cpu s", "cpu vs GNU tar")]
     for k, t in med.items():
-        rows.append((k, f"{t:.2f}", f"{args.n / t:,.0f}", f"{med[base[k]] / t:.2f}x"))
+        c = (f"{cpu[k]:.2f}", f"{cpu[base[k]] / cpu[k]:.2f}x") if k in cpu else ("", "")
+        rows.append((k, f"{t:.2f}", f"{args.n / t:,.0f}", f"{med[base[k]] / t:.2f}x", *c))
     if "sdk" in med:
-        rows.append(("pack vs sdk", "", "", f"{med['sdk'] / med['pack']:.2f}x"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    print(f"N={args.n} files of ~4 KB, {args.rounds} interleaved rounds, medians")
+        rows.append(("pack vs sdk", "", "", f"{med['sdk'] / med['pack']:.2f}x", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"N={args.n} files of ~4 KB in {w}, {args.rounds} interleaved rounds, medians "
+          "(cpu: user + sys of the command's processes; the sdk row is timed in-process)")
     for row in rows:
         print("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)))
 
