@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from blobfs.errors import BlobfsError
 from blobfs.fuse.fastfuse import caches_dirs, fast_fuse
+from blobfs.fuse.lowlevel_abi import abi_ok
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 LIBFUSE_ENV = "BLOBFS_LIBFUSE"
 #: ``BLOBFS_FUSE_BINDING=mfusepy|fusepy`` forces a binding (tests use it to cover fusepy).
 BINDING_ENV = "BLOBFS_FUSE_BINDING"
+#: ``BLOBFS_FUSE_API=lowlevel|highlevel``: on libfuse 3 with mfusepy, blobfs drives libfuse's
+#: low-level API itself (:mod:`blobfs.fuse.lowlevel`); ``highlevel`` uses mfusepy's ``FUSE``.
+API_ENV = "BLOBFS_FUSE_API"
 DEFAULT_LIBFUSE = 3
 
 _LIBRARY_NAMES = {2: "fuse", 3: "fuse3"}
@@ -58,6 +62,16 @@ class Binding:
     def caches_dirs(self) -> bool:
         """Whether OPENDIR can reply FOPEN_CACHE_DIR (see :mod:`blobfs.fuse.fastfuse`)."""
         return self.name == "mfusepy" and caches_dirs(self.module)
+
+    def lowlevel(self, choice: str | None = None) -> bool:
+        """Whether the mount runs on libfuse's low-level API (:mod:`blobfs.fuse.lowlevel`):
+        libfuse 3 through mfusepy, unless ``choice`` (else ``$BLOBFS_FUSE_API``) says
+        ``highlevel``."""
+        if self.name != "mfusepy" or self.libfuse != 3:
+            return False
+        if (choice or os.environ.get(API_ENV, "").strip().lower()) == "highlevel":
+            return False
+        return abi_ok(self.module)
 
     @property
     def has_readdir_offset(self) -> bool:
@@ -107,6 +121,9 @@ def load(libfuse: int | None = None) -> Binding:
     forced = os.environ.get(BINDING_ENV, "").strip().lower() or None
     if forced not in (None, "mfusepy", "fusepy"):
         raise BindingError(f"{BINDING_ENV} must be mfusepy or fusepy, not {forced!r}")
+    api = os.environ.get(API_ENV, "").strip().lower()
+    if api not in ("", "lowlevel", "highlevel"):
+        raise BindingError(f"{API_ENV} must be lowlevel or highlevel, not {api!r}")
 
     mod: ModuleType | None = None
     name = "mfusepy"

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from blobfs.errors import BlobfsError
 from blobfs.fuse import binding as _binding
 from blobfs.fuse.ops import make_operations
-from blobfs.fuse.options import MountOptions, MountUsageError
+from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
 from blobfs.fuse.umount import is_stale, mount_entry, unmount
 
 log = logging.getLogger(__name__)
@@ -120,17 +120,16 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
 
     def _init() -> None:
         started.set()
-        log.info("mounted %s on %s (%s, libfuse %d, %s)", opts.source, opts.mountpoint, fb.name,
-                 fb.libfuse, "multithreaded" if opts.threads else "single-threaded")
+        log.info("mounted %s on %s (%s, libfuse %d %s API, %s)", opts.source, opts.mountpoint, fb.name,
+                 fb.libfuse, "low-level" if fb.lowlevel(opts.fuse_api) else "high-level",
+                 "multithreaded" if opts.threads else "single-threaded")
         on_ready()
 
-    # ENOSYS from open is what enables zero-message opens; libfuse 2 passes it to the kernel
-    # the same way (fuse_lib_open replies the callback's error) — see tests/test_mount_* .
-    ops = make_operations(project.view, fb.name, caches_dirs=fb.caches_dirs, on_init=_init)
-    kwargs = opts.fuse_kwargs(fb.libfuse)
-    log.debug("FUSE options: %s", kwargs)
     try:
-        fb.FUSE(ops, str(opts.mountpoint), **kwargs)
+        if fb.lowlevel(opts.fuse_api):
+            _serve_lowlevel(project, fb, opts, _init)
+        else:
+            _serve_highlevel(project, fb, opts, _init)
     except RuntimeError as e:
         if not started.is_set():
             raise MountError(f"{opts.mountpoint}: libfuse could not mount {opts.source} (status {e})") from None
@@ -144,6 +143,26 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
         raise MountError(f"{opts.mountpoint}: libfuse exited before the mount came up")
     log.info("unmounted %s", opts.mountpoint)
     return 0
+
+
+def _serve_highlevel(project: Any, fb: _binding.Binding, opts: MountOptions, on_init: Callable[[], None]) -> None:
+    # ENOSYS from open is what enables zero-message opens; libfuse 2 passes it to the kernel
+    # the same way (fuse_lib_open replies the callback's error) — see tests/test_mount_* .
+    ops = make_operations(project.view, fb.name, caches_dirs=fb.caches_dirs, on_init=on_init)
+    kwargs = opts.fuse_kwargs(fb.libfuse)
+    log.debug("FUSE options: %s", kwargs)
+    fb.FUSE(ops, str(opts.mountpoint), **kwargs)
+
+
+def _serve_lowlevel(project: Any, fb: _binding.Binding, opts: MountOptions, on_init: Callable[[], None]) -> None:
+    from blobfs.fuse.lowlevel import LowLevelFS, run_session
+
+    fs = LowLevelFS(project.view, fb.module, timeout=CACHE_TIMEOUT, on_init=on_init)
+    status = run_session(fs, str(opts.mountpoint), opts, opts.fsname or str(opts.source))
+    if status != 0:
+        # Like mfusepy's FUSE: a non-zero loop status is reported as RuntimeError (libfuse >= 3.10
+        # returns the signal number after SIGTERM; serve() treats that as a clean stop).
+        raise RuntimeError(status)
 
 
 def _daemon_logging(opts: MountOptions) -> int | None:

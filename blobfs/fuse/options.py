@@ -43,6 +43,7 @@ OWN_OPTIONS = {
     "nothreads": False,
     "synthesize_ann": False,
     "libfuse": True,
+    "fuse_api": True,
     "log": True,
     "offsets": True,
     "ann": True,
@@ -63,6 +64,8 @@ class MountOptions:
     mountpoint: Path
     foreground: bool = False
     libfuse: int | None = None  #: 2, 3 or None (= $BLOBFS_LIBFUSE, else 3)
+    #: "lowlevel", "highlevel" or None (= $BLOBFS_FUSE_API, else low-level where available)
+    fuse_api: str | None = None
     threads: bool = False  #: multithreaded dispatch (default: single thread, measured faster)
     allow_other: bool = False
     auto_unmount: bool = False
@@ -155,6 +158,10 @@ def build_options(
             raise MountUsageError(f"libfuse must be 2 or 3, not {lib!r}")
         lib = int(lib)
 
+    api = parsed.get("fuse_api")
+    if api is not None and api not in ("lowlevel", "highlevel"):
+        raise MountUsageError(f"fuse_api must be lowlevel or highlevel, not {api!r}")
+
     def _path(v: Any) -> Path | None:
         return None if v in (None, "") else Path(os.path.abspath(os.path.expanduser(str(v))))
 
@@ -166,6 +173,7 @@ def build_options(
         mountpoint=_path(mountpoint),  # type: ignore[arg-type]
         foreground=foreground,
         libfuse=lib,
+        fuse_api=api,
         threads=threads,
         allow_other=bool(parsed.get("allow_other")),
         auto_unmount=bool(parsed.get("auto_unmount")),

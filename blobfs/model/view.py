@@ -218,6 +218,19 @@ class ClassicView:
         mtime, uid, gid = self._dir_times(self._dirs[self.project.datasets[k].relpath])
         return Stat(_FILE_MODE, self._synth_ino(k, name), 1, len(data), mtime, uid, gid)
 
+    def item_path(self, ino: int) -> str | None:
+        """The view path of the image whose inode number is ``ino``; None for any other inode.
+
+        Lets the low-level FUSE driver use an image's inode number as its nodeid and keep no
+        table entry per image (see :mod:`blobfs.fuse.nodes`)."""
+        if ino >> 56 != _ITEM >> 56:
+            return None
+        k, i = ((ino >> 32) & 0xFFFFFF) - 1, (ino & 0xFFFFFFFF) - 1
+        datasets = self.project.datasets
+        if not (0 <= k < len(datasets) and 0 <= i < len(datasets[k].items)):
+            return None
+        return f"{datasets[k].relpath}/img/{datasets[k].items.name(i)}"
+
     def _synth_ino(self, k: int, name: str) -> int:
         return _VFILE | (k + 1) << 32 | (self._synth.item(k, name) + 1)
 

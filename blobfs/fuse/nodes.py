@@ -1,0 +1,67 @@
+"""Node ids for the low-level FUSE driver: which view path a kernel ``nodeid`` stands for.
+
+The kernel names files by the nodeid the daemon returned from LOOKUP and sends FORGET with a
+count once it drops its inode (https://libfuse.github.io/doxygen/structfuse__lowlevel__ops.html
+``forget``: "the inode is valid until its lookup count reaches zero"). High-level libfuse
+keeps a node per looked-up name for this (~170 bytes each; with 1,000,000 images read that
+was most of the daemon's memory). Here an image costs nothing: its nodeid *is* its view inode
+number, from which the view rebuilds the path (:meth:`ClassicView.item_path`). Every other
+node (folders, annotations, pass-through files) gets a counted table entry, dropped when the
+kernel forgets it. Nodeids are never reused, so a late FORGET can only hit its own entry.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+ROOT_ID = 1  #: FUSE_ROOT_ID
+
+
+class NodeTable:
+    """nodeid <-> view path, with the kernel's lookup counts."""
+
+    def __init__(self, item_path: Callable[[int], str | None]) -> None:
+        self._item_path = item_path
+        self._paths: dict[int, list] = {ROOT_ID: ["", 1 << 62]}  # the root is never forgotten
+        self._ids: dict[str, int] = {"": ROOT_ID}
+        self._next = ROOT_ID + 1
+        # Only the multithreaded loop needs it; uncontended it costs ~50 ns a lookup.
+        self._lock = threading.Lock()
+
+    def path(self, nodeid: int) -> str | None:
+        entry = self._paths.get(nodeid)
+        if entry is not None:
+            return entry[0]
+        return self._item_path(nodeid)
+
+    def ref(self, path: str, ino: int) -> int:
+        """The nodeid to answer a LOOKUP of ``path`` (whose view inode is ``ino``) with."""
+        if self._item_path(ino) is not None:
+            return ino
+        with self._lock:
+            nid = self._ids.get(path)
+            if nid is None:
+                nid = self._next
+                self._next += 1
+                self._ids[path] = nid
+                self._paths[nid] = [path, 1]
+            else:
+                self._paths[nid][1] += 1
+            return nid
+
+    def forget(self, nodeid: int, count: int) -> None:
+        with self._lock:
+            entry = self._paths.get(nodeid)
+            if entry is None or nodeid == ROOT_ID:
+                return
+            entry[1] -= count
+            if entry[1] <= 0:
+                del self._paths[nodeid]
+                if self._ids.get(entry[0]) == nodeid:
+                    del self._ids[entry[0]]
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+__all__ = ["NodeTable", "ROOT_ID"]

@@ -1,0 +1,108 @@
+"""The libfuse 3 low-level driver: cached listings, nodeids without a table for images, FORGET.
+
+The whole mount suite already runs through this driver (it is the libfuse 3 default, see
+``mount_helpers.LIBFUSE_VERSIONS``); these tests cover what only it does.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from blobfs.fuse.nodes import ROOT_ID, NodeTable
+from blobfs.model.project import open_project
+from mount_helpers import BLOBFS, Libfuse, libfuse_available, mounted, requires_fuse
+
+needs_fuse3 = pytest.mark.skipif(not libfuse_available(3), reason="libfuse 3 not installed")
+LOWLEVEL = Libfuse(3)
+
+
+def _opcodes(log: str, name: str) -> int:
+    return len(re.findall(rf"opcode: {name} \(", log))
+
+
+# -- node table (no FUSE) ---------------------------------------------------------------------
+def test_item_path_inverts_every_image_inode(blob_project):
+    view = open_project(blob_project).view
+    seen = 0
+    for rel, _dirs, files in view.walk():
+        if not rel.endswith("/img"):
+            continue
+        for name in files:
+            path = f"{rel}/{name}"
+            assert view.item_path(view.getattr(path).ino) == path
+            seen += 1
+    assert seen > 0
+    assert view.item_path(view.getattr("meta.json").ino) is None
+    assert view.item_path((2 << 56) | (999 << 32) | 1) is None  # no such dataset
+
+
+def test_node_table_counts_lookups_and_drops_forgotten_nodes():
+    items = {(2 << 56) | 5: "ds/img/a.png"}
+    t = NodeTable(items.get)
+    assert t.path(ROOT_ID) == ""
+    assert t.ref("ds/img/a.png", (2 << 56) | 5) == (2 << 56) | 5  # images: no entry
+    assert len(t) == 1
+    a = t.ref("ds/ann", 77)
+    assert t.ref("ds/ann", 77) == a and t.path(a) == "ds/ann"
+    t.forget(a, 1)
+    assert t.path(a) == "ds/ann"  # one lookup still outstanding
+    t.forget(a, 1)
+    assert t.path(a) is None
+    b = t.ref("ds/ann", 77)
+    assert b != a  # nodeids are never reused, so a late FORGET cannot hit the new node
+    t.forget(ROOT_ID, 10)
+    assert t.path(ROOT_ID) == ""
+
+
+# -- through a mount --------------------------------------------------------------------------
+@pytest.mark.mount
+@pytest.mark.timeout(120)
+@requires_fuse
+@needs_fuse3
+def test_warm_listing_never_reaches_the_daemon(blob_project, tmp_path):
+    with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-d",)) as m:
+        imgs = sorted(p for p in m.mountpoint.glob("*/img"))
+        assert imgs
+        first = [sorted(os.listdir(p)) for p in imgs]
+        before = _opcodes(m.stderr(), "READDIR")
+        assert before >= len(imgs)  # the first listing did go to the daemon
+        assert _opcodes(m.stderr(), "OPENDIR") >= len(imgs)
+        again = [sorted(os.listdir(p)) for p in imgs]
+        assert again == first
+        # FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE: the kernel answered from its cache.
+        assert _opcodes(m.stderr(), "READDIR") == before
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(120)
+@requires_fuse
+@needs_fuse3
+def test_reads_after_the_kernel_forgets_every_inode(blob_project, fixtures_dir, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop the kernel's inode cache")
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())
+    files = {rel: info["sha256"] for rel, info in expected["files"].items()}
+    with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-d",)) as m:
+        for _ in range(2):
+            for rel, digest in files.items():
+                assert hashlib.sha256((m.mountpoint / rel).read_bytes()).hexdigest() == digest, rel
+            # Evict dentries and inodes: the kernel sends FORGET for every node it drops, and
+            # the next pass has to look every path up again through fresh nodeids.
+            subprocess.run(["sync"], check=True)
+            Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        assert _opcodes(m.stderr(), "FORGET") + _opcodes(m.stderr(), "BATCH_FORGET") > 0
+
+
+@pytest.mark.parametrize("value", ["bogus", "LowLevel2"])
+def test_bad_fuse_api_option_is_a_usage_error(blob_project, tmp_path, value):
+    r = subprocess.run([*BLOBFS, "mount", "-o", f"fuse_api={value}", str(blob_project), str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "fuse_api" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
