@@ -1,4 +1,7 @@
-"""The FUSE adapter: paths in, ``ClassicView`` calls, errno out. Nothing else lives here.
+"""The FUSE adapter on the fusepy ``Operations`` API: paths in, ``ClassicView`` calls, errno out.
+
+Used with libfuse 2, with plain fusepy, and with ``-o fuse_api=highlevel``; on libfuse 3 the
+default is the same adapter on libfuse's low-level API (:mod:`blobfs.fuse.lowlevel`).
 
 Every request that reaches this process costs a user/kernel/user round trip, so the adapter
 implements as few callbacks as possible and lets the kernel cache the rest (the data never
