@@ -110,29 +110,46 @@ def archive_size(end_of_members: int) -> int:
 
 
 class _Out:
-    """pwrite-only view of the output: one buffer, flushed at its file offset."""
+    """pwrite-only view of the output: one buffer, flushed at its file offset.
 
-    __slots__ = ("fd", "label", "buf", "mv", "used", "at")
+    ``turn``: (read end, write end) of a pipe holding one byte, shared by the processes that
+    fill one output; a flush takes the byte and puts it back. Buffered writes to one file are
+    serialized by the kernel anyway (ext4 holds the inode's i_rwsem for the whole write), but
+    a waiter there spins on the lock owner (``rwsem_spin_on_owner``) for the full length of a
+    multi-MiB write, burning the CPU the other worker needs for reading; blocked on the pipe
+    it sleeps. 300k files on ext4, 2 CPUs, interleaved runs: pack sys 4.3-10 s -> 4-6.4 s.
+    """
 
-    def __init__(self, fd: int, label: str, at: int) -> None:
-        self.fd, self.label, self.at = fd, label, at
-        self.buf = bytearray(BUFFER + BLOCK)
+    __slots__ = ("fd", "label", "buf", "mv", "used", "at", "turn")
+
+    def __init__(self, fd: int, label: str, at: int, buf: bytearray | None = None,
+                 turn: tuple[int, int] | None = None) -> None:
+        self.fd, self.label, self.at, self.turn = fd, label, at, turn
+        self.buf = buf if buf is not None else bytearray(BUFFER + BLOCK)
+        assert len(self.buf) >= BUFFER + BLOCK
         self.mv = memoryview(self.buf)
         self.used = 0
 
     def flush(self) -> None:
         done, used = 0, self.used
+        turn = self.turn
+        if turn is not None:
+            os.read(turn[0], 1)
         try:
             while done < used:
                 done += os.pwrite(self.fd, self.mv[done:used], self.at + done)
         except OSError as e:
             raise output_failed(self.label, e) from None
+        finally:
+            if turn is not None:
+                os.write(turn[1], b".")
         self.at += used
         self.used = 0
 
 
 def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int, start: int,
-              root: str, out_fd: int, out_label: str, mtime: int | None) -> None:
+              root: str, out_fd: int, out_label: str, mtime: int | None,
+              buf: bytearray | None = None, turn: tuple[int, int] | None = None) -> None:
     """Write members ``lo..hi-1`` — (member name, path relative to ``root``, size, mtime or
     None) — as tar bytes from file offset ``start`` (the offset ``member_span`` gives member
     ``lo``). ``mtime`` (if not None) overrides every member's.
@@ -140,7 +157,7 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
     Raises InputError when an input vanished, is not a regular file or changed size since it
     was listed; WriteFailedError when the output cannot be written.
     """
-    out = _Out(out_fd, out_label, start)
+    out = _Out(out_fd, out_label, start, buf, turn)
     mv = out.mv
     limit = BUFFER
     o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
