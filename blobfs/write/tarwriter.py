@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from typing import Sequence
 
 from blobfs.errors import InputError
@@ -50,6 +51,8 @@ _TAIL_PAX = _tail(b"x")
 _CONST_SUM_REG = sum(_MODE_UID_GID) + 8 * 32 + sum(_TAIL_REG)
 _CONST_SUM_PAX = sum(_MODE_UID_GID) + 8 * 32 + sum(_TAIL_PAX)
 _PAX_NAME = b"././@PaxHeader".ljust(100, b"\0")
+#: A whole ustar block: name (NUL-padded by struct), mode+uid+gid, size, mtime, checksum, tail.
+_USTAR = struct.Struct("100s24s12s12s8s356s")
 ZEROS = bytes(RECORD)
 
 
@@ -159,11 +162,15 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
     """
     out = _Out(out_fd, out_label, start, buf, turn)
     mv = out.mv
-    limit = BUFFER
+    limit = BUFFER - BLOCK - 1          # room for a one-block header and the one extra byte
     o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
     flags = os.O_RDONLY | os.O_CLOEXEC
     root = root + "/"
-    zeros = ZEROS
+    zeros = memoryview(ZEROS)
+    pack_header = _USTAR.pack_into
+    mode_f, tail, const_sum = _MODE_UID_GID, _TAIL_REG, _CONST_SUM_REG
+    last_mt, mtime_f, mtime_sum = -1, b"", 0
+    used = 0
     for i in range(lo, hi):
         member, rel, size, listed_mtime = members[i]
         path = root + rel
@@ -180,24 +187,33 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
             # else: stat'ed when listed; a size change still shows in the read below.
             mt = mtime if mtime is not None else listed_mtime
             raw = member.encode()
-            if len(raw) <= 100 and raw.isascii() and 0 <= mt < OCTAL_LIMIT and size < OCTAL_LIMIT:
-                size_f = b"%011o\x00" % size   # inlined _ustar: this loop is the hot path
-                mtime_f = b"%011o\x00" % mt
-                csum = _CONST_SUM_REG + sum(raw) + sum(size_f) + sum(mtime_f)
-                header = b"".join((raw.ljust(100, b"\0"), _MODE_UID_GID, size_f, mtime_f,
-                                   b"%06o\x00 " % csum, _TAIL_REG))
+            pad = -size % BLOCK
+            if (len(raw) <= 100 and raw.isascii() and 0 <= mt < OCTAL_LIMIT and size <= SMALL):
+                # The common member, inlined (this loop is the hot path): one ustar block
+                # packed straight into the buffer; files of one folder mostly share an mtime.
+                if mt != last_mt:
+                    last_mt, mtime_f = mt, b"%011o\x00" % mt
+                    mtime_sum = sum(mtime_f)
+                if used + size + pad > limit:
+                    out.used = used
+                    out.flush()
+                    used = 0
+                size_f = b"%011o\x00" % size
+                pack_header(mv, used, raw, mode_f, size_f, mtime_f,
+                            b"%06o\x00 " % (const_sum + sum(raw) + sum(size_f) + mtime_sum), tail)
+                p = used + BLOCK
             else:
                 header = member_header(member, size, mt)
-            pad = -size % BLOCK
-            if size > SMALL:
-                _large(out, fd, path, header, size, pad)
-                continue
-            used = out.used
-            if used + len(header) + size + pad + 1 > limit:
-                out.flush()
-                used = 0
-            p = used + len(header)
-            mv[used:p] = header
+                out.used = used
+                if size > SMALL:
+                    _large(out, fd, path, header, size, pad)
+                    used = out.used
+                    continue
+                if used + len(header) + size + pad + 1 > BUFFER:
+                    out.flush()
+                    used = 0
+                p = used + len(header)
+                mv[used:p] = header
             # One byte more than the size: a file that grew since it was listed shows up here
             # without an extra read(2) at EOF.
             got = o_preadv(fd, [mv[p : p + size + 1]], 0)
@@ -208,12 +224,15 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
                 got += n
             if got != size:
                 raise InputError(f"{path}: changed size while packing")
-            mv[p + size : p + size + pad] = zeros[:pad]
-            out.used = p + size + pad
+            used = p + size
+            if pad:
+                mv[used : used + pad] = zeros[:pad]
+                used += pad
         except OSError as e:
             raise input_failed(path, e, "while packing") from None
         finally:
             o_close(fd)
+    out.used = used
     out.flush()
 
 
