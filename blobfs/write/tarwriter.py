@@ -32,7 +32,12 @@ BLOCK = 512
 RECORD = 20 * BLOCK
 OCTAL_LIMIT = 8**11           # 11 octal digits: ustar's size and mtime fields
 SMALL = 1 << 20               # larger files bypass the buffer
-BUFFER = 4 << 20              # per-writer buffer; flushed with one pwrite
+BUFFER = 4 << 20              # per-writer buffer: room for any file up to SMALL
+#: Flush once this much is buffered. Small on purpose: the buffer then stays in the CPU cache
+#: between the read that fills it and the write that empties it; a 4 MiB buffer made the
+#: kernel's copy into the page cache a memory-to-memory copy (300k files on ext4, 2 CPUs:
+#: pack sys 5-7 s with 4 MiB flushes, 2.2-4.1 s with 128 KiB; GNU tar writes 10 KiB records).
+FLUSH = 128 << 10
 
 _MODE_UID_GID = b"0000644\x00" + b"0000000\x00" + b"0000000\x00"
 
@@ -162,7 +167,7 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
     """
     out = _Out(out_fd, out_label, start, buf, turn)
     mv = out.mv
-    limit = BUFFER - BLOCK - 1          # room for a one-block header and the one extra byte
+    limit = FLUSH - BLOCK - 1           # room for a one-block header and the one extra byte
     o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
     flags = os.O_RDONLY | os.O_CLOEXEC
     root = root + "/"
@@ -194,7 +199,7 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
                 if mt != last_mt:
                     last_mt, mtime_f = mt, b"%011o\x00" % mt
                     mtime_sum = sum(mtime_f)
-                if used + size + pad > limit:
+                if used and used + size + pad > limit:
                     out.used = used
                     out.flush()
                     used = 0
