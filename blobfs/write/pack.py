@@ -137,15 +137,25 @@ def file_stats(folder: Path, files: list[str]) -> tuple[memoryview, memoryview]:
     root = os.fspath(folder) + "/"
 
     def stat_span(span: tuple[int, int]) -> tuple[int, int]:
-        for i in range(*span):
-            try:
-                st = os.stat(root + files[i])
-            except OSError as e:
-                raise input_failed(root + files[i], e, "while packing") from None
-            if not stat.S_ISREG(st.st_mode):
-                raise InputError(f"{root}{files[i]}: not a regular file")
-            sizes[i] = st.st_size
-            mtimes[i] = st.st_mtime_ns // 1_000_000_000
+        # Relative to an fd of the root: one path component to walk per file, not the whole
+        # root path again.
+        try:
+            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise input_failed(root, e, "while packing") from None
+        o_stat, is_reg = os.stat, stat.S_ISREG
+        try:
+            for i in range(*span):
+                try:
+                    st = o_stat(files[i], dir_fd=root_fd)
+                except OSError as e:
+                    raise input_failed(root + files[i], e, "while packing") from None
+                if not is_reg(st.st_mode):
+                    raise InputError(f"{root}{files[i]}: not a regular file")
+                sizes[i] = st.st_size
+                mtimes[i] = st.st_mtime_ns // 1_000_000_000
+        finally:
+            os.close(root_fd)
         return 0, 0
 
     run_chunks([(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)], stat_span, os.fspath(folder))

@@ -166,11 +166,28 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
     was listed; WriteFailedError when the output cannot be written.
     """
     out = _Out(out_fd, out_label, start, buf, turn)
+    o_open, o_close = os.open, os.close
+    root = root + "/"
+    # Paths relative to an fd of the root: the kernel walks one component per file, not the
+    # whole root path again (__d_lookup_rcu was 5.6% of a 300k pack's perf samples).
+    try:
+        root_fd = o_open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise input_failed(root, e, "while packing") from None
+    try:
+        used = _fill(members, lo, hi, root, root_fd, out, mtime)
+    finally:
+        o_close(root_fd)
+    out.used = used
+    out.flush()
+
+
+def _fill(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int, root: str,
+          root_fd: int, out: _Out, mtime: int | None) -> int:
     mv = out.mv
     limit = FLUSH - BLOCK - 1           # room for a one-block header and the one extra byte
     o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
     flags = os.O_RDONLY | os.O_CLOEXEC
-    root = root + "/"
     zeros = memoryview(ZEROS)
     pack_header = _USTAR.pack_into
     mode_f, tail, const_sum = _MODE_UID_GID, _TAIL_REG, _CONST_SUM_REG
@@ -178,16 +195,15 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
     used = 0
     for i in range(lo, hi):
         member, rel, size, listed_mtime = members[i]
-        path = root + rel
         try:
-            fd = o_open(path, flags)
+            fd = o_open(rel, flags, dir_fd=root_fd)
         except OSError as e:
-            raise input_failed(path, e, "while packing") from None
+            raise input_failed(root + rel, e, "while packing") from None
         try:
             if listed_mtime is None or size > SMALL:
                 st = o_fstat(fd)
                 if st.st_size != size or not stat.S_ISREG(st.st_mode):
-                    raise InputError(f"{path}: changed while packing (size or type)")
+                    raise InputError(f"{root}{rel}: changed while packing (size or type)")
                 listed_mtime = st.st_mtime_ns // 1_000_000_000
             # else: stat'ed when listed; a size change still shows in the read below.
             mt = mtime if mtime is not None else listed_mtime
@@ -211,7 +227,7 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
                 header = member_header(member, size, mt)
                 out.used = used
                 if size > SMALL:
-                    _large(out, fd, path, header, size, pad)
+                    _large(out, fd, root + rel, header, size, pad)
                     used = out.used
                     continue
                 if used + len(header) + size + pad + 1 > BUFFER:
@@ -228,17 +244,16 @@ def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: 
                     break
                 got += n
             if got != size:
-                raise InputError(f"{path}: changed size while packing")
+                raise InputError(f"{root}{rel}: changed size while packing")
             used = p + size
             if pad:
                 mv[used : used + pad] = zeros[:pad]
                 used += pad
         except OSError as e:
-            raise input_failed(path, e, "while packing") from None
+            raise input_failed(root + rel, e, "while packing") from None
         finally:
             o_close(fd)
-    out.used = used
-    out.flush()
+    return used
 
 
 def _large(out: _Out, fd: int, path: str, header: bytes, size: int, pad: int) -> None:
