@@ -320,7 +320,7 @@ def main() -> int:
     old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     out = []
     try:
-        for n in (int(x) for x in args.sizes.split(",")):
+        for n in (int(x) for x in args.sizes.split(",") if x.strip()):
             base = build(work, n)
             systems = [System("native", base / "native")]
             rat = None
