@@ -127,7 +127,8 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
         active.discard(key)
 
 
-def file_stats(folder: Path, files: list[str]) -> tuple[memoryview, memoryview]:
+def file_stats(folder: Path, files: list[str], parent_work: Callable[[], None] | None = None
+               ) -> tuple[memoryview, memoryview]:
     """(sizes, mtimes in seconds) of the files, stat'ed by the worker processes (a third of a
     pack's serial time otherwise) into shared memory. Refuses what is not a regular file."""
     shared = mmap.mmap(-1, max(16 * len(files), 16))
@@ -158,33 +159,39 @@ def file_stats(folder: Path, files: list[str]) -> tuple[memoryview, memoryview]:
             os.close(root_fd)
         return 0, 0
 
-    run_chunks([(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)], stat_span, os.fspath(folder))
+    run_chunks([(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)], stat_span, os.fspath(folder),
+               parent_work=parent_work)
     return sizes, mtimes
 
 
 def assign_members(folder: Path, files: list[str], rename: bool) -> list[Member]:
     """Members (member name, relative path, size, mtime) whose base names are unique item
-    names (see the module doc)."""
-    bases = [rel.rpartition("/")[2] for rel in files]
+    names (see the module doc). The names are checked while the workers stat the files; a
+    bad name is reported even if a stat failed too."""
     members = files
-    if len(set(bases)) != len(bases):
-        members = _resolve_duplicates(folder, files, bases, rename)
-        bases = [m.rpartition("/")[2] for m in members]
+
+    def check_names() -> None:
+        nonlocal members
+        bases = [rel.rpartition("/")[2] for rel in files]
         if len(set(bases)) != len(bases):
-            seen: dict[str, str] = {}
+            members = _resolve_duplicates(folder, files, bases, rename)
+            bases = [m.rpartition("/")[2] for m in members]
+            if len(set(bases)) != len(bases):
+                seen: dict[str, str] = {}
+                for rel, base in zip(files, bases):
+                    if seen.setdefault(base, rel) is not rel:
+                        raise InputError(f"{folder / seen[base]} and {folder / rel}: both would "
+                                         f"be item {base!r} after --rename")
+        # Fast path, checked in C over all names at once: printable ASCII holds no control
+        # character, and names of at most 250 characters fit; else the full check per name.
+        joined = "/".join(bases)
+        if not (joined.isascii() and joined.isprintable() and max(map(len, bases)) <= 250):
             for rel, base in zip(files, bases):
-                if seen.setdefault(base, rel) is not rel:
-                    raise InputError(f"{folder / seen[base]} and {folder / rel}: both would be "
-                                     f"item {base!r} after --rename")
-    # Fast path, checked in C over all names at once: printable ASCII holds no control
-    # character, and names of at most 250 characters fit; else the full check per name.
-    joined = "/".join(bases)
-    if not (joined.isascii() and joined.isprintable() and max(map(len, bases)) <= 250):
-        for rel, base in zip(files, bases):
-            problem = name_problem(base)
-            if problem:
-                raise InputError(f"{folder / rel}: cannot be an item: {problem}")
-    sizes, mtimes = file_stats(folder, files)
+                problem = name_problem(base)
+                if problem:
+                    raise InputError(f"{folder / rel}: cannot be an item: {problem}")
+
+    sizes, mtimes = file_stats(folder, files, check_names)
     return list(zip(members, files, sizes, mtimes))
 
 
@@ -241,7 +248,7 @@ def _pack(folder: Path, out_tar: Path, opts: PackOptions,
         files = scan_images(folder, opts, skip)
         if not files:
             raise InputError(f"{folder}: no files to pack (no image extensions or globs matched)")
-        members = assign_members(folder, files, opts.rename)  # refuses before stat-ing anything
+        members = assign_members(folder, files, opts.rename)
         del files
         progress = progress_start(len(members)) if progress_start else None
         tar_fd, _ = outputs.file(out_tar)
