@@ -34,6 +34,7 @@ from blobfs.write.atomic import AtomicOutputs
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed
 from blobfs.write.options import PackOptions
+from blobfs.write.tarwriter import flat_chunks
 from blobfs.write.workers import run_chunks
 
 RENAME_SEPARATOR = "__"
@@ -137,6 +138,9 @@ def file_stats(folder: Path, files: list[str], parent_work: Callable[[], None] |
     mtimes = memoryview(shared)[8 * n : 16 * n].cast("q")
     root = os.fspath(folder) + "/"
 
+    # The children read flat bytes, not the parent's strings (see blobwriter.write_blob).
+    flat = flat_chunks(files, CHUNK)
+
     def stat_span(span: tuple[int, int]) -> tuple[int, int]:
         # Relative to an fd of the root: one path component to walk per file, not the whole
         # root path again.
@@ -145,16 +149,18 @@ def file_stats(folder: Path, files: list[str], parent_work: Callable[[], None] |
         except OSError as e:
             raise input_failed(root, e, "while packing") from None
         o_stat, is_reg = os.stat, stat.S_ISREG
+        i = span[0]
         try:
-            for i in range(*span):
+            for rel in flat[i // CHUNK].split(b"\0"):
                 try:
-                    st = o_stat(files[i], dir_fd=root_fd)
+                    st = o_stat(rel, dir_fd=root_fd)
                 except OSError as e:
-                    raise input_failed(root + files[i], e, "while packing") from None
+                    raise input_failed(root + os.fsdecode(rel), e, "while packing") from None
                 if not is_reg(st.st_mode):
-                    raise InputError(f"{root}{files[i]}: not a regular file")
+                    raise InputError(f"{root}{os.fsdecode(rel)}: not a regular file")
                 sizes[i] = st.st_size
                 mtimes[i] = st.st_mtime_ns // 1_000_000_000
+                i += 1
         finally:
             os.close(root_fd)
         return 0, 0

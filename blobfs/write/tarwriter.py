@@ -58,6 +58,8 @@ _CONST_SUM_PAX = sum(_MODE_UID_GID) + 8 * 32 + sum(_TAIL_PAX)
 _PAX_NAME = b"././@PaxHeader".ljust(100, b"\0")
 #: A whole ustar block: name (NUL-padded by struct), mode+uid+gid, size, mtime, checksum, tail.
 _USTAR = struct.Struct("100s24s12s12s8s356s")
+#: A member's mtime when it was not listed: fstat the file for it (int64 min, no real mtime).
+NO_MTIME = -(1 << 63)
 ZEROS = bytes(RECORD)
 
 
@@ -155,35 +157,42 @@ class _Out:
         self.used = 0
 
 
-def fill_span(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int, start: int,
-              root: str, out_fd: int, out_label: str, mtime: int | None,
+def flat_chunks(paths: list[str], chunk: int) -> list[bytes]:
+    """``paths`` in runs of ``chunk``, each run one NUL-separated bytes object (file system
+    encoding: what ``open`` would pass to the kernel)."""
+    return ["\0".join(paths[lo : lo + chunk]).encode("utf-8", "surrogateescape")
+            for lo in range(0, len(paths), chunk)]
+
+
+def fill_span(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: Sequence[int],
+              start: int, root: str, out_fd: int, out_label: str, mtime: int | None,
               buf: bytearray | None = None, turn: tuple[int, int] | None = None) -> None:
-    """Write members ``lo..hi-1`` — (member name, path relative to ``root``, size, mtime or
-    None) — as tar bytes from file offset ``start`` (the offset ``member_span`` gives member
-    ``lo``). ``mtime`` (if not None) overrides every member's.
+    """Write a run of members as tar bytes from file offset ``start`` (the offset
+    ``member_span`` gives the first): member names and paths relative to ``root`` (both in
+    the file system encoding), sizes, and mtimes (``NO_MTIME``: fstat the file for it).
+    ``mtime`` (if not None) overrides every member's.
 
     Raises InputError when an input vanished, is not a regular file or changed size since it
     was listed; WriteFailedError when the output cannot be written.
     """
     out = _Out(out_fd, out_label, start, buf, turn)
-    o_open, o_close = os.open, os.close
     root = root + "/"
     # Paths relative to an fd of the root: the kernel walks one component per file, not the
     # whole root path again (__d_lookup_rcu was 5.6% of a 300k pack's perf samples).
     try:
-        root_fd = o_open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise input_failed(root, e, "while packing") from None
     try:
-        used = _fill(members, lo, hi, root, root_fd, out, mtime)
+        used = _fill(names, paths, sizes, mtimes, root, root_fd, out, mtime)
     finally:
-        o_close(root_fd)
+        os.close(root_fd)
     out.used = used
     out.flush()
 
 
-def _fill(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int, root: str,
-          root_fd: int, out: _Out, mtime: int | None) -> int:
+def _fill(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: Sequence[int],
+          root: str, root_fd: int, out: _Out, mtime: int | None) -> int:
     mv = out.mv
     limit = FLUSH - BLOCK - 1           # room for a one-block header and the one extra byte
     o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
@@ -193,21 +202,19 @@ def _fill(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int,
     mode_f, tail, const_sum = _MODE_UID_GID, _TAIL_REG, _CONST_SUM_REG
     last_mt, mtime_f, mtime_sum = -1, b"", 0
     used = 0
-    for i in range(lo, hi):
-        member, rel, size, listed_mtime = members[i]
+    for raw, rel, size, listed_mtime in zip(names, paths, sizes, mtimes):
         try:
             fd = o_open(rel, flags, dir_fd=root_fd)
         except OSError as e:
-            raise input_failed(root + rel, e, "while packing") from None
+            raise input_failed(root + os.fsdecode(rel), e, "while packing") from None
         try:
-            if listed_mtime is None or size > SMALL:
+            if listed_mtime == NO_MTIME or size > SMALL:
                 st = o_fstat(fd)
                 if st.st_size != size or not stat.S_ISREG(st.st_mode):
-                    raise InputError(f"{root}{rel}: changed while packing (size or type)")
+                    raise InputError(f"{root}{os.fsdecode(rel)}: changed while packing (size or type)")
                 listed_mtime = st.st_mtime_ns // 1_000_000_000
             # else: stat'ed when listed; a size change still shows in the read below.
             mt = mtime if mtime is not None else listed_mtime
-            raw = member.encode()
             pad = -size % BLOCK
             if (len(raw) <= 100 and raw.isascii() and 0 <= mt < OCTAL_LIMIT and size <= SMALL):
                 # The common member, inlined (this loop is the hot path): one ustar block
@@ -224,10 +231,10 @@ def _fill(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int,
                             b"%06o\x00 " % (const_sum + sum(raw) + sum(size_f) + mtime_sum), tail)
                 p = used + BLOCK
             else:
-                header = member_header(member, size, mt)
+                header = member_header(os.fsdecode(raw), size, mt)
                 out.used = used
                 if size > SMALL:
-                    _large(out, fd, root + rel, header, size, pad)
+                    _large(out, fd, root + os.fsdecode(rel), header, size, pad)
                     used = out.used
                     continue
                 if used + len(header) + size + pad + 1 > BUFFER:
@@ -244,13 +251,13 @@ def _fill(members: Sequence[tuple[str, str, int, int | None]], lo: int, hi: int,
                     break
                 got += n
             if got != size:
-                raise InputError(f"{root}{rel}: changed size while packing")
+                raise InputError(f"{root}{os.fsdecode(rel)}: changed size while packing")
             used = p + size
             if pad:
                 mv[used : used + pad] = zeros[:pad]
                 used += pad
         except OSError as e:
-            raise input_failed(root + rel, e, "while packing") from None
+            raise input_failed(root + os.fsdecode(rel), e, "while packing") from None
         finally:
             o_close(fd)
     return used
