@@ -211,7 +211,8 @@ def _fill(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: 
             if listed_mtime == NO_MTIME or size > SMALL:
                 st = o_fstat(fd)
                 if st.st_size != size or not stat.S_ISREG(st.st_mode):
-                    raise InputError(f"{root}{os.fsdecode(rel)}: changed while packing (size or type)")
+                    raise InputError(f"{root}{os.fsdecode(rel)}: changed while packing "
+                                     "(size or type)")
                 listed_mtime = st.st_mtime_ns // 1_000_000_000
             # else: stat'ed when listed; a size change still shows in the read below.
             mt = mtime if mtime is not None else listed_mtime
