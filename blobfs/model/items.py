@@ -178,6 +178,12 @@ class ItemIndex:
     def range(self, i: int) -> tuple[int, int]:
         return self._starts[i], self._ends[i]
 
+    def arrays(self) -> tuple[bytes, array, array, array, array]:
+        """(UTF-8 names back to back, end of each name, start and end of each item's bytes,
+        source number of each item or DISK) — read-only, for bulk copies (``blobfs unpack``)
+        that must not pay a method call per item."""
+        return self._names, self._name_ends, self._starts, self._ends, self._src
+
     def disk_path(self, i: int) -> Path:
         assert self.img_dir is not None and self._src[i] == DISK
         return self.img_dir / self.name(i)

@@ -6,20 +6,27 @@ unpacked project and a mounted one is empty by construction). Files get the view
 ordinary permissions (0666 & ~umask: the mount's read-only modes are not copied). Everything
 is written under a temporary name beside ``OUT_DIR`` and renamed into place at the end. The
 folders are created first; the files are then written by forked workers
-(``blobfs.write.workers``), each reading through the view it inherited.
+(``blobfs.write.workers``). Images of a blob take the fast path of ``itemcopy`` (the
+dataset's index gives names and byte ranges, so nothing is looked up per image: the bytes are
+exactly what the view's read returns); every other file, and images stored as files in
+``img/``, are copied through the view.
 """
 from __future__ import annotations
 
+import gc
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from blobfs.errors import InputError
-from blobfs.model.project import open_project
+from blobfs.model.items import DISK
+from blobfs.model.project import Dataset, open_project
 from blobfs.write.atomic import AtomicOutputs
 from blobfs.write.blobwriter import Progress, write_all
 from blobfs.write.errors import output_failed
+from blobfs.write.itemcopy import READ, copy_items
 from blobfs.write.options import UnpackOptions
 from blobfs.write.workers import run_chunks
 
@@ -66,18 +73,59 @@ def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
 
 def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
            progress_start: Callable[[int], Progress | None] | None = None) -> UnpackResult:
-    src, out_dir = Path(src), Path(out_dir)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # 300k small objects, none of them cyclic: collections would only cost time
+    try:
+        return _unpack(Path(src), Path(out_dir), opts, progress_start)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _walk(view, item_dirs: dict[str, Dataset]) -> tuple[list[str], list[str]]:
+    """(every folder, every file outside the item folders) of the view, top-down. An item
+    folder is not listed: its dataset's index is its listing."""
+    folders: list[str] = []
+    files: list[str] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        folders.append(rel)
+        if rel in item_dirs:
+            continue
+        dirs = []
+        for name, mode in view.listdir(rel):
+            path = f"{rel}/{name}" if rel else name
+            (dirs if stat.S_ISDIR(mode) else files).append(path)
+        stack.extend(reversed(dirs))
+    return folders, files
+
+
+def _item_chunks(rel: str, ds: Dataset) -> Iterator[tuple]:
+    """Units of work for the images of one dataset: ("items", folder, dataset, lo, hi) for a
+    run of items read from one tar, ("files", [view path, ...]) for a run that holds files of
+    ``img/`` or mixes tars (rare: copied through the view)."""
+    src = ds.items.arrays()[4]
+    for lo in range(0, len(src), CHUNK):
+        hi = min(lo + CHUNK, len(src))
+        s0 = src[lo]
+        if s0 != DISK and src[lo:hi].count(s0) == hi - lo:
+            yield ("items", rel, ds, lo, hi)
+        else:
+            yield ("files", [f"{rel}/{ds.items.name(i)}" for i in range(lo, hi)])
+
+
+def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
+            progress_start: Callable[[int], Progress | None] | None) -> UnpackResult:
     if src.is_dir() and (os.path.realpath(out_dir) + "/").startswith(os.path.realpath(src) + "/"):
         raise InputError(f"{out_dir}: output inside the source {src}")
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs, \
             open_project(src, synthesize_ann=opts.synthesize_ann) as project:
         view = project.view
-        folders: list[str] = []
-        files: list[str] = []
-        for rel, _dirs, names in view.walk():
-            folders.append(rel)
-            files.extend(f"{rel}/{n}" if rel else n for n in names)
-        progress = progress_start(len(files)) if progress_start is not None else None
+        item_dirs = {f"{ds.relpath}/img": ds for ds in project.datasets}
+        folders, files = _walk(view, item_dirs)
+        n_items = sum(len(ds.items) for ds in item_dirs.values())
+        progress = progress_start(len(files) + n_items) if progress_start is not None else None
         tmp = outputs.directory(out_dir)
         for rel in folders[1:]:  # [0] is the root, created above
             try:
@@ -85,14 +133,37 @@ def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
             except OSError as e:
                 raise output_failed(out_dir / rel, e) from None
         base, label = os.fspath(tmp), os.fspath(src)
+        bufs: dict[int, bytearray] = {}
 
-        def copy(chunk: list[str]) -> tuple[int, int]:
-            nbytes = 0
-            for rel in chunk:
-                nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
-            return len(chunk), nbytes
+        def copy(chunk: tuple) -> tuple[int, int]:
+            if chunk[0] == "files":
+                nbytes = 0
+                for rel in chunk[1]:
+                    nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
+                return len(chunk[1]), nbytes
+            _kind, rel, ds, lo, hi = chunk
+            # One buffer per process, reused for all its chunks (fresh memory costs page
+            # faults on every first touch).
+            buf = bufs.get(os.getpid())
+            if buf is None:
+                buf = bufs[os.getpid()] = bytearray(READ)
+            names, name_ends, starts, ends, srcs = ds.items.arrays()
+            first = name_ends[lo - 1] if lo else 0
+            cuts = name_ends[lo:hi]
+            chunk_names = list(map(names.__getitem__, map(slice, [first, *cuts[:-1]], cuts)))
+            source = ds.items.sources[srcs[lo]]
+            dir_fd = os.open(f"{base}/{rel}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                nbytes = copy_items(chunk_names, starts[lo:hi], ends[lo:hi], max(ends[lo:hi]),
+                                    source.fd, f"{label}/{rel}", dir_fd, f"{out_dir}/{rel}",
+                                    source.mtime_ns, buf)
+            finally:
+                os.close(dir_fd)
+            return hi - lo, nbytes
 
-        chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
+        chunks: list[tuple] = [("files", files[i : i + CHUNK]) for i in range(0, len(files), CHUNK)]
+        for rel, ds in item_dirs.items():
+            chunks.extend(_item_chunks(rel, ds))
         n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress)
         outputs.commit()
         problems = tuple(project.problems)
