@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/bench/bench_write.py [--n 300000] [--rounds 3] [--workdir DIR]
                                                 [--sdk-python /path/to/venv/bin/python] [--sdk-rounds 1]
-                                                [--no-unpack]
+                                                [--no-unpack | --no-pack] [--src DIR]
 
 Generates N files of ~4 KB (random bytes, sizes 3-5 KiB, fixed seed) once in WORKDIR/src, then
 runs interleaved rounds of:
@@ -12,7 +12,9 @@ runs interleaved rounds of:
            with supervisely installed; timed inside that process, import excluded)
   unpack   blobfs unpack X.tar OUT                        (bare tar → classic tree)
   tar xf   tar xf X.tar -C OUT
-and prints one table: median wall seconds, files/s, the ratio to the GNU tar baseline
+(--no-pack: only the last two; X.tar is packed once, untimed, and kept in WORKDIR for the
+next --no-pack run; --src: the input folder, default WORKDIR/src, e.g. on disk while WORKDIR
+is a tmpfs too small for both) and prints one table: median wall seconds, files/s, the ratio to the GNU tar baseline
 (ratio > 1 = blobfs faster), and median CPU seconds (user + sys of the command's processes,
 from getrusage of the children) beside each, so a slow disk can be told from slow code. Outputs are deleted and ``sync``ed between runs (not timed); the
 input of every run is read once just before it (untimed), so the page cache is warm for all. Every command runs as a subprocess, so interpreter start-up is included.
@@ -108,10 +110,14 @@ def main() -> None:
     ap.add_argument("--sdk-rounds", type=int, default=1,
                     help="rounds that also run the (slow) SDK way (default 1)")
     ap.add_argument("--no-unpack", action="store_true", help="time only the pack side")
+    ap.add_argument("--no-pack", action="store_true",
+                    help="time only the unpack side (X.tar packed once, untimed, and kept)")
+    ap.add_argument("--src", type=Path, help="input folder (default WORKDIR/src)")
     args = ap.parse_args()
 
     w = args.workdir.resolve()
-    src = w / "src"
+    src = args.src.resolve() if args.src else w / "src"
+    w.mkdir(parents=True, exist_ok=True)
     generate(src, args.n)
     tar_a, tar_b, tar_c = w / "a.tar", w / "b.tar", w / "c.tar"
     out_a, out_b = w / "out_a", w / "out_b"
@@ -119,16 +125,22 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in ("pack", "tar+idx", "sdk", "unpack", "tar xf")}
     cpus: dict[str, list[float]] = {k: [] for k in times}
 
-    for r in range(args.rounds):
+    packed = w / f"a.tar.{args.n}"  # marker: tar_a holds a pack of this input
+    if args.no_pack and not (packed.is_file() and packed.read_text() == str(src)):
         clean(tar_a, w / "a_offsets.pkl")
-        warm(src)
-        times["pack"].append(timed([[*BLOBFS, "pack", str(src), "-o", str(tar_a)]],
-                                   cpus["pack"]))
-        clean(tar_b, w / "b_offsets.pkl")
-        warm(src)
-        times["tar+idx"].append(timed([["tar", "cf", str(tar_b), "-C", str(src), "."],
-                                       [*BLOBFS, "index", str(tar_b)]], cpus["tar+idx"]))
-        if args.sdk_python and r < args.sdk_rounds:
+        subprocess.run([*BLOBFS, "pack", str(src), "-o", str(tar_a)], check=True, cwd=REPO)
+        packed.write_text(str(src))
+    for r in range(args.rounds):
+        if not args.no_pack:
+            clean(tar_a, w / "a_offsets.pkl")
+            warm(src)
+            times["pack"].append(timed([[*BLOBFS, "pack", str(src), "-o", str(tar_a)]],
+                                       cpus["pack"]))
+            clean(tar_b, w / "b_offsets.pkl")
+            warm(src)
+            times["tar+idx"].append(timed([["tar", "cf", str(tar_b), "-C", str(src), "."],
+                                           [*BLOBFS, "index", str(tar_b)]], cpus["tar+idx"]))
+        if args.sdk_python and r < args.sdk_rounds and not args.no_pack:
             clean(tar_c, sdk_out)
             sdk_out.mkdir()
             warm(src)
@@ -148,7 +160,11 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(
             f"{k} {v[-1]:.2f}s" + (f" (cpu {cpus[k][-1]:.2f}s)" if cpus[k] else "")
             for k, v in times.items() if v), file=sys.stderr)
-    clean(tar_a, tar_b, tar_c, out_a, out_b, sdk_out, w / "a_offsets.pkl", w / "b_offsets.pkl")
+    if args.no_pack:
+        clean(out_a, out_b)
+    else:
+        clean(tar_a, tar_b, tar_c, out_a, out_b, sdk_out, w / "a_offsets.pkl",
+              w / "b_offsets.pkl", packed)
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
     base = {"pack": "tar+idx", "tar+idx": "tar+idx", "sdk": "tar+idx",
