@@ -26,7 +26,7 @@ from blobfs.model.project import Dataset, open_project
 from blobfs.write.atomic import AtomicOutputs
 from blobfs.write.blobwriter import Progress, write_all
 from blobfs.write.errors import output_failed
-from blobfs.write.itemcopy import READ, copy_items
+from blobfs.write.itemcopy import READ, copy_files, copy_items
 from blobfs.write.options import UnpackOptions
 from blobfs.write.workers import run_chunks
 
@@ -82,23 +82,37 @@ def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
             gc.enable()
 
 
-def _walk(view, item_dirs: dict[str, Dataset]) -> tuple[list[str], list[str]]:
-    """(every folder, every file outside the item folders) of the view, top-down. An item
-    folder is not listed: its dataset's index is its listing."""
+def _walk(view, item_dirs: dict[str, Dataset]) -> tuple[list[str], list[tuple]]:
+    """(every folder of the view, top-down; the units of work for the files outside the item
+    folders). An item folder is not listed: its dataset's index is its listing. The files of
+    a folder that the view passes through unchanged are copied straight from the real folder
+    (("real", folder, real folder, [name, ...])); the others through the view (("files",
+    [view path, ...]))."""
     folders: list[str] = []
-    files: list[str] = []
+    chunks: list[tuple] = []
+    via_view: list[str] = []
     stack = [""]
     while stack:
         rel = stack.pop()
         folders.append(rel)
         if rel in item_dirs:
             continue
-        dirs = []
+        dirs, names = [], []
         for name, mode in view.listdir(rel):
-            path = f"{rel}/{name}" if rel else name
-            (dirs if stat.S_ISDIR(mode) else files).append(path)
-        stack.extend(reversed(dirs))
-    return folders, files
+            (dirs if stat.S_ISDIR(mode) else names).append(name)
+        real = view.real_folder(rel) if names else None
+        if real is not None:
+            chunks.extend(("real", rel, os.fspath(real), names[i : i + CHUNK])
+                          for i in range(0, len(names), CHUNK))
+        else:
+            via_view.extend(f"{rel}/{n}" if rel else n for n in names)
+        stack.extend(reversed([f"{rel}/{n}" if rel else n for n in dirs]))
+    chunks.extend(("files", via_view[i : i + CHUNK]) for i in range(0, len(via_view), CHUNK))
+    return folders, chunks
+
+
+def _join(folder: str, rel: str) -> str:
+    return f"{folder}/{rel}" if rel else folder
 
 
 def _item_chunks(rel: str, ds: Dataset) -> Iterator[tuple]:
@@ -123,9 +137,11 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
             open_project(src, synthesize_ann=opts.synthesize_ann) as project:
         view = project.view
         item_dirs = {f"{ds.relpath}/img": ds for ds in project.datasets}
-        folders, files = _walk(view, item_dirs)
-        n_items = sum(len(ds.items) for ds in item_dirs.values())
-        progress = progress_start(len(files) + n_items) if progress_start is not None else None
+        folders, chunks = _walk(view, item_dirs)
+        for rel, ds in item_dirs.items():
+            chunks.extend(_item_chunks(rel, ds))
+        n_files = sum(len(c[-1]) if c[0] != "items" else c[4] - c[3] for c in chunks)
+        progress = progress_start(n_files) if progress_start is not None else None
         tmp = outputs.directory(out_dir)
         for rel in folders[1:]:  # [0] is the root, created above
             try:
@@ -141,6 +157,22 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
                 for rel in chunk[1]:
                     nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
                 return len(chunk[1]), nbytes
+            if chunk[0] == "real":
+                _kind, rel, real, names = chunk
+                try:
+                    src_fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise InputError(f"{_join(label, rel)}: {e.strerror or e}") from None
+                try:
+                    dir_fd = os.open(_join(base, rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        nbytes = copy_files(names, src_fd, _join(label, rel), dir_fd,
+                                            _join(os.fspath(out_dir), rel))
+                    finally:
+                        os.close(dir_fd)
+                finally:
+                    os.close(src_fd)
+                return len(names), nbytes
             _kind, rel, ds, lo, hi = chunk
             # One buffer per process, reused for all its chunks (fresh memory costs page
             # faults on every first touch).
@@ -161,9 +193,6 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
                 os.close(dir_fd)
             return hi - lo, nbytes
 
-        chunks: list[tuple] = [("files", files[i : i + CHUNK]) for i in range(0, len(files), CHUNK)]
-        for rel, ds in item_dirs.items():
-            chunks.extend(_item_chunks(rel, ds))
         n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress)
         outputs.commit()
         problems = tuple(project.problems)
