@@ -8,8 +8,10 @@ is written under a temporary name beside ``OUT_DIR`` and renamed into place at t
 folders are created first; the files are then written by forked workers
 (``blobfs.write.workers``). Images of a blob take the fast path of ``itemcopy`` (the
 dataset's index gives names and byte ranges, so nothing is looked up per image: the bytes are
-exactly what the view's read returns); every other file, and images stored as files in
-``img/``, are copied through the view.
+exactly what the view's read returns); the files of a folder the view passes through
+unchanged (``ClassicView.real_folder``: ``ann/``, ``meta/``, ...) are copied straight from the
+real folder; the rest (virtual files, images stored as files in ``img/``, synthesized
+annotations) through the view.
 """
 from __future__ import annotations
 
