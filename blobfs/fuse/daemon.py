@@ -117,16 +117,17 @@ def open_source(opts: MountOptions) -> Any:
 def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Callable[[], None]) -> int:
     """Run the filesystem in this process until unmounted or signalled; returns the exit code."""
     started = threading.Event()
+    lowlevel = fb.lowlevel(opts.fuse_api)
 
     def _init() -> None:
         started.set()
         log.info("mounted %s on %s (%s, libfuse %d %s API, %s)", opts.source, opts.mountpoint, fb.name,
-                 fb.libfuse, "low-level" if fb.lowlevel(opts.fuse_api) else "high-level",
+                 fb.libfuse, "low-level" if lowlevel else "high-level",
                  "multithreaded" if opts.threads else "single-threaded")
         on_ready()
 
     try:
-        if fb.lowlevel(opts.fuse_api):
+        if lowlevel:
             _serve_lowlevel(project, fb, opts, _init)
         else:
             _serve_highlevel(project, fb, opts, _init)

@@ -71,7 +71,7 @@ class LowLevelFS:
         out.st_uid = st.uid
         out.st_gid = st.gid
         out.st_blksize = st.blksize
-        out.st_blocks = (st.size + 511) >> 9  # du and ls -s count 512-byte blocks
+        out.st_blocks = st.blocks
         sec, ns = divmod(st.mtime_ns, 1_000_000_000)
         for ts in (out.st_atimespec, out.st_mtimespec, out.st_ctimespec):
             ts.tv_sec = sec

@@ -71,8 +71,7 @@ class BlobfsOperations:
             "st_uid": st.uid,
             "st_gid": st.gid,
             "st_blksize": st.blksize,
-            # du and ls -s use st_blocks (512-byte units), not st_size.
-            "st_blocks": (st.size + 511) >> 9,
+            "st_blocks": st.blocks,
             "st_mtime": mtime,
             "st_ctime": mtime,
             "st_atime": mtime,

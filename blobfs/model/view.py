@@ -57,6 +57,11 @@ class Stat:
     gid: int
     blksize: int = BLKSIZE
 
+    @property
+    def blocks(self) -> int:
+        """st_blocks: du and ls -s count 512-byte blocks, not st_size."""
+        return (self.size + 511) >> 9
+
 
 def _err(code: int, path: str) -> OSError:
     return OSError(code, os.strerror(code), path)
