@@ -9,14 +9,16 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
 from blobfs.model.project import open_project
-from mount_helpers import BLOBFS, Libfuse, libfuse_available, mounted, requires_fuse
+from mount_helpers import BLOBFS, Libfuse, is_mounted, libfuse_available, mounted, requires_fuse
 
 needs_fuse3 = pytest.mark.skipif(not libfuse_available(3), reason="libfuse 3 not installed")
 LOWLEVEL = Libfuse(3)
@@ -106,3 +108,53 @@ def test_bad_fuse_api_option_is_a_usage_error(blob_project, tmp_path, value):
     assert r.returncode == 2
     assert "fuse_api" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# -- the request loop: adaptive polling (default) and libfuse's own (spin_us=0) ---------------
+def _read_expected(root: Path, fixtures_dir: Path) -> int:
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())
+    for rel, info in expected["files"].items():
+        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == info["sha256"], rel
+    return len(expected["files"])
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(120)
+@requires_fuse
+@needs_fuse3
+@pytest.mark.parametrize("spin", ["0", "50", "1000000"])
+def test_every_loop_serves_the_fixture(blob_project, fixtures_dir, tmp_path, spin):
+    # 0: libfuse's fuse_session_loop; 50: the default polling window; 1000000: the daemon is
+    # still polling when the next request comes, so no request waits on poll(2).
+    with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", f"spin_us={spin}")) as m:
+        assert _read_expected(m.mountpoint, fixtures_dir) > 0
+        assert m.stop(signal.SIGTERM) == 0
+        assert not is_mounted(tmp_path)
+        assert "Traceback" not in m.stderr()
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(120)
+@requires_fuse
+@needs_fuse3
+def test_polling_loop_wakes_from_poll_for_a_late_request(blob_project, fixtures_dir, tmp_path):
+    with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", "spin_us=1000")) as m:
+        names = sorted(os.listdir(next(m.mountpoint.glob("*/img"))))
+        assert names
+        time.sleep(0.3)  # far past the 1 ms window: the loop now sleeps in poll(2)
+        assert _read_expected(m.mountpoint, fixtures_dir) > 0  # fresh LOOKUPs wake it
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(120)
+@requires_fuse
+@needs_fuse3
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_the_loop_while_it_polls(blob_project, tmp_path, sig):
+    # A 1 s window: the signal lands while the loop spins on EAGAIN, not inside poll(2).
+    with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", "spin_us=1000000")) as m:
+        os.listdir(m.mountpoint)
+        t0 = time.monotonic()
+        assert m.stop(sig) == 0
+        assert time.monotonic() - t0 < 10
+        assert not is_mounted(tmp_path)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from blobfs.cli.main import route_argv
 from blobfs.cli.mount import mount_cmd
-from blobfs.fuse.options import MountUsageError, build_options, parse_o
+from blobfs.fuse.options import DEFAULT_SPIN_US, MountUsageError, build_options, parse_o
 
 
 def test_generic_options_are_accepted_and_ignored():
@@ -42,9 +42,17 @@ def test_flags_win_over_o_and_defaults():
     assert build_options("blobfs#/data/p", "m").source == Path("/data/p")
 
 
+def test_spin_us_default_and_values():
+    assert build_options("s", "m").spin_us == DEFAULT_SPIN_US > 0
+    assert build_options("s", "m", o=("spin_us=0",)).spin_us == 0
+    assert build_options("s", "m", o=("ro,spin_us=250",)).spin_us == 250
+
+
 @pytest.mark.parametrize("bad,word", [("frobnicate", "frobnicate"), ("libfuse", "libfuse"),
                                       ("allow_other=1", "allow_other"), ("libfuse=4", "4"),
-                                      ("threads,nothreads", "contradict")])
+                                      ("threads,nothreads", "contradict"), ("spin_us=-1", "spin_us"),
+                                      ("spin_us=fast", "fast"), ("spin_us=2000000", "spin_us"),
+                                      ("spin_us", "spin_us")])
 def test_bad_options_are_usage_errors_naming_them(bad, word):
     with pytest.raises(MountUsageError) as e:
         build_options("s", "m", o=(bad,))

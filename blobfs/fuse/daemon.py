@@ -123,7 +123,8 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
         started.set()
         log.info("mounted %s on %s (%s, libfuse %d %s API, %s)", opts.source, opts.mountpoint, fb.name,
                  fb.libfuse, "low-level" if lowlevel else "high-level",
-                 "multithreaded" if opts.threads else "single-threaded")
+                 "multithreaded" if opts.threads else
+                 (f"single-threaded, polls {opts.spin_us} µs" if lowlevel and opts.spin_us else "single-threaded"))
         on_ready()
 
     try:
