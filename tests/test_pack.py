@@ -327,3 +327,12 @@ def test_worker_processes_write_the_same_bytes(many_files: Path, tmp_path: Path,
     data = forked.read_bytes()
     for name, start, end in entries[::997]:
         assert data[start:end] == (many_files / name).read_bytes()
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_jobs_option_writes_the_same_bytes(many_files: Path, tmp_path: Path, jobs: str) -> None:
+    default, chosen = tmp_path / "default.tar", tmp_path / "chosen.tar"
+    assert run_pack(many_files, "-o", default).exit_code == 0
+    assert run_pack(many_files, "-o", chosen, "--jobs", jobs).exit_code == 0
+    assert chosen.read_bytes() == default.read_bytes()
+    assert (tmp_path / "chosen_offsets.pkl").read_bytes() == (tmp_path / "default_offsets.pkl").read_bytes()

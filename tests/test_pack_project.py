@@ -156,6 +156,8 @@ def test_deterministic(tmp_path: Path) -> None:
     assert invoke(pack_project_cmd, src, tmp_path / "one").exit_code == 0
     assert invoke(pack_project_cmd, src, tmp_path / "two").exit_code == 0
     assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    assert invoke(pack_project_cmd, src, tmp_path / "three", "--jobs", "1").exit_code == 0
+    assert tree(tmp_path / "three") == tree(tmp_path / "one")
 
 
 def test_refuses_existing_output_unless_force(tmp_path: Path) -> None:

@@ -158,3 +158,17 @@ def test_output_inside_the_source_is_refused(blob_project: Path, tmp_path: Path)
     res = invoke(proj, proj / "ds1" / "out")
     assert res.exit_code == 2 and "inside" in res.output
     assert not (proj / "ds1" / "out").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_jobs_option_gives_the_same_tree(tmp_path: Path, jobs: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4000):
+        (src / f"{i:05d}.png").write_bytes(os.urandom(8) * (1 + i % 30))
+    tar = tmp_path / "x.tar"
+    assert CliRunner().invoke(pack_cmd, [str(src), "-o", str(tar)]).exit_code == 0
+    assert invoke(tar, tmp_path / "default").exit_code == 0
+    assert invoke(tar, tmp_path / "chosen", "-j", jobs).exit_code == 0
+    assert tree(tmp_path / "chosen") == tree(tmp_path / "default")
+    assert len(tree(tmp_path / "chosen")) >= 4000

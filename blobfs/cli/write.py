@@ -129,13 +129,16 @@ def _seconds(t0: float) -> str:
                                            "date); default: each file's own mtime.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Worker processes (default: one per CPU, at most 4; 1 = no workers).")
 def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tuple[str, ...],
-             recursive: bool, rename: bool, mtime: int | None, force: bool, fsync: bool) -> None:
+             recursive: bool, rename: bool, mtime: int | None, force: bool, fsync: bool,
+             jobs: int | None) -> None:
     """Pack the images of IMAGES_DIR into one tar plus its SDK offsets file."""
     from blobfs.write.pack import pack
 
     opts = PackOptions(include=include, exclude=exclude, recursive=recursive, rename=rename,
-                       mtime=mtime, force=force, fsync=fsync)
+                       mtime=mtime, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
     with _reporting(), contextlib.ExitStack() as stack:
         result = pack(images_dir, out, opts, _Progress("packing", stack).start)
@@ -153,13 +156,16 @@ def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tup
 @click.option("--mtime", type=MTIME, help="Member mtime in the tars (epoch seconds or ISO date).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")
 @click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Worker processes (default: one per CPU, at most 4; 1 = no workers).")
 def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None, min_size: int,
-                     max_size: int | None, mtime: int | None, force: bool, fsync: bool) -> None:
+                     max_size: int | None, mtime: int | None, force: bool, fsync: bool,
+                     jobs: int | None) -> None:
     """Turn the classic project CLASSIC_DIR into the blob project OUT_DIR."""
     from blobfs.write.pack_project import pack_project
 
     opts = PackProjectOptions(max_blob_size=max_blob_size, min_size=min_size, max_size=max_size,
-                              mtime=mtime, force=force, fsync=fsync)
+                              mtime=mtime, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
     with _reporting(), contextlib.ExitStack() as stack:
         result = pack_project(classic_dir, out_dir, opts, _Progress("packing", stack).start)
@@ -175,12 +181,14 @@ def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None
               help="Write an empty annotation for items that have none (as the mount does).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")
 @click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Worker processes (default: one per CPU, at most 4; 1 = no workers).")
 def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: bool,
-               fsync: bool) -> None:
+               fsync: bool, jobs: int | None) -> None:
     """Write BLOB_PROJECT as the classic project OUT_DIR (exactly what the mount shows)."""
     from blobfs.write.unpack import unpack
 
-    opts = UnpackOptions(synthesize_ann=synthesize_ann, force=force, fsync=fsync)
+    opts = UnpackOptions(synthesize_ann=synthesize_ann, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
     with _reporting(), contextlib.ExitStack() as stack:
         result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)

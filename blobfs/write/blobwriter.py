@@ -76,7 +76,7 @@ def write_all(fd: int, data: bytes, label: str | os.PathLike[str]) -> None:
 
 def write_blob(members: Sequence[Member], root: str, tar_fd: int, tar_label: Path,
                offsets_fd: int, offsets_label: Path, *, mtime: int | None = None,
-               progress: Progress | None = None) -> tuple[int, int]:
+               progress: Progress | None = None, jobs: int | None = None) -> tuple[int, int]:
     """Write ``members`` (in the given order) as a tar to ``tar_fd`` and their offsets to
     ``offsets_fd``; member paths are relative to ``root``. Returns (member count, tar size)."""
     starts, data_starts, end = layout(members)
@@ -114,7 +114,7 @@ def write_blob(members: Sequence[Member], root: str, tar_fd: int, tar_label: Pat
 
     chunks = [(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)]
     try:
-        run_chunks(chunks, fill, label, progress=progress, parent_work=offsets)
+        run_chunks(chunks, fill, label, progress=progress, parent_work=offsets, jobs=jobs)
     finally:
         os.close(turn[0])
         os.close(turn[1])

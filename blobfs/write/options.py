@@ -15,6 +15,7 @@ class PackOptions:
     mtime: int | None = None        # fixed member mtime (epoch seconds); None = from inputs
     force: bool = False             # replace an existing output
     fsync: bool = False             # fsync the output before renaming it into place
+    jobs: int | None = None         # worker processes; None = one per CPU, at most 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class PackProjectOptions:
     mtime: int | None = None
     force: bool = False
     fsync: bool = False
+    jobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +38,4 @@ class UnpackOptions:
     synthesize_ann: bool = False
     force: bool = False
     fsync: bool = False
+    jobs: int | None = None

@@ -128,8 +128,8 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
         active.discard(key)
 
 
-def file_stats(folder: Path, files: list[str], parent_work: Callable[[], None] | None = None
-               ) -> tuple[memoryview, memoryview]:
+def file_stats(folder: Path, files: list[str], parent_work: Callable[[], None] | None = None,
+               jobs: int | None = None) -> tuple[memoryview, memoryview]:
     """(sizes, mtimes in seconds) of the files, stat'ed by the worker processes (a third of a
     pack's serial time otherwise) into shared memory. Refuses what is not a regular file."""
     shared = mmap.mmap(-1, max(16 * len(files), 16))
@@ -166,11 +166,12 @@ def file_stats(folder: Path, files: list[str], parent_work: Callable[[], None] |
         return 0, 0
 
     run_chunks([(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)], stat_span, os.fspath(folder),
-               parent_work=parent_work)
+               parent_work=parent_work, jobs=jobs)
     return sizes, mtimes
 
 
-def assign_members(folder: Path, files: list[str], rename: bool) -> list[Member]:
+def assign_members(folder: Path, files: list[str], rename: bool, jobs: int | None = None
+                   ) -> list[Member]:
     """Members (member name, relative path, size, mtime) whose base names are unique item
     names (see the module doc). The names are checked while the workers stat the files; a
     bad name is reported even if a stat failed too."""
@@ -197,7 +198,7 @@ def assign_members(folder: Path, files: list[str], rename: bool) -> list[Member]
                 if problem:
                     raise InputError(f"{folder / rel}: cannot be an item: {problem}")
 
-    sizes, mtimes = file_stats(folder, files, check_names)
+    sizes, mtimes = file_stats(folder, files, check_names, jobs)
     return list(zip(members, files, sizes, mtimes))
 
 
@@ -254,7 +255,7 @@ def _pack(folder: Path, out_tar: Path, opts: PackOptions,
         files = scan_images(folder, opts, skip)
         if not files:
             raise InputError(f"{folder}: no files to pack (no image extensions or globs matched)")
-        members = assign_members(folder, files, opts.rename)
+        members = assign_members(folder, files, opts.rename, opts.jobs)
         del files
         progress = progress_start(len(members)) if progress_start else None
         tar_fd, _ = outputs.file(out_tar)
@@ -262,7 +263,7 @@ def _pack(folder: Path, out_tar: Path, opts: PackOptions,
             off_fd, _ = outputs.file(offsets)
             try:
                 count, size = write_blob(members, os.fspath(folder), tar_fd, out_tar, off_fd, offsets,
-                                         mtime=opts.mtime, progress=progress)
+                                         mtime=opts.mtime, progress=progress, jobs=opts.jobs)
             finally:
                 os.close(off_fd)
         finally:

@@ -203,7 +203,7 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
             return len(chunk), 0
 
         chunks = [copies[i : i + CHUNK] for i in range(0, len(copies), CHUNK)]
-        run_chunks(chunks, copy, os.fspath(out_dir), progress=progress)
+        run_chunks(chunks, copy, os.fspath(out_dir), progress=progress, jobs=opts.jobs)
         plain = sum(1 for rel in copies
                     if rel.rpartition("/")[0].rpartition("/")[2] == "img" and is_image_name(rel))
         if blobs:
@@ -234,7 +234,7 @@ def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
             raise output_failed(off_label, e) from None
         try:
             write_blob(blob.members, os.fspath(src), tar_fd, tar_label, off_fd, off_label, mtime=opts.mtime,
-                       progress=progress)
+                       progress=progress, jobs=opts.jobs)
         finally:
             os.close(off_fd)
     finally:

@@ -195,7 +195,8 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
                 os.close(dir_fd)
             return hi - lo, nbytes
 
-        n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress)
+        n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress,
+                                      jobs=opts.jobs)
         outputs.commit()
         problems = tuple(project.problems)
     return UnpackResult(out_dir, n_files, n_bytes, problems)

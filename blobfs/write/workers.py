@@ -45,10 +45,12 @@ def worker_count() -> int:
 
 def run_chunks(chunks: Sequence[T], work: Callable[[T], tuple[int, int]], label: str, *,
                progress: Callable[[int], None] | None = None,
-               parent_work: Callable[[], None] | None = None) -> tuple[int, int]:
+               parent_work: Callable[[], None] | None = None,
+               jobs: int | None = None) -> tuple[int, int]:
     """Call ``work(chunk)`` for every chunk; it returns (units done, bytes done). Meanwhile the
-    parent runs ``parent_work()``. Returns the summed (units, bytes)."""
-    w = min(worker_count(), len(chunks))
+    parent runs ``parent_work()``. ``jobs``: worker processes (None: :func:`worker_count`; 1:
+    everything in this process). Returns the summed (units, bytes)."""
+    w = min(jobs if jobs is not None else worker_count(), len(chunks))
     if w < 2 or len(chunks) < FORK_MIN_CHUNKS or not hasattr(os, "fork"):
         if parent_work is not None:
             parent_work()
