@@ -1,9 +1,15 @@
-"""Shared helpers for the offsets tests: SDK-way entries of a tar, hand-made pickles."""
+"""Shared helpers for the offsets tests: SDK-way entries of a tar, hand-made pickles, and the
+offsets file as ``pickle`` itself writes it (the oracle for blobfs's own encoder)."""
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import struct
+import sys
 import tarfile
+import types
+from itertools import islice
 from pathlib import Path
 
 CLS = b"\x8c\x19supervisely.api.image_api\x94\x8c\rBlobImageInfo\x94\x93\x94"
@@ -48,3 +54,43 @@ def pickle_of(entries_ops: list[bytes]) -> bytes:
 
 def frame(body: bytes) -> bytes:
     return b"\x95" + struct.pack("<Q", len(body)) + body
+
+
+class _BlobImageInfo:
+    """Stand-in for ``supervisely.api.image_api.BlobImageInfo`` (a plain dataclass): same
+    qualified name and the same instance ``__dict__`` order (name, offset_start, offset_end)."""
+
+    def __init__(self, name: str, offset_start: int, offset_end: int) -> None:
+        self.name = name
+        self.offset_start = offset_start
+        self.offset_end = offset_end
+
+
+_BlobImageInfo.__module__ = "supervisely.api.image_api"
+_BlobImageInfo.__qualname__ = _BlobImageInfo.__name__ = "BlobImageInfo"
+_MODULES = ("supervisely", "supervisely.api", "supervisely.api.image_api")
+
+
+def pickle_offsets(entries: list[tuple[str, int, int]]) -> bytes:
+    """What the SDK's save_blob_offsets_pkl writes, made the SDK's way: ``pickle.dump`` of a
+    list of BlobImageInfo per batch of 10,000, protocol 4. pickle checks that the class is
+    importable, so stand-in modules sit in ``sys.modules`` for the dump."""
+    added = [m for m in _MODULES if m not in sys.modules]
+    for m in added:
+        sys.modules[m] = types.ModuleType(m)
+    mod = sys.modules["supervisely.api.image_api"]
+    old = getattr(mod, "BlobImageInfo", None)
+    mod.BlobImageInfo = _BlobImageInfo
+    try:
+        out = io.BytesIO()
+        it = iter(entries)
+        while batch := [_BlobImageInfo(n, s, e) for n, s, e in islice(it, 10_000)]:
+            pickle.dump(batch, out, protocol=4)
+        return out.getvalue()
+    finally:
+        if old is None:
+            del mod.BlobImageInfo
+        else:
+            mod.BlobImageInfo = old
+        for m in reversed(added):
+            sys.modules.pop(m, None)

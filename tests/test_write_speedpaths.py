@@ -1,9 +1,9 @@
-"""The write side's fast paths produce exactly the bytes of the plain paths.
+"""blobfs's offsets encoder produces exactly the bytes ``pickle`` produces.
 
-``offsetsenc.encode_batch`` (offsets pickles without ``pickle``) against
-``offsets_write.dumps_offsets`` (the reference, itself checked against the SDK's fixtures),
-on entry lists chosen to put protocol-4 frame boundaries at every opcode position and to hit
-every integer and string opcode.
+``offsets_encode.encode_batch`` (offsets pickles without ``pickle``, what ``dumps_offsets``,
+``write_offsets`` and ``pack`` write) against ``offsets_helpers.pickle_offsets`` (the SDK's
+way: ``pickle.dump`` of BlobImageInfo lists), on entry lists chosen to put protocol-4 frame
+boundaries at every opcode position and to hit every integer and string opcode.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import random
 
 import pytest
 
+from blobfs.format.offsets_encode import encode_batch
 from blobfs.format.offsets_write import BATCH, dumps_offsets
-from blobfs.write.offsetsenc import encode_batch
+from offsets_helpers import pickle_offsets
 
 
 def _encode(entries: list[tuple[str, int, int]]) -> bytes:
@@ -47,7 +48,7 @@ def _mixed(n: int, seed: int) -> list[tuple[str, int, int]]:
 @pytest.mark.parametrize("n", [1, 2, 999, 1000, 1001, 2001, 9999, 10_000, 10_001, 10_002, 23_456])
 def test_encoder_matches_pickle_at_batch_edges(n: int) -> None:
     entries = _mixed(n, n)
-    assert _encode(entries) == dumps_offsets(entries)
+    assert _encode(entries) == pickle_offsets(entries) == dumps_offsets(entries)
 
 
 @pytest.mark.parametrize("name_len", range(1, 40))
@@ -56,7 +57,7 @@ def test_encoder_matches_pickle_at_every_frame_boundary(name_len: int) -> None:
     # before every kind of opcode inside an entry.
     entries = [("n" * name_len + f"{i}.png", 600 * i + (1 << 31 if i % 3 == 0 else 70_000),
                 600 * i + 80_000) for i in range(2500)]
-    assert _encode(entries) == dumps_offsets(entries)
+    assert _encode(entries) == pickle_offsets(entries) == dumps_offsets(entries)
 
 
 def test_encoder_matches_pickle_on_a_typical_big_tar() -> None:
@@ -68,4 +69,4 @@ def test_encoder_matches_pickle_on_a_typical_big_tar() -> None:
         entries.append((f"img_{i:07d}.png", pos, pos + size))
         pos += size + (-size % 512)
     assert entries[19_999][2] < 2**31 <= entries[20_000][1]
-    assert _encode(entries) == dumps_offsets(entries)
+    assert _encode(entries) == pickle_offsets(entries) == dumps_offsets(entries)

@@ -9,7 +9,7 @@ progress bar. Small inputs are written in-process.
 
 The offsets are emitted in batches of 10,000 entries in archive order — exactly the batches
 the SDK's ``save_blob_offsets_pkl`` dumps (FORMAT.md §4) — so the file is byte-identical to
-what it would write for this tar (encoded by ``offsetsenc``, 5x faster than pickling).
+what it would write for this tar (encoded by ``blobfs.format.offsets_encode``, 5x faster than pickling).
 
 Workers, failures and interrupts: ``blobfs.write.workers``.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from blobfs.write.errors import output_failed
-from blobfs.write.offsetsenc import encode_batch
+from blobfs.format.offsets_encode import encode_batch
+from blobfs.format.offsets_write import BATCH
 from blobfs.write.tarwriter import (BLOCK, BUFFER, NO_MTIME, OCTAL_LIMIT, fill_span, flat_chunks,
                                     header_length, write_trailer)
 from blobfs.write.workers import run_chunks
@@ -32,8 +33,6 @@ from blobfs.write.workers import run_chunks
 Member = tuple[str, str, int, "int | None"]
 Progress = Callable[[int], None]
 
-#: FORMAT.md §4: save_blob_offsets_pkl's batch size.
-OFFSETS_BATCH = 10_000
 #: Members per unit of work.
 CHUNK = 1000
 
@@ -57,9 +56,9 @@ def layout(members: Sequence[Member]) -> tuple[array, array, int]:
 
 def _offsets(members: Sequence[Member], data: array) -> Iterator[bytes]:
     """The offsets file, one SDK batch at a time."""
-    for lo in range(0, len(members), OFFSETS_BATCH):
-        batch = members[lo : lo + OFFSETS_BATCH]
-        begins = data[lo : lo + OFFSETS_BATCH]
+    for lo in range(0, len(members), BATCH):
+        batch = members[lo : lo + BATCH]
+        begins = data[lo : lo + BATCH]
         yield encode_batch([m[0].rpartition("/")[2] for m in batch], begins,
                            [b + m[2] for b, m in zip(begins, batch)])
 

@@ -1,12 +1,14 @@
 """The SDK's offsets pickle for one batch, encoded without ``pickle`` (FORMAT.md §4).
 
-``blobfs.format.offsets_write.dumps_offsets`` pickles one stand-in object per entry; for 300k
-entries that is ~1 s of CPU (``pickle`` calls ``__reduce_ex__`` in Python for every object),
-spent while the pack's workers want both cores. The bytes are fully fixed by FORMAT.md §4, so
-here they are assembled directly: one ``bytes`` per entry from a template, the frame headers
-of protocol 4 (``FRAME`` + 8-byte length, a frame closed at the first opcode boundary once it
-holds >= 64 KiB, as ``_pickle.c`` does) added around them. ``tests/test_write_speedpaths.py``
-checks byte equality with ``dumps_offsets``.
+The SDK pickles a list of ``supervisely.api.image_api.BlobImageInfo`` dataclass instances per
+batch with protocol 4. Pickling stand-in objects for 300k entries costs ~1 s of CPU
+(``pickle`` calls ``__reduce_ex__`` in Python for every object), and the bytes are fully fixed
+by FORMAT.md §4, so here they are assembled directly: one ``bytes`` per entry from a
+template, the frame headers of protocol 4 (``FRAME`` + 8-byte length, a frame closed at the
+first opcode boundary once it holds >= 64 KiB, as ``_pickle.c`` does) added around them.
+``tests/test_offsets_write.py`` checks the result against the SDK's own files, and
+``tests/test_write_speedpaths.py`` against ``pickle`` itself (``offsets_helpers.pickle_offsets``)
+at every frame and batch edge.
 """
 from __future__ import annotations
 
