@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from blobfs.fuse import pollloop
-from blobfs.fuse.lowlevel_abi import ForgetData, FuseArgs, LowLevelOps, Prototypes
+from blobfs.fuse.lowlevel_abi import FuseArgs, LowLevelOps, Prototypes
 from blobfs.fuse.nodes import NodeTable
 
 log = logging.getLogger(__name__)
