@@ -3,6 +3,7 @@
     .venv/bin/python tests/bench/bench_write.py [--n 300000] [--rounds 3] [--workdir DIR]
                                                 [--sdk-python /path/to/venv/bin/python] [--sdk-rounds 1]
                                                 [--no-unpack | --no-pack] [--src DIR]
+                                                [--unpack-jobs N ...]
 
 Generates N files of ~4 KB (random bytes, sizes 3-5 KiB, fixed seed) once in WORKDIR/src, then
 runs interleaved rounds of:
@@ -12,6 +13,7 @@ runs interleaved rounds of:
            with supervisely installed; timed inside that process, import excluded)
   unpack   blobfs unpack X.tar OUT                        (bare tar → classic tree)
   tar xf   tar xf X.tar -C OUT
+  unpack -jN  blobfs unpack --jobs N X.tar OUT            (one row per --unpack-jobs N)
 (--no-pack: only the last two; X.tar is packed once, untimed, and kept in WORKDIR for the
 next --no-pack run; --src: the input folder, default WORKDIR/src, e.g. on disk while WORKDIR
 is a tmpfs too small for both) and prints one table: median wall seconds, files/s, the ratio to the GNU tar baseline
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--no-pack", action="store_true",
                     help="time only the unpack side (X.tar packed once, untimed, and kept)")
     ap.add_argument("--src", type=Path, help="input folder (default WORKDIR/src)")
+    ap.add_argument("--unpack-jobs", type=int, action="append", default=[], metavar="N",
+                    help="also time 'blobfs unpack --jobs N' (repeatable)")
     args = ap.parse_args()
 
     w = args.workdir.resolve()
@@ -122,7 +126,9 @@ def main() -> None:
     tar_a, tar_b, tar_c = w / "a.tar", w / "b.tar", w / "c.tar"
     out_a, out_b = w / "out_a", w / "out_b"
     sdk_out = w / "sdk_offsets"
-    times: dict[str, list[float]] = {k: [] for k in ("pack", "tar+idx", "sdk", "unpack", "tar xf")}
+    variants = [f"unpack -j{j}" for j in args.unpack_jobs]
+    times: dict[str, list[float]] = {k: [] for k in ("pack", "tar+idx", "sdk", "unpack", "tar xf",
+                                                     *variants)}
     cpus: dict[str, list[float]] = {k: [] for k in times}
 
     packed = w / f"a.tar.{args.n}"  # marker: tar_a holds a pack of this input
@@ -157,6 +163,11 @@ def main() -> None:
             warm(tar_a)
             times["tar xf"].append(timed([["tar", "xf", str(tar_a), "-C", str(out_b)]],
                                          cpus["tar xf"]))
+            for j, name in zip(args.unpack_jobs, variants):
+                clean(out_a)
+                warm(tar_a)
+                times[name].append(timed([[*BLOBFS, "unpack", "--jobs", str(j), str(tar_a),
+                                           str(out_a)]], cpus[name]))
         print(f"round {r + 1}: " + ", ".join(
             f"{k} {v[-1]:.2f}s" + (f" (cpu {cpus[k][-1]:.2f}s)" if cpus[k] else "")
             for k, v in times.items() if v), file=sys.stderr)
@@ -168,7 +179,7 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
     base = {"pack": "tar+idx", "tar+idx": "tar+idx", "sdk": "tar+idx",
-            "unpack": "tar xf", "tar xf": "tar xf"}
+            "unpack": "tar xf", "tar xf": "tar xf", **{v: "tar xf" for v in variants}}
     cpu = {k: statistics.median(v) for k, v in cpus.items() if v}
     rows = [("method", "median s", "files/s", "vs GNU tar", "cpu s", "cpu vs GNU tar")]
     for k, t in med.items():
