@@ -172,3 +172,41 @@ def test_jobs_option_gives_the_same_tree(tmp_path: Path, jobs: str) -> None:
     assert invoke(tar, tmp_path / "chosen", "-j", jobs).exit_code == 0
     assert tree(tmp_path / "chosen") == tree(tmp_path / "default")
     assert len(tree(tmp_path / "chosen")) >= 4000
+
+
+def test_project_with_many_folders_round_trips_through_forked_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two datasets of 2500 images: their img/ and ann/ folders go to different workers (one
+    worker per folder), and classic -> pack-project -> unpack gives back every byte."""
+    from blobfs.cli.write import pack_project_cmd
+    from blobfs.write import workers
+
+    classic = tmp_path / "classic"
+    (classic).mkdir()
+    (classic / "meta.json").write_bytes(b'{"classes": [], "tags": [], "projectSettings": {}}')
+    for ds in ("a", "b"):
+        for i in range(2500):
+            name = f"{ds}_{i:05d}.png"
+            (classic / ds / "img").mkdir(parents=True, exist_ok=True)
+            (classic / ds / "ann").mkdir(parents=True, exist_ok=True)
+            (classic / ds / "img" / name).write_bytes(os.urandom(32) * (1 + i % 9))
+            (classic / ds / "ann" / f"{name}.json").write_text(
+                json.dumps({"description": "", "size": {"height": 1, "width": i + 1}, "tags": [],
+                            "objects": []}))
+    blob = tmp_path / "blob"
+    assert CliRunner().invoke(pack_project_cmd, [str(classic), str(blob)]).exit_code == 0
+    plans: list[int] = []
+    real_deal = workers.deal
+
+    def deal(chunks, w, key=None):
+        plan = real_deal(chunks, w, key)
+        plans.append(len(plan))
+        return plan
+
+    monkeypatch.setattr(workers, "deal", deal)
+    monkeypatch.setattr(workers, "worker_count", lambda: 2)
+    out = tmp_path / "out"
+    assert invoke(blob, out).exit_code == 0
+    assert plans == [2]  # forked: two workers, each with whole folders
+    assert tree(out) == tree(classic)
+

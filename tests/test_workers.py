@@ -42,3 +42,33 @@ def test_more_jobs_fork_that_many_workers(jobs):
 def test_default_is_one_per_cpu_at_most_four():
     assert 1 <= workers.worker_count() <= 4
     assert workers.worker_count() == min(4, len(os.sched_getaffinity(0)))
+
+
+def test_deal_round_robin_without_key():
+    assert workers.deal(list(range(7)), 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert workers.deal([0, 1], 4) == [[0], [1]]  # never an empty worker
+
+
+def test_deal_keeps_a_folder_on_one_worker_largest_first():
+    chunks = [("img", 0), ("img", 1), ("img", 2), ("ann", 0), ("ann", 1), ("meta", 0)]
+    plan = workers.deal(chunks, 2, key=lambda c: c[0])
+    assert plan == [[("img", 0), ("img", 1), ("img", 2)], [("ann", 0), ("ann", 1), ("meta", 0)]]
+    assert workers.deal(chunks, 8, key=lambda c: c[0]) == [
+        [("img", 0), ("img", 1), ("img", 2)], [("ann", 0), ("ann", 1)], [("meta", 0)]]
+    assert workers.deal(chunks[:3], 4, key=lambda c: c[0]) == [chunks[:3]]  # one folder: one worker
+
+
+def test_keyed_chunks_of_one_folder_run_in_one_process():
+    shared = mmap.mmap(-1, 8 * 12)
+    chunks = [(k % 3, k) for k in range(12)]  # three folders, four chunks each
+
+    def work(chunk: tuple[int, int]) -> tuple[int, int]:
+        k = chunk[1]
+        shared[8 * k : 8 * k + 8] = os.getpid().to_bytes(8, "little")
+        return 1, 0
+
+    assert workers.run_chunks(chunks, work, "test", jobs=2, key=lambda c: c[0]) == (12, 0)
+    pid_of = [int.from_bytes(shared[8 * k : 8 * k + 8], "little") for k in range(12)]
+    by_folder = {f: {pid_of[k] for k in range(12) if k % 3 == f} for f in range(3)}
+    assert all(len(p) == 1 for p in by_folder.values())
+    assert len(set().union(*by_folder.values())) == 2 and os.getpid() not in pid_of

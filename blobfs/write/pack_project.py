@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable
 
@@ -197,13 +198,19 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
         progress = progress_start(total) if progress_start else None
         base_src, base_dst = os.fspath(src), os.fspath(tmp)
 
-        def copy(chunk: list[str]) -> tuple[int, int]:
-            for rel in chunk:
+        def copy(chunk: tuple[str, list[str]]) -> tuple[int, int]:
+            for rel in chunk[1]:
                 copy_file(f"{base_src}/{rel}", f"{base_dst}/{rel}", src / rel)
-            return len(chunk), 0
+            return len(chunk[1]), 0
 
-        chunks = [copies[i : i + CHUNK] for i in range(0, len(copies), CHUNK)]
-        run_chunks(chunks, copy, os.fspath(out_dir), progress=progress, jobs=opts.jobs)
+        # Chunks per output folder, one worker per folder (see blobfs.write.workers).
+        by_folder: dict[str, list[str]] = {}
+        for rel in copies:
+            by_folder.setdefault(rel.rpartition("/")[0], []).append(rel)
+        chunks = [(folder, rels[i : i + CHUNK]) for folder, rels in by_folder.items()
+                  for i in range(0, len(rels), CHUNK)]
+        run_chunks(chunks, copy, os.fspath(out_dir), progress=progress, jobs=opts.jobs,
+                   key=itemgetter(0))
         plain = sum(1 for rel in copies
                     if rel.rpartition("/")[0].rpartition("/")[2] == "img" and is_image_name(rel))
         if blobs:

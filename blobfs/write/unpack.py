@@ -6,7 +6,7 @@ unpacked project and a mounted one is empty by construction). Files get the view
 ordinary permissions (0666 & ~umask: the mount's read-only modes are not copied). Everything
 is written under a temporary name beside ``OUT_DIR`` and renamed into place at the end. The
 folders are created first; the files are then written by forked workers
-(``blobfs.write.workers``). Images of a blob take the fast path of ``itemcopy`` (the
+(``blobfs.write.workers``), one per output folder. Images of a blob take the fast path of ``itemcopy`` (the
 dataset's index gives names and byte ranges, so nothing is looked up per image: the bytes are
 exactly what the view's read returns); the files of a folder the view passes through
 unchanged (``ClassicView.real_folder``: ``ann/``, ``meta/``, ...) are copied straight from the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import stat
+from operator import itemgetter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -89,10 +90,9 @@ def _walk(view, item_dirs: dict[str, Dataset]) -> tuple[list[str], list[tuple]]:
     folders). An item folder is not listed: its dataset's index is its listing. The files of
     a folder that the view passes through unchanged are copied straight from the real folder
     (("real", folder, real folder, [name, ...])); the others through the view (("files",
-    [view path, ...]))."""
+    folder, [view path, ...]))."""
     folders: list[str] = []
     chunks: list[tuple] = []
-    via_view: list[str] = []
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -107,9 +107,9 @@ def _walk(view, item_dirs: dict[str, Dataset]) -> tuple[list[str], list[tuple]]:
             chunks.extend(("real", rel, os.fspath(real), names[i : i + CHUNK])
                           for i in range(0, len(names), CHUNK))
         else:
-            via_view.extend(f"{rel}/{n}" if rel else n for n in names)
+            paths = [f"{rel}/{n}" if rel else n for n in names]
+            chunks.extend(("files", rel, paths[i : i + CHUNK]) for i in range(0, len(paths), CHUNK))
         stack.extend(reversed([f"{rel}/{n}" if rel else n for n in dirs]))
-    chunks.extend(("files", via_view[i : i + CHUNK]) for i in range(0, len(via_view), CHUNK))
     return folders, chunks
 
 
@@ -119,8 +119,8 @@ def _join(folder: str, rel: str) -> str:
 
 def _item_chunks(rel: str, ds: Dataset) -> Iterator[tuple]:
     """Units of work for the images of one dataset: ("items", folder, dataset, lo, hi) for a
-    run of items read from one tar, ("files", [view path, ...]) for a run that holds files of
-    ``img/`` or mixes tars (rare: copied through the view)."""
+    run of items read from one tar, ("files", folder, [view path, ...]) for a run that holds
+    files of ``img/`` or mixes tars (rare: copied through the view)."""
     src = ds.items.arrays()[4]
     for lo in range(0, len(src), CHUNK):
         hi = min(lo + CHUNK, len(src))
@@ -128,7 +128,7 @@ def _item_chunks(rel: str, ds: Dataset) -> Iterator[tuple]:
         if s0 != DISK and src[lo:hi].count(s0) == hi - lo:
             yield ("items", rel, ds, lo, hi)
         else:
-            yield ("files", [f"{rel}/{ds.items.name(i)}" for i in range(lo, hi)])
+            yield ("files", rel, [f"{rel}/{ds.items.name(i)}" for i in range(lo, hi)])
 
 
 def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
@@ -156,9 +156,9 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
         def copy(chunk: tuple) -> tuple[int, int]:
             if chunk[0] == "files":
                 nbytes = 0
-                for rel in chunk[1]:
+                for rel in chunk[2]:
                     nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
-                return len(chunk[1]), nbytes
+                return len(chunk[2]), nbytes
             if chunk[0] == "real":
                 _kind, rel, real, names = chunk
                 try:
@@ -195,8 +195,9 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
                 os.close(dir_fd)
             return hi - lo, nbytes
 
+        # Every chunk names the folder it creates files in (its [1]): one worker per folder.
         n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress,
-                                      jobs=opts.jobs)
+                                      jobs=opts.jobs, key=itemgetter(1))
         outputs.commit()
         problems = tuple(project.problems)
     return UnpackResult(out_dir, n_files, n_bytes, problems)
