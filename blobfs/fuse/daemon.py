@@ -121,10 +121,11 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
 
     def _init() -> None:
         started.set()
+        loop = "multithreaded" if opts.threads else "single-threaded"
+        if lowlevel and not opts.threads and opts.spin_us:
+            loop += f", polls {opts.spin_us} µs after each request"
         log.info("mounted %s on %s (%s, libfuse %d %s API, %s)", opts.source, opts.mountpoint, fb.name,
-                 fb.libfuse, "low-level" if lowlevel else "high-level",
-                 "multithreaded" if opts.threads else
-                 (f"single-threaded, polls {opts.spin_us} µs" if lowlevel and opts.spin_us else "single-threaded"))
+                 fb.libfuse, "low-level" if lowlevel else "high-level", loop)
         on_ready()
 
     try:
