@@ -5,8 +5,8 @@ walking ``open_project(src).view`` and copying every file it lists (so ``diff -r
 unpacked project and a mounted one is empty by construction). Files get the view's mtimes and
 ordinary permissions (0666 & ~umask: the mount's read-only modes are not copied). Everything
 is written under a temporary name beside ``OUT_DIR`` and renamed into place at the end. The
-folders are created first; the files are then written by forked workers
-(``blobfs.write.workers``), one per output folder. Images of a blob take the fast path of ``itemcopy`` (the
+folders are created first; the files are then written by forked workers, one per output
+folder (``blobfs.write.workers``). Images of a blob take the fast path of ``itemcopy`` (the
 dataset's index gives names and byte ranges, so nothing is looked up per image: the bytes are
 exactly what the view's read returns); the files of a folder the view passes through
 unchanged (``ClassicView.real_folder``: ``ann/``, ``meta/``, ...) are copied straight from the
@@ -18,8 +18,8 @@ from __future__ import annotations
 import gc
 import os
 import stat
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterator
 
