@@ -61,6 +61,9 @@ class MtimeType(click.ParamType):
 
 SIZE = SizeType()
 MTIME = MtimeType()
+#: ``-j/--jobs``, shared by the three write commands (see blobfs.write.workers).
+JOBS = click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
+                    help="Worker processes (default: one per CPU, at most 4; 1 = no workers).")
 
 
 class _Progress:
@@ -129,8 +132,7 @@ def _seconds(t0: float) -> str:
                                            "date); default: each file's own mtime.")
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 @click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
-              help="Worker processes (default: one per CPU, at most 4; 1 = no workers).")
+@JOBS
 def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tuple[str, ...],
              recursive: bool, rename: bool, mtime: int | None, force: bool, fsync: bool,
              jobs: int | None) -> None:
@@ -156,8 +158,7 @@ def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tup
 @click.option("--mtime", type=MTIME, help="Member mtime in the tars (epoch seconds or ISO date).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")
 @click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
-              help="Worker processes (default: one per CPU, at most 4; 1 = no workers).")
+@JOBS
 def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None, min_size: int,
                      max_size: int | None, mtime: int | None, force: bool, fsync: bool,
                      jobs: int | None) -> None:
@@ -181,8 +182,7 @@ def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None
               help="Write an empty annotation for items that have none (as the mount does).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")
 @click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, metavar="N",
-              help="Worker processes (default: one per CPU, at most 4; 1 = no workers).")
+@JOBS
 def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: bool,
                fsync: bool, jobs: int | None) -> None:
     """Write BLOB_PROJECT as the classic project OUT_DIR (exactly what the mount shows)."""
