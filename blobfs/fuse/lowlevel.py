@@ -235,8 +235,8 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
                 try:
                     if opts.threads and api.loop_mt is not None:
                         return int(api.loop_mt(se, 0))
-                    if opts.spin_us > 0 and pollloop.available(api.lib):
-                        return pollloop.serve(api.lib, se, opts.spin_us)
+                    if opts.spin_us > 0 and pollloop.available(api):
+                        return pollloop.serve(api, se, opts.spin_us)
                     return int(api.fuse_session_loop(se))
                 finally:
                     api.fuse_remove_signal_handlers(se)

@@ -43,6 +43,13 @@ class FuseArgs(ctypes.Structure):
                 ("allocated", ctypes.c_int)]
 
 
+class FuseBuf(ctypes.Structure):
+    """``struct fuse_buf`` of libfuse 3.0-3.16 (include/fuse_common.h)."""
+
+    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
+                ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
+
+
 class ForgetData(ctypes.Structure):
     _fields_ = [("ino", c_ino), ("nlookup", ctypes.c_uint64)]
 
@@ -105,6 +112,17 @@ class Prototypes:
             fn.restype = restype
             fn.argtypes = argtypes
             setattr(self, name, fn)
+        # The request loop's parts (public since 3.0), for blobfs.fuse.pollloop; None if absent.
+        buf_p = ctypes.POINTER(FuseBuf)
+        for name, restype, argtypes in (
+                ("fuse_session_receive_buf", ctypes.c_int, [ctypes.c_void_p, buf_p]),
+                ("fuse_session_process_buf", None, [ctypes.c_void_p, buf_p]),
+                ("fuse_session_exited", ctypes.c_int, [ctypes.c_void_p]),
+                ("fuse_session_fd", ctypes.c_int, [ctypes.c_void_p])):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype, fn.argtypes = restype, argtypes
+            setattr(self, name, fn)
         # Multithreaded loop: fuse_session_loop_mt_31(se, clone_fd) is exported by every
         # libfuse >= 3.2 under that name (the public name is a versioned macro).
         self.loop_mt = getattr(lib, "fuse_session_loop_mt_31", None)
@@ -123,4 +141,4 @@ def abi_ok(mod: ModuleType) -> bool:
     return all(hasattr(lib, n) for n in ("fuse_session_new", "fuse_reply_open", "fuse_session_loop"))
 
 
-__all__ = ["ForgetData", "FuseArgs", "LowLevelOps", "OPS_FIELDS", "Prototypes", "abi_ok"]
+__all__ = ["ForgetData", "FuseArgs", "FuseBuf", "LowLevelOps", "OPS_FIELDS", "Prototypes", "abi_ok"]

@@ -30,42 +30,24 @@ import select
 import time
 from typing import Any
 
-
-class FuseBuf(ctypes.Structure):
-    """``struct fuse_buf`` of libfuse 3.0-3.16 (include/fuse_common.h)."""
-
-    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
-                ("fd", ctypes.c_int), ("pos", ctypes.c_int64)]
+from blobfs.fuse.lowlevel_abi import FuseBuf
 
 
 class _PollFd(ctypes.Structure):
     _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
 
 
-def _bind(lib: Any) -> tuple[Any, Any, Any, Any]:
-    buf_p = ctypes.POINTER(FuseBuf)
-    protos = {
-        "fuse_session_receive_buf": (ctypes.c_int, [ctypes.c_void_p, buf_p]),
-        "fuse_session_process_buf": (None, [ctypes.c_void_p, buf_p]),
-        "fuse_session_exited": (ctypes.c_int, [ctypes.c_void_p]),
-        "fuse_session_fd": (ctypes.c_int, [ctypes.c_void_p]),
-    }
-    out = []
-    for name, (restype, argtypes) in protos.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-        out.append(fn)
-    return out[0], out[1], out[2], out[3]
+def available(api: Any) -> bool:
+    """Whether the loaded libfuse exports what this loop calls (every 3.x does)."""
+    return None not in (api.fuse_session_receive_buf, api.fuse_session_process_buf,
+                        api.fuse_session_exited, api.fuse_session_fd)
 
 
-def available(lib: Any) -> bool:
-    return all(hasattr(lib, n) for n in ("fuse_session_receive_buf", "fuse_session_process_buf",
-                                         "fuse_session_exited", "fuse_session_fd"))
-
-
-def serve(lib: Any, se: int, spin_us: int) -> int:
-    """Serve the session until it exits; 0 on a normal end, else an errno value."""
-    receive, process, exited, session_fd = _bind(lib)
+def serve(api: Any, se: int, spin_us: int) -> int:
+    """Serve the session until it exits; 0 on a normal end, else an errno value. ``api``: the
+    :class:`blobfs.fuse.lowlevel_abi.Prototypes` of the loaded libfuse."""
+    receive, process = api.fuse_session_receive_buf, api.fuse_session_process_buf
+    exited, session_fd = api.fuse_session_exited, api.fuse_session_fd
     libc = ctypes.CDLL(None, use_errno=True)
     libc_poll = libc.poll
     libc_poll.restype, libc_poll.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
@@ -105,4 +87,4 @@ def serve(lib: Any, se: int, spin_us: int) -> int:
     return status
 
 
-__all__ = ["FuseBuf", "available", "serve"]
+__all__ = ["available", "serve"]
