@@ -95,6 +95,17 @@ def force_unmount(mountpoint: str | os.PathLike[str]) -> None:
             subprocess.run([*cmd, str(mountpoint)], capture_output=True, timeout=30)
 
 
+def main_daemon_pid(pids: list[int]) -> int:
+    """Of a mount's daemon processes, the main one (the per-CPU workers are its children)."""
+    def ppid(pid: int) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+
+    mains = [p for p in pids if ppid(p) not in pids]
+    assert len(mains) == 1, (pids, mains)
+    return mains[0]
+
+
 def daemon_pids(mountpoint: str | os.PathLike[str]) -> list[int]:
     """Pids of blobfs processes whose command line names ``mountpoint``."""
     want = os.path.abspath(mountpoint).encode()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, mount_cmd,
+from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, main_daemon_pid, mount_cmd,
                            mounted, requires_fuse, wait_gone)
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(90), requires_fuse]
@@ -58,7 +58,10 @@ def test_sigint_unmounts_cleanly(blob_project, tmp_path, libfuse):
 def test_sigkill_then_umount_then_mount_again(blob_project, tmp_path, libfuse):
     with cleanup_mountpoint(tmp_path):
         with mounted(blob_project, tmp_path, libfuse=libfuse, expect_exit=None) as m:
+            pids = daemon_pids(tmp_path)
             assert m.stop(signal.SIGKILL) == -signal.SIGKILL
+            # per-CPU workers die with the main process (PR_SET_PDEATHSIG), asynchronously
+            assert wait_gone(pids)
             with pytest.raises(OSError) as e:
                 os.listdir(tmp_path)
             assert e.value.errno == errno.ENOTCONN
@@ -83,12 +86,13 @@ def test_background_mode_returns_promptly_with_captured_output(blob_project, tmp
         assert r.stdout == ""
         assert is_mounted(tmp_path) and "ds1" in os.listdir(tmp_path)
         pids = daemon_pids(tmp_path)
-        assert len(pids) == 1
-        pid = pids[0]
-        assert os.getsid(pid) == pid  # detached: its own session
-        assert os.readlink(f"/proc/{pid}/cwd") == "/"
-        for fd in (0, 1, 2):
-            assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+        main = main_daemon_pid(pids)
+        assert os.getsid(main) == main  # detached: its own session
+        for pid in pids:  # the main process and its per-CPU workers
+            assert os.getsid(pid) == main
+            assert os.readlink(f"/proc/{pid}/cwd") == "/"
+            for fd in (0, 1, 2):
+                assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
         r = _blobfs("umount", str(tmp_path))
         assert r.returncode == 0, r.stderr
         assert wait_gone(pids)

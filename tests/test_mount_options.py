@@ -48,11 +48,20 @@ def test_spin_us_default_and_values():
     assert build_options("s", "m", o=("ro,spin_us=250",)).spin_us == 250
 
 
+def test_workers_default_and_values():
+    assert build_options("s", "m").workers is None  # one per CPU
+    assert build_options("s", "m", o=("workers=auto",)).workers is None
+    assert build_options("s", "m", o=("workers=1",)).workers == 1
+    assert build_options("s", "m", o=("ro,workers=256",)).workers == 256
+
+
 @pytest.mark.parametrize("bad,word", [("frobnicate", "frobnicate"), ("libfuse", "libfuse"),
                                       ("allow_other=1", "allow_other"), ("libfuse=4", "4"),
                                       ("threads,nothreads", "contradict"), ("spin_us=-1", "spin_us"),
                                       ("spin_us=fast", "fast"), ("spin_us=2000000", "spin_us"),
-                                      ("spin_us", "spin_us")])
+                                      ("spin_us", "spin_us"), ("workers=0", "workers"),
+                                      ("workers=-2", "workers"), ("workers=many", "many"),
+                                      ("workers=257", "257"), ("workers", "workers")])
 def test_bad_options_are_usage_errors_naming_them(bad, word):
     with pytest.raises(MountUsageError) as e:
         build_options("s", "m", o=(bad,))

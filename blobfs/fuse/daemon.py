@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from blobfs.errors import BlobfsError
 from blobfs.fuse import binding as _binding
+from blobfs.fuse.cpuworkers import WorkerLost, cpu_groups, default_workers
 from blobfs.fuse.ops import make_operations
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
 from blobfs.fuse.umount import is_stale, mount_entry, unmount
@@ -122,8 +123,12 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
     def _init() -> None:
         started.set()
         loop = "multithreaded" if opts.threads else "single-threaded"
-        if lowlevel and not opts.threads and opts.spin_us:
-            loop += f", polls {opts.spin_us} µs after each request"
+        if lowlevel and not opts.threads:
+            n = len(cpu_groups(opts.workers or default_workers()))
+            if n > 1:
+                loop = f"{n} worker processes, one per CPU group"
+            if opts.spin_us:
+                loop += f", polls {opts.spin_us} µs after each request"
         log.info("mounted %s on %s (%s, libfuse %d %s API, %s)", opts.source, opts.mountpoint, fb.name,
                  fb.libfuse, "low-level" if lowlevel else "high-level", loop)
         on_ready()
@@ -133,6 +138,10 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
             _serve_lowlevel(project, fb, opts, _init)
         else:
             _serve_highlevel(project, fb, opts, _init)
+    except WorkerLost as e:
+        # Requests that worker had read are lost with it; unmounting beats hanging readers.
+        log.error("%s; unmounted %s", e, opts.mountpoint)
+        return 1
     except RuntimeError as e:
         if not started.is_set():
             raise MountError(f"{opts.mountpoint}: libfuse could not mount {opts.source} (status {e})") from None

@@ -28,8 +28,9 @@ import struct
 from types import ModuleType
 from typing import Any, Callable
 
-from blobfs.fuse import pollloop
+from blobfs.fuse import cpuworkers, pollloop
 from blobfs.fuse.lowlevel_abi import FuseArgs, LowLevelOps, Prototypes
+from blobfs.fuse.nodelog import NodeLog
 from blobfs.fuse.nodes import NodeTable
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,25 @@ def _argv(opts: Any, fsname: str) -> list[bytes]:
     return [a.encode(_ENC, _ERRS) for a in argv]
 
 
+def _worker_plan(fs: LowLevelFS, opts: Any) -> Callable[[], cpuworkers.Workers | None] | None:
+    """What forks the per-CPU worker processes once FUSE_INIT is answered; None for one
+    process (one CPU, or ``workers=1``)."""
+    groups = cpuworkers.cpu_groups(opts.workers or cpuworkers.default_workers())
+    if len(groups) < 2:
+        return None
+    nodelog = NodeLog(len(groups))
+    fs.nodes.share(nodelog)
+
+    def fork() -> cpuworkers.Workers | None:
+        try:
+            return cpuworkers.fork(groups, nodelog.become)
+        except (RuntimeError, OSError) as e:
+            log.warning("serving from one process: %s", e)
+            return None
+
+    return fork
+
+
 def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
     """Mount, serve until unmounted or signalled, unmount; returns libfuse's loop status.
 
@@ -235,8 +255,9 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
                 try:
                     if opts.threads and api.loop_mt is not None:
                         return int(api.loop_mt(se, 0))
-                    if opts.spin_us > 0 and pollloop.available(api):
-                        return pollloop.serve(api, se, opts.spin_us)
+                    workers = _worker_plan(fs, opts)
+                    if (opts.spin_us > 0 or workers is not None) and pollloop.available(api):
+                        return pollloop.serve(api, se, opts.spin_us, workers)
                     return int(api.fuse_session_loop(se))
                 finally:
                     api.fuse_remove_signal_handlers(se)

@@ -8,11 +8,16 @@ was most of the daemon's memory). Here an image costs nothing: its nodeid *is* i
 number, from which the view rebuilds the path (:meth:`ClassicView.item_path`). Every other
 node (folders, annotations, pass-through files) gets a counted table entry, dropped when the
 kernel forgets it. Nodeids are never reused, so a late FORGET can only hit its own entry.
+When the mount is served by several worker processes, those entries live in a
+:class:`blobfs.fuse.nodelog.NodeLog` that every worker can read instead.
 """
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from blobfs.fuse.nodelog import NodeLog
 
 ROOT_ID = 1  #: FUSE_ROOT_ID
 
@@ -27,17 +32,27 @@ class NodeTable:
         self._next = ROOT_ID + 1
         # Only the multithreaded loop needs it; uncontended it costs ~50 ns a lookup.
         self._lock = threading.Lock()
+        self._log: NodeLog | None = None
+
+    def share(self, log: NodeLog) -> None:
+        """Hand out every new non-image node id from ``log`` (before worker processes fork)."""
+        self._log = log
 
     def path(self, nodeid: int) -> str | None:
         entry = self._paths.get(nodeid)
         if entry is not None:
             return entry[0]
-        return self._item_path(nodeid)
+        path = self._item_path(nodeid)
+        if path is None and self._log is not None:
+            return self._log.path(nodeid)
+        return path
 
     def ref(self, path: str, ino: int) -> int:
         """The nodeid to answer a LOOKUP of ``path`` (whose view inode is ``ino``) with."""
         if self._item_path(ino) is not None:
             return ino
+        if self._log is not None:
+            return self._log.ref(path)
         with self._lock:
             nid = self._ids.get(path)
             if nid is None:

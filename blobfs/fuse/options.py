@@ -45,6 +45,7 @@ OWN_OPTIONS = {
     "libfuse": True,
     "fuse_api": True,
     "spin_us": True,
+    "workers": True,
     "log": True,
     "offsets": True,
     "ann": True,
@@ -57,6 +58,7 @@ OWN_OPTIONS = {
 #: for Python ``open()`` readers (1 and 8) and cold reads; a longer window only burns more CPU.
 DEFAULT_SPIN_US = 50
 MAX_SPIN_US = 1_000_000
+MAX_WORKERS = 256
 
 
 class MountUsageError(InputError):
@@ -77,6 +79,9 @@ class MountOptions:
     #: µs the low-level driver keeps polling /dev/fuse after a request (0: block at once);
     #: see :mod:`blobfs.fuse.pollloop`
     spin_us: int = DEFAULT_SPIN_US
+    #: daemon processes of the low-level driver, each pinned to its CPUs (None: one per CPU,
+    #: at most 8); see :mod:`blobfs.fuse.cpuworkers`
+    workers: int | None = None
     allow_other: bool = False
     auto_unmount: bool = False
     debug: bool = False
@@ -181,6 +186,16 @@ def build_options(
         raise MountUsageError(f"spin_us must be a whole number of microseconds from 0 to {MAX_SPIN_US}, "
                               f"not {parsed.get('spin_us')!r}")
 
+    workers = parsed.get("workers")
+    if workers is not None:
+        if workers == "auto":
+            workers = None
+        elif not (workers.isdigit() and 1 <= int(workers) <= MAX_WORKERS):
+            raise MountUsageError(f"workers must be 'auto' or a whole number from 1 to {MAX_WORKERS}, "
+                                  f"not {workers!r}")
+        else:
+            workers = int(workers)
+
     def _path(v: Any) -> Path | None:
         return None if v in (None, "") else Path(os.path.abspath(os.path.expanduser(str(v))))
 
@@ -195,6 +210,7 @@ def build_options(
         fuse_api=api,
         threads=threads,
         spin_us=spin,
+        workers=workers,
         allow_other=bool(parsed.get("allow_other")),
         auto_unmount=bool(parsed.get("auto_unmount")),
         debug=debug or bool(parsed.get("debug")),

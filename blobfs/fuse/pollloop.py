@@ -25,12 +25,16 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import select
 import time
-from typing import Any
+from typing import Any, Callable
 
+from blobfs.fuse.cpuworkers import WorkerLost, Workers
 from blobfs.fuse.lowlevel_abi import FuseBuf
+
+log = logging.getLogger(__name__)
 
 
 class _PollFd(ctypes.Structure):
@@ -43,9 +47,19 @@ def available(api: Any) -> bool:
                         api.fuse_session_exited, api.fuse_session_fd)
 
 
-def serve(api: Any, se: int, spin_us: int) -> int:
+def _poll_set(fd: int, workers: Workers | None) -> tuple[Any, int]:
+    """``/dev/fuse`` and the pidfd of every live worker, as a ``struct pollfd`` array."""
+    fds = [fd, *(workers.pidfds if workers is not None else ())]
+    arr = (_PollFd * len(fds))(*(_PollFd(f, select.POLLIN, 0) for f in fds))
+    return arr, len(fds)
+
+
+def serve(api: Any, se: int, spin_us: int,
+          fork_workers: Callable[[], Workers | None] | None = None) -> int:
     """Serve the session until it exits; 0 on a normal end, else an errno value. ``api``: the
-    :class:`blobfs.fuse.lowlevel_abi.Prototypes` of the loaded libfuse."""
+    :class:`blobfs.fuse.lowlevel_abi.Prototypes` of the loaded libfuse. ``fork_workers`` is
+    called once FUSE_INIT is answered (the first request; the kernel sends nothing else
+    before it), so every worker starts with libfuse's negotiated session state."""
     receive, process = api.fuse_session_receive_buf, api.fuse_session_process_buf
     exited, session_fd = api.fuse_session_exited, api.fuse_session_fd
     libc = ctypes.CDLL(None, use_errno=True)
@@ -58,12 +72,13 @@ def serve(api: Any, se: int, spin_us: int) -> int:
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
     buf = FuseBuf()
     pbuf = ctypes.byref(buf)
-    pfd = _PollFd(fd, select.POLLIN, 0)
-    ppfd = ctypes.byref(pfd)
+    workers: Workers | None = None
+    pfds, nfds = _poll_set(fd, workers)
     window = spin_us * 1000
     clock = time.monotonic_ns
     again, intr = -errno.EAGAIN, -errno.EINTR
     status = 0
+    lost, failed = "", False
     last = clock()
     try:
         while not exited(se):
@@ -71,19 +86,37 @@ def serve(api: Any, se: int, spin_us: int) -> int:
             if res > 0:
                 process(se, pbuf)
                 last = clock()
+                if fork_workers is not None:
+                    workers, fork_workers = fork_workers(), None
+                    pfds, nfds = _poll_set(fd, workers)
             elif res == again:
                 if clock() - last >= window:
-                    libc_poll(ppfd, 1, -1)  # EINTR from a signal lands here; the loop re-checks
+                    libc_poll(pfds, nfds, -1)  # EINTR from a signal lands here; the loop re-checks
                     last = clock()
+                    if nfds > 1 and workers is not None and any(p.revents for p in pfds[1:]):
+                        dead = workers.reap()
+                        if dead:
+                            lost = "; ".join(f"worker process {pid} {how}" for pid, how in dead)
+                            break
+                        pfds, nfds = _poll_set(fd, workers)
             elif res == intr:
                 continue
             else:  # 0: unmounted or the connection aborted (libfuse has set the exit flag)
                 status = -res if res < 0 else 0
                 break
+    except BaseException:
+        failed = True
+        if workers is not None and not workers.is_main:
+            log.exception("worker process %d failed", os.getpid())  # os._exit below: say it now
+        raise
     finally:
+        if workers is not None:
+            status = workers.finish(status, failed)  # a worker process ends here
         fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         if buf.mem:
             libc.free(buf.mem)
+    if lost:
+        raise WorkerLost(lost)
     return status
 
 

@@ -1,0 +1,159 @@
+"""One daemon process per CPU, each pinned, so a request is answered on the CPU that sent it.
+
+Why: a FUSE request puts the reader to sleep until the daemon replies. When the daemon runs on
+another CPU, the request wakes that CPU and the reply wakes the reader's CPU back; on these
+KVM/Firecracker guests an idle vCPU halts (``haltpoll.guest_halt_poll_ns=0``) and each such
+wake-up goes through the host. Measured with an ``isatty()`` loop on a mounted file (one
+request each, ``/tmp/exp``-style loop in ``tests/bench/bench_mount.py --isatty``): ~10k/s with
+one daemon thread on the other CPU, ~180k/s with reader and daemon pinned to one CPU.
+
+So after FUSE_INIT the daemon forks one worker per CPU (or per group of CPUs) and pins each.
+Every worker waits in ``poll(2)`` on the shared ``/dev/fuse``. ``poll`` waiters are woken
+together (fs/fuse/dev.c ``fuse_dev_poll`` adds to ``fiq->waitq`` non-exclusively), and the one
+on the sender's CPU runs first: the sender is going to sleep on that CPU anyway, while every
+other worker must first be woken through the host. The others find the queue empty (EAGAIN)
+and wait again. Processes, not threads: the workers must not take turns on the GIL, and a
+waiting thread would be woken by the GIL's hand-over instead of by its CPU.
+
+The kernel's per-CPU FUSE queues (FUSE over io_uring, Linux 6.14, off unless the ``fuse``
+module's ``enable_uring`` is set) do this without the spurious wake-ups; libfuse speaks it
+from 3.18 on, and Debian 12 ships 3.14.
+
+Lifecycle: workers are forked with no other thread alive, die with the main process
+(``PR_SET_PDEATHSIG``), never unmount (the main process does), and end with ``os._exit`` so
+nothing of libfuse's or Python's clean-up runs twice. The main process watches them through
+pidfds in its poll set: a worker that dies takes requests it had read with it, so the main
+process ends the session (unmount) rather than leave readers hanging.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+#: Upper bound of the default worker count: every request wakes every worker (non-exclusive
+#: poll), so more workers cost more spurious wake-ups.
+MAX_DEFAULT_WORKERS = 8
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkerLost(RuntimeError):
+    """A worker process died while serving; the session was ended and unmounted."""
+
+
+def cpu_groups(workers: int) -> list[set[int]]:
+    """The CPUs each worker is pinned to: this process's CPUs dealt round-robin (with more
+    workers than CPUs, some share one)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    n = max(1, workers)
+    if n > len(cpus):
+        return [{cpus[j % len(cpus)]} for j in range(n)]
+    return [set(cpus[j::n]) for j in range(n)]
+
+
+def default_workers() -> int:
+    return min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
+
+
+@dataclass
+class Workers:
+    """The forked workers as seen from one process (``index`` 0 is the main process)."""
+
+    index: int
+    pids: list[int] = field(default_factory=list)
+    pidfds: list[int] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def reap(self) -> list[tuple[int, str]]:
+        """Forget every worker that has exited; (pid, how) of those that died abnormally (a
+        worker exits 0 only after its loop ended cleanly, e.g. on unmount or its own SIGTERM,
+        having answered every request it read)."""
+        lost = []
+        for j in reversed(range(len(self.pids))):
+            pid = self.pids[j]
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if not done:
+                continue
+            del self.pids[j]
+            os.close(self.pidfds.pop(j))
+            if status != 0:
+                lost.append((pid, _describe(status)))
+        return lost
+
+    def finish(self, status: int, failed: bool = False) -> int:
+        """End of the loop: a worker leaves the process here (status 1 if its loop raised);
+        the main process stops the workers and returns ``status``."""
+        if not self.is_main:
+            os._exit(1 if failed else 0)
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5.0
+        left = set(self.pids)
+        while left:
+            for pid in list(left):
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    left.discard(pid)
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                for pid in left:
+                    log.warning("worker %d did not stop on SIGTERM; killing it", pid)
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+        for fd in self.pidfds:
+            os.close(fd)
+        self.pidfds = []
+        return status
+
+
+def fork(groups: list[set[int]], on_worker: Callable[[int], None]) -> Workers:
+    """Fork one worker per group after the first; every process (main included) is pinned to
+    its group and gets its :class:`Workers`. ``on_worker(k)`` runs in worker ``k`` first."""
+    if threading.active_count() != 1:
+        raise RuntimeError(f"{threading.active_count()} threads alive; not forking workers")
+    libc = ctypes.CDLL(None, use_errno=True)
+    main_pid = os.getpid()
+    pids: list[int] = []
+    for k in range(1, len(groups)):
+        pid = os.fork()
+        if pid == 0:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != main_pid:  # the main process died before prctl took effect
+                os._exit(1)
+            os.sched_setaffinity(0, groups[k])
+            on_worker(k)
+            return Workers(k)
+        pids.append(pid)
+    os.sched_setaffinity(0, groups[0])
+    return Workers(0, pids, [os.pidfd_open(pid) for pid in pids])
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+__all__ = ["MAX_DEFAULT_WORKERS", "WorkerLost", "Workers", "cpu_groups", "default_workers", "fork"]
