@@ -126,7 +126,8 @@ def _read_expected(root: Path, fixtures_dir: Path) -> int:
 def test_every_loop_serves_the_fixture(blob_project, fixtures_dir, tmp_path, spin):
     # 0: libfuse's fuse_session_loop; 50: the default polling window; 1000000: the daemon is
     # still polling when the next request comes, so no request waits on poll(2).
-    with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", f"spin_us={spin}")) as m:
+    # workers=1: one daemon process (tests/test_mount_workers.py covers several)
+    with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", f"workers=1,spin_us={spin}")) as m:
         assert _read_expected(m.mountpoint, fixtures_dir) > 0
         assert m.stop(signal.SIGTERM) == 0
         assert not is_mounted(tmp_path)

@@ -43,7 +43,10 @@ def test_flags_win_over_o_and_defaults():
 
 
 def test_spin_us_default_and_values():
-    assert build_options("s", "m").spin_us == DEFAULT_SPIN_US > 0
+    assert build_options("s", "m").spin_us is None
+    assert build_options("s", "m").spin_window(1) == DEFAULT_SPIN_US > 0  # one process polls
+    assert build_options("s", "m").spin_window(2) == 0  # pinned workers do not
+    assert build_options("s", "m", o=("spin_us=30",)).spin_window(2) == 30
     assert build_options("s", "m", o=("spin_us=0",)).spin_us == 0
     assert build_options("s", "m", o=("ro,spin_us=250",)).spin_us == 250
 

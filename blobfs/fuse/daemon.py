@@ -127,8 +127,8 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
             n = len(cpu_groups(opts.workers or default_workers()))
             if n > 1:
                 loop = f"{n} worker processes, one per CPU group"
-            if opts.spin_us:
-                loop += f", polls {opts.spin_us} µs after each request"
+            if opts.spin_window(n):
+                loop += f", polls {opts.spin_window(n)} µs after each request"
         log.info("mounted %s on %s (%s, libfuse %d %s API, %s)", opts.source, opts.mountpoint, fb.name,
                  fb.libfuse, "low-level" if lowlevel else "high-level", loop)
         on_ready()

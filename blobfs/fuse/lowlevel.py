@@ -211,10 +211,9 @@ def _argv(opts: Any, fsname: str) -> list[bytes]:
     return [a.encode(_ENC, _ERRS) for a in argv]
 
 
-def _worker_plan(fs: LowLevelFS, opts: Any) -> Callable[[], cpuworkers.Workers | None] | None:
-    """What forks the per-CPU worker processes once FUSE_INIT is answered; None for one
+def _worker_plan(fs: LowLevelFS, groups: list[set[int]]) -> Callable[[], cpuworkers.Workers | None] | None:
+    """What forks one worker process per CPU group once FUSE_INIT is answered; None for one
     process (one CPU, or ``workers=1``)."""
-    groups = cpuworkers.cpu_groups(opts.workers or cpuworkers.default_workers())
     if len(groups) < 2:
         return None
     nodelog = NodeLog(len(groups))
@@ -255,9 +254,11 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
                 try:
                     if opts.threads and api.loop_mt is not None:
                         return int(api.loop_mt(se, 0))
-                    workers = _worker_plan(fs, opts)
-                    if (opts.spin_us > 0 or workers is not None) and pollloop.available(api):
-                        return pollloop.serve(api, se, opts.spin_us, workers)
+                    groups = cpuworkers.cpu_groups(opts.workers or cpuworkers.default_workers())
+                    spin = opts.spin_window(len(groups))
+                    workers = _worker_plan(fs, groups)
+                    if (spin > 0 or workers is not None) and pollloop.available(api):
+                        return pollloop.serve(api, se, spin, workers)
                     return int(api.fuse_session_loop(se))
                 finally:
                     api.fuse_remove_signal_handlers(se)
