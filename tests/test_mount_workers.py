@@ -123,8 +123,9 @@ def test_workers_serve_the_fixture_and_stop_together(blob_project, fixtures_dir,
         pids = _wait_for_workers(m.mountpoint, n)
         main = main_daemon_pid(pids)
         groups = cpu_groups(n)
-        if n > 1:  # every process pinned to its own group
+        if n > 1:  # every process pinned to its own group, SCHED_BATCH
             assert sorted(_allowed_cpus(p) for p in pids) == sorted(_cpu_list(g) for g in groups)
+            assert all(os.sched_getscheduler(p) == os.SCHED_BATCH for p in pids)
         for _ in range(2):  # the second pass reads through cached dentries
             assert _read_expected(m.mountpoint, fixtures_dir) > 0
         assert m.stop(signal.SIGTERM) == 0

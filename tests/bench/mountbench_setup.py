@@ -117,8 +117,10 @@ def force_unmount(mp_: Path) -> None:
             subprocess.run([*cmd, str(mp_)], capture_output=True, timeout=60)
 
 
-def daemon_pid(mp_: Path) -> int | None:
+def daemon_pids(mp_: Path) -> list[int]:
+    """Every process serving ``mp_``: the daemon and its per-CPU workers."""
     want = str(mp_).encode()
+    pids = []
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():
             continue
@@ -128,8 +130,36 @@ def daemon_pid(mp_: Path) -> int | None:
         except OSError:
             continue
         if want in args and not any(a.endswith(b"bench_mount.py") for a in args):
-            return int(d)
-    return None
+            pids.append(int(d))
+    return pids
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def daemon_pid(mp_: Path) -> int | None:
+    """The main daemon process of ``mp_`` (the workers are its children)."""
+    pids = daemon_pids(mp_)
+    mains = [p for p in pids if _ppid(p) not in pids]
+    return mains[0] if mains else None
+
+
+def pss_mib(pid: int | None) -> float:
+    """Proportional set size of ``pid`` and its children: the memory the daemon's processes
+    use together, shared pages counted once (VmRSS would count them in every worker)."""
+    if pid is None:
+        return float("nan")
+    pids = [pid]
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    total = 0
+    for p in pids:
+        with open(f"/proc/{p}/smaps_rollup") as f:
+            total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    return total / 1024
 
 
 def rss_mib(pid: int | None) -> float:
