@@ -7,6 +7,8 @@ checks its exit status and stderr. Nothing is left mounted or running, even when
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -93,6 +95,15 @@ def force_unmount(mountpoint: str | os.PathLike[str]) -> None:
             return
         if shutil.which(cmd[0]):
             subprocess.run([*cmd, str(mountpoint)], capture_output=True, timeout=30)
+
+
+def read_expected(root: Path, fixtures_dir: Path) -> int:
+    """Read every file ``expected_mount.json`` lists under ``root``, compare its sha256;
+    returns how many were compared."""
+    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())
+    for rel, info in expected["files"].items():
+        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == info["sha256"], rel
+    return len(expected["files"])
 
 
 def main_daemon_pid(pids: list[int]) -> int:

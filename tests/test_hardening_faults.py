@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from blobfs.format.tarheaders import regular_members
-from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, main_daemon_pid, libfuse_params, mount_cmd,
-                           mounted, requires_fuse, wait_gone)
+from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, main_daemon_pid,
+                           mount_cmd, mounted, requires_fuse, wait_gone)
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(120), requires_fuse]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, main_daemon_pid, mount_cmd,
-                           mounted, requires_fuse, wait_gone)
+from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, main_daemon_pid,
+                           mount_cmd, mounted, requires_fuse, wait_gone)
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(90), requires_fuse]
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import pytest
 
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
 from blobfs.model.project import open_project
-from mount_helpers import BLOBFS, Libfuse, is_mounted, libfuse_available, mounted, requires_fuse
+from mount_helpers import BLOBFS, Libfuse, is_mounted, libfuse_available, mounted, read_expected, requires_fuse
 
 needs_fuse3 = pytest.mark.skipif(not libfuse_available(3), reason="libfuse 3 not installed")
 LOWLEVEL = Libfuse(3)
@@ -111,13 +111,6 @@ def test_bad_fuse_api_option_is_a_usage_error(blob_project, tmp_path, value):
 
 
 # -- the request loop: adaptive polling (default) and libfuse's own (spin_us=0) ---------------
-def _read_expected(root: Path, fixtures_dir: Path) -> int:
-    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())
-    for rel, info in expected["files"].items():
-        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == info["sha256"], rel
-    return len(expected["files"])
-
-
 @pytest.mark.mount
 @pytest.mark.timeout(120)
 @requires_fuse
@@ -128,7 +121,7 @@ def test_every_loop_serves_the_fixture(blob_project, fixtures_dir, tmp_path, spi
     # still polling when the next request comes, so no request waits on poll(2).
     # workers=1: one daemon process (tests/test_mount_workers.py covers several)
     with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", f"workers=1,spin_us={spin}")) as m:
-        assert _read_expected(m.mountpoint, fixtures_dir) > 0
+        assert read_expected(m.mountpoint, fixtures_dir) > 0
         assert m.stop(signal.SIGTERM) == 0
         assert not is_mounted(tmp_path)
         assert "Traceback" not in m.stderr()
@@ -143,7 +136,7 @@ def test_polling_loop_wakes_from_poll_for_a_late_request(blob_project, fixtures_
         names = sorted(os.listdir(next(m.mountpoint.glob("*/img"))))
         assert names
         time.sleep(0.3)  # far past the 1 ms window: the loop now sleeps in poll(2)
-        assert _read_expected(m.mountpoint, fixtures_dir) > 0  # fresh LOOKUPs wake it
+        assert read_expected(m.mountpoint, fixtures_dir) > 0  # fresh LOOKUPs wake it
 
 
 @pytest.mark.mount

@@ -1,8 +1,6 @@
 """Per-CPU worker processes of the low-level driver (blobfs.fuse.cpuworkers, blobfs.fuse.nodelog)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import time
@@ -13,7 +11,8 @@ import pytest
 from blobfs.fuse.cpuworkers import cpu_groups
 from blobfs.fuse.nodelog import BASE, NodeLog
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
-from mount_helpers import Libfuse, daemon_pids, is_mounted, libfuse_available, main_daemon_pid, mounted, requires_fuse, wait_gone
+from mount_helpers import (Libfuse, daemon_pids, is_mounted, libfuse_available, main_daemon_pid, mounted,
+                           read_expected, requires_fuse, wait_gone)
 
 needs_fuse3 = pytest.mark.skipif(not libfuse_available(3), reason="libfuse 3 not installed")
 LOWLEVEL = Libfuse(3)
@@ -77,11 +76,11 @@ def test_cpu_groups_cover_every_cpu(n):
 
 
 # -- mounted ----------------------------------------------------------------------------------
-def _read_expected(root: Path, fixtures_dir: Path) -> int:
-    expected = json.loads((fixtures_dir / "expected_mount.json").read_text())
-    for rel, info in expected["files"].items():
-        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == info["sha256"], rel
-    return len(expected["files"])
+def _mount_test(f):
+    """A test that mounts through the low-level driver (which alone has workers)."""
+    for mark in reversed((pytest.mark.mount, pytest.mark.timeout(120), requires_fuse, needs_fuse3)):
+        f = mark(f)
+    return f
 
 
 def _allowed_cpus(pid: int) -> str:
@@ -110,10 +109,7 @@ def _wait_for_workers(mountpoint: Path, n: int) -> list[int]:
     raise AssertionError(f"expected {n} daemon processes, found {daemon_pids(mountpoint)}")
 
 
-@pytest.mark.mount
-@pytest.mark.timeout(120)
-@requires_fuse
-@needs_fuse3
+@_mount_test
 @pytest.mark.parametrize("workers,spin", [("1", "50"), ("2", "0"), ("2", "50"), ("4", "0")])
 def test_workers_serve_the_fixture_and_stop_together(blob_project, fixtures_dir, tmp_path, workers, spin):
     # 4 workers on a 2-CPU machine: two per CPU, so nodes looked up by one worker are
@@ -127,7 +123,7 @@ def test_workers_serve_the_fixture_and_stop_together(blob_project, fixtures_dir,
             assert sorted(_allowed_cpus(p) for p in pids) == sorted(_cpu_list(g) for g in groups)
             assert all(os.sched_getscheduler(p) == os.SCHED_BATCH for p in pids)
         for _ in range(2):  # the second pass reads through cached dentries
-            assert _read_expected(m.mountpoint, fixtures_dir) > 0
+            assert read_expected(m.mountpoint, fixtures_dir) > 0
         assert m.stop(signal.SIGTERM) == 0
         assert wait_gone(pids)
         assert not is_mounted(tmp_path)
@@ -135,10 +131,7 @@ def test_workers_serve_the_fixture_and_stop_together(blob_project, fixtures_dir,
         assert main == m.proc.pid
 
 
-@pytest.mark.mount
-@pytest.mark.timeout(120)
-@requires_fuse
-@needs_fuse3
+@_mount_test
 def test_a_killed_worker_ends_the_mount_with_an_error(blob_project, tmp_path):
     with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", "workers=2,spin_us=0"),
                  expect_exit=None) as m:
@@ -152,15 +145,12 @@ def test_a_killed_worker_ends_the_mount_with_an_error(blob_project, tmp_path):
         assert "Traceback" not in err
 
 
-@pytest.mark.mount
-@pytest.mark.timeout(120)
-@requires_fuse
-@needs_fuse3
+@_mount_test
 def test_a_worker_stopped_cleanly_leaves_the_mount_serving(blob_project, fixtures_dir, tmp_path):
     with mounted(blob_project, tmp_path, libfuse=LOWLEVEL, args=("-o", "workers=2,spin_us=0")) as m:
         pids = _wait_for_workers(m.mountpoint, 2)
         worker = next(p for p in pids if p != m.proc.pid)
         os.kill(worker, signal.SIGTERM)  # it finishes the request it holds, then exits 0
         assert wait_gone([worker])
-        assert _read_expected(m.mountpoint, fixtures_dir) > 0
+        assert read_expected(m.mountpoint, fixtures_dir) > 0
         assert m.proc.poll() is None
