@@ -65,6 +65,11 @@ def default_workers() -> int:
     return min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
 
 
+def plan(workers: int | None) -> list[set[int]]:
+    """The CPU groups for ``-o workers`` (None: :func:`default_workers`)."""
+    return cpu_groups(workers or default_workers())
+
+
 @dataclass
 class Workers:
     """The forked workers as seen from one process (``index`` 0 is the main process)."""
@@ -173,4 +178,4 @@ def _describe(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-__all__ = ["MAX_DEFAULT_WORKERS", "WorkerLost", "Workers", "cpu_groups", "default_workers", "fork"]
+__all__ = ["MAX_DEFAULT_WORKERS", "WorkerLost", "Workers", "cpu_groups", "default_workers", "fork", "plan"]

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from blobfs.errors import BlobfsError
 from blobfs.fuse import binding as _binding
-from blobfs.fuse.cpuworkers import WorkerLost, cpu_groups, default_workers
+from blobfs.fuse.cpuworkers import WorkerLost, plan as worker_plan
 from blobfs.fuse.ops import make_operations
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
 from blobfs.fuse.umount import is_stale, mount_entry, unmount
@@ -124,7 +124,7 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
         started.set()
         loop = "multithreaded" if opts.threads else "single-threaded"
         if lowlevel and not opts.threads:
-            n = len(cpu_groups(opts.workers or default_workers()))
+            n = len(worker_plan(opts.workers))
             if n > 1:
                 loop = f"{n} worker processes, one per CPU group"
             if opts.spin_window(n):

@@ -254,7 +254,7 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
                 try:
                     if opts.threads and api.loop_mt is not None:
                         return int(api.loop_mt(se, 0))
-                    groups = cpuworkers.cpu_groups(opts.workers or cpuworkers.default_workers())
+                    groups = cpuworkers.plan(opts.workers)
                     spin = opts.spin_window(len(groups))
                     workers = _worker_plan(fs, groups)
                     if (spin > 0 or workers is not None) and pollloop.available(api):

@@ -11,8 +11,9 @@ written before the LOOKUP reply that makes the id known to the kernel.
 
 Images (and everything else :meth:`ClassicView.item_path` can rebuild) still need no record.
 Two workers may give one path two ids; the kernel treats them as two inodes of the same file,
-which is harmless for read-only data. FORGET is not counted: records are ~60 bytes and written
-once per LOOKUP the kernel sends (it sends one per name while the dentry stays cached).
+which is harmless for read-only data. FORGET is not counted: a record is the path plus two
+bytes (~30 for an annotation file), written once per LOOKUP the kernel sends (one per name
+while its dentry stays cached).
 """
 from __future__ import annotations
 
