@@ -106,14 +106,19 @@ class Workers:
         the main process stops the workers and returns ``status``."""
         if not self.is_main:
             os._exit(1 if failed else 0)
-        for pid in self.pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 5.0
         left = set(self.pids)
+        nudged = 0.0
         while left:
+            if time.monotonic() - nudged >= 0.1:
+                # Again and again: a SIGTERM that lands between the loop's exit check and
+                # poll(2) sets the exit flag but interrupts nothing; the next one wakes poll.
+                nudged = time.monotonic()
+                for pid in left:
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
             for pid in list(left):
                 try:
                     done, _ = os.waitpid(pid, os.WNOHANG)
