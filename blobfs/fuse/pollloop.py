@@ -41,6 +41,9 @@ class _PollFd(ctypes.Structure):
     _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
 
 
+_POLL_MS = 1000
+
+
 def available(api: Any) -> bool:
     """Whether the loaded libfuse exports what this loop calls (every 3.x does)."""
     return None not in (api.fuse_session_receive_buf, api.fuse_session_process_buf,
@@ -91,7 +94,10 @@ def serve(api: Any, se: int, spin_us: int,
                     pfds, nfds = _poll_set(fd, workers)
             elif res == again:
                 if clock() - last >= window:
-                    libc_poll(pfds, nfds, -1)  # EINTR from a signal lands here; the loop re-checks
+                    # EINTR from a signal lands here and the loop re-checks. The timeout is for
+                    # a signal that lands between that check and this call: it sets libfuse's
+                    # exit flag but interrupts nothing, so look again after a second.
+                    libc_poll(pfds, nfds, _POLL_MS)
                     last = clock()
                     if nfds > 1 and workers is not None and any(p.revents for p in pfds[1:]):
                         dead = workers.reap()
