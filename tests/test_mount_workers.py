@@ -42,7 +42,6 @@ def test_node_log_ids_resolve_in_every_worker():
     assert log.path(int(b)) == "ds1/ann/x \udcff.json"  # written by the other process
     assert log.path(BASE + (7 << 40)) is None  # no such worker
     assert log.path(a + 10_000) is None  # past the end of worker 0's records
-    log.close()
 
 
 def test_node_log_resolves_past_its_cache():
@@ -50,7 +49,6 @@ def test_node_log_resolves_past_its_cache():
     ids = {log.ref(f"meta/{i}.json"): f"meta/{i}.json" for i in range(10_000)}
     assert len(set(ids)) == len(ids)
     assert all(log.path(nid) == path for nid, path in ids.items())
-    log.close()
 
 
 def test_shared_node_table_keeps_images_out_of_the_log():

@@ -78,11 +78,6 @@ class NodeLog:
         _remember(self._paths, nid, path)
         return path
 
-    def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
-
 
 def _remember(cache: dict, key: object, value: object) -> None:
     if len(cache) >= _CACHE:

@@ -12,7 +12,9 @@ This loop reads ``/dev/fuse`` non-blocking and, after each request, keeps pollin
 window (``spin_us``) before it blocks in ``poll(2)``: a reader that opens file after file finds
 the daemon awake. It is the same trade the guest kernel's halt polling makes
 (Documentation/virt/guest-halt-polling.rst): a bounded window of CPU after activity, nothing
-while idle. ``spin_us=0`` keeps libfuse's own loop.
+while idle. With ``spin_us=0`` a single process keeps libfuse's own loop; with per-CPU worker
+processes (:mod:`blobfs.fuse.cpuworkers`, the default) this loop runs in each of them, forks
+them once FUSE_INIT is answered, and watches them through pidfds in its poll set.
 
 Requests are decoded and answered by libfuse exactly as in its own loop
 (``fuse_session_receive_buf`` + ``fuse_session_process_buf``, both public since libfuse 3.0);
@@ -50,11 +52,10 @@ def available(api: Any) -> bool:
                         api.fuse_session_exited, api.fuse_session_fd)
 
 
-def _poll_set(fd: int, workers: Workers | None) -> tuple[Any, int]:
+def _poll_set(fd: int, workers: Workers | None) -> Any:
     """``/dev/fuse`` and the pidfd of every live worker, as a ``struct pollfd`` array."""
     fds = [fd, *(workers.pidfds if workers is not None else ())]
-    arr = (_PollFd * len(fds))(*(_PollFd(f, select.POLLIN, 0) for f in fds))
-    return arr, len(fds)
+    return (_PollFd * len(fds))(*(_PollFd(f, select.POLLIN, 0) for f in fds))
 
 
 def serve(api: Any, se: int, spin_us: int,
@@ -76,7 +77,7 @@ def serve(api: Any, se: int, spin_us: int,
     buf = FuseBuf()
     pbuf = ctypes.byref(buf)
     workers: Workers | None = None
-    pfds, nfds = _poll_set(fd, workers)
+    pfds = _poll_set(fd, workers)
     window = spin_us * 1000
     clock = time.monotonic_ns
     again, intr = -errno.EAGAIN, -errno.EINTR
@@ -91,20 +92,20 @@ def serve(api: Any, se: int, spin_us: int,
                 last = clock()
                 if fork_workers is not None:
                     workers, fork_workers = fork_workers(), None
-                    pfds, nfds = _poll_set(fd, workers)
+                    pfds = _poll_set(fd, workers)
             elif res == again:
                 if clock() - last >= window:
                     # EINTR from a signal lands here and the loop re-checks. The timeout is for
                     # a signal that lands between that check and this call: it sets libfuse's
                     # exit flag but interrupts nothing, so look again after a second.
-                    libc_poll(pfds, nfds, _POLL_MS)
+                    libc_poll(pfds, len(pfds), _POLL_MS)
                     last = clock()
-                    if nfds > 1 and workers is not None and any(p.revents for p in pfds[1:]):
+                    if workers is not None and any(p.revents for p in pfds[1:]):
                         dead = workers.reap()
                         if dead:
                             lost = "; ".join(f"worker process {pid} {how}" for pid, how in dead)
                             break
-                        pfds, nfds = _poll_set(fd, workers)
+                        pfds = _poll_set(fd, workers)
             elif res == intr:
                 continue
             else:  # 0: unmounted or the connection aborted (libfuse has set the exit flag)
