@@ -43,12 +43,16 @@ class Libfuse(int):
 
 def mount_api_args(libfuse: int | None) -> list[str]:
     api = getattr(libfuse, "api", None)
+    if api == "uring":
+        return ["-o", "uring"]
     return ["-o", f"fuse_api={api}"] if api else []
 
 
 #: Every mount test runs under each: libfuse 2 (mfusepy), libfuse 3 through the low-level
-#: driver (the default) and libfuse 3 through mfusepy's high-level ``FUSE``.
-LIBFUSE_VERSIONS = (Libfuse(2), Libfuse(3), Libfuse(3, "highlevel"))
+#: driver (the default), libfuse 3 through mfusepy's high-level ``FUSE``, and the low-level
+#: driver serving through FUSE over io_uring (``-o uring``; conftest turns the kernel's
+#: ``enable_uring`` on for the session).
+LIBFUSE_VERSIONS = (Libfuse(2), Libfuse(3), Libfuse(3, "highlevel"), Libfuse(3, "uring"))
 MOUNT_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
 
@@ -71,11 +75,22 @@ def libfuse_available(version: int) -> bool:
     return find_library("fuse3" if version == 3 else "fuse") is not None
 
 
+def uring_unavailable() -> str | None:
+    """Why ``-o uring`` would fall back to /dev/fuse here, or None."""
+    from blobfs.fuse.uring import kernel_offers
+
+    return kernel_offers()
+
+
 def libfuse_params() -> list:
     """pytest params for the libfuse versions; a missing library skips, not passes."""
-    return [pytest.param(v, id=v.id,
-                         marks=pytest.mark.skipif(not libfuse_available(v), reason=f"libfuse {v} not installed"))
-            for v in LIBFUSE_VERSIONS]
+    params = []
+    for v in LIBFUSE_VERSIONS:
+        why = None if libfuse_available(v) else f"libfuse {v} not installed"
+        if why is None and v.api == "uring":
+            why = uring_unavailable()
+        params.append(pytest.param(v, id=v.id, marks=pytest.mark.skipif(why is not None, reason=why or "")))
+    return params
 
 
 def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:

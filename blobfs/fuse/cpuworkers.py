@@ -77,6 +77,7 @@ class Workers:
     index: int
     pids: list[int] = field(default_factory=list)
     pidfds: list[int] = field(default_factory=list)
+    stop_signal: int = signal.SIGTERM  #: what :meth:`finish` sends the workers
 
     @property
     def is_main(self) -> bool:
@@ -116,7 +117,7 @@ class Workers:
                 nudged = time.monotonic()
                 for pid in left:
                     try:
-                        os.kill(pid, signal.SIGTERM)
+                        os.kill(pid, self.stop_signal)
                     except ProcessLookupError:
                         pass
             for pid in list(left):
@@ -141,26 +142,32 @@ class Workers:
         return status
 
 
-def fork(groups: list[set[int]], on_worker: Callable[[int], None]) -> Workers:
+def fork(groups: list[set[int]], on_worker: Callable[[int], None], *, serve_in_main: bool = True,
+         stop_signal: int = signal.SIGTERM) -> Workers:
     """Fork one worker per group after the first; every process (main included) is pinned to
-    its group and gets its :class:`Workers`. ``on_worker(k)`` runs in worker ``k`` first."""
+    its group and gets its :class:`Workers`. ``on_worker(k)`` runs in worker ``k`` first.
+    With ``serve_in_main=False`` every group gets a forked worker (``k`` = 1..len(groups),
+    pinned to ``groups[k - 1]``) and the main process stays unpinned."""
     if threading.active_count() != 1:
         raise RuntimeError(f"{threading.active_count()} threads alive; not forking workers")
     libc = ctypes.CDLL(None, use_errno=True)
     main_pid = os.getpid()
     pids: list[int] = []
-    for k in range(1, len(groups)):
+    first = 1 if serve_in_main else 0
+    for j in range(first, len(groups)):
+        k = j + 1 - first
         pid = os.fork()
         if pid == 0:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != main_pid:  # the main process died before prctl took effect
                 os._exit(1)
-            _settle(groups[k])
+            _settle(groups[j])
             on_worker(k)
-            return Workers(k)
+            return Workers(k, stop_signal=stop_signal)
         pids.append(pid)
-    _settle(groups[0])
-    return Workers(0, pids, [os.pidfd_open(pid) for pid in pids])
+    if serve_in_main:
+        _settle(groups[0])
+    return Workers(0, pids, [os.pidfd_open(pid) for pid in pids], stop_signal)
 
 
 def _settle(cpus: set[int]) -> None:

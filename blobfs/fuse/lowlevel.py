@@ -28,7 +28,7 @@ import struct
 from types import ModuleType
 from typing import Any, Callable
 
-from blobfs.fuse import cpuworkers, pollloop
+from blobfs.fuse import cpuworkers, pollloop, uring
 from blobfs.fuse.lowlevel_abi import FuseArgs, LowLevelOps, Prototypes
 from blobfs.fuse.nodelog import NodeLog
 from blobfs.fuse.nodes import NodeTable
@@ -180,22 +180,28 @@ class LowLevelFS:
 
     def _readdir(self, req: int, ino: int, size: int, off: int, fi: Any) -> None:
         try:
-            entries = self.view.readdir(self._path(ino), off)
-            buf = bytearray()
-            pack = _DIRENT.pack
-            for name, mode, d_ino, nxt in entries:
-                raw = name.encode(_ENC, _ERRS)
-                rec = 24 + len(raw)
-                pad = -rec & 7
-                if len(buf) + rec + pad > size:
-                    break  # the kernel asks again from the offset of the last entry it kept
-                buf += pack(d_ino, nxt, len(raw), (mode >> 12) & 0o17)
-                buf += raw
-                buf += bytes(pad)
+            buf = pack_dirents(self.view.readdir(self._path(ino), off), size)
         except Exception as e:
             self._fail(req, e, "readdir")
             return
-        self.api.fuse_reply_buf(req, bytes(buf), len(buf))
+        self.api.fuse_reply_buf(req, buf, len(buf))
+
+
+def pack_dirents(entries: Any, size: int) -> bytes:
+    """A READDIR reply: the view's (name, mode, ino, next offset) entries as ``struct
+    fuse_dirent`` records, as many as fit in ``size`` bytes."""
+    buf = bytearray()
+    pack = _DIRENT.pack
+    for name, mode, d_ino, nxt in entries:
+        raw = name.encode(_ENC, _ERRS)
+        rec = 24 + len(raw)
+        pad = -rec & 7
+        if len(buf) + rec + pad > size:
+            break  # the kernel asks again from the offset of the last entry it kept
+        buf += pack(d_ino, nxt, len(raw), (mode >> 12) & 0o17)
+        buf += raw
+        buf += bytes(pad)
+    return bytes(buf)
 
 
 def _argv(opts: Any, fsname: str) -> list[bytes]:
@@ -252,9 +258,18 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
                 if api.fuse_set_signal_handlers(se) != 0:
                     raise RuntimeError("fuse_set_signal_handlers failed")
                 try:
+                    if opts.threads and opts.uring:
+                        log.warning("-o uring is not used with threads")
                     if opts.threads and api.loop_mt is not None:
                         return int(api.loop_mt(se, 0))
                     groups = cpuworkers.plan(opts.workers)
+                    if opts.uring:
+                        why = uring.kernel_offers()
+                        if why is None:
+                            from blobfs.fuse import uringsession
+
+                            return uringsession.serve(fs, api, se, groups)
+                        log.warning("-o uring: FUSE over io_uring unavailable (%s); serving from /dev/fuse", why)
                     spin = opts.spin_window(len(groups))
                     workers = _worker_plan(fs, groups)
                     if (spin > 0 or workers is not None) and pollloop.available(api):
@@ -270,4 +285,4 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
         api.fuse_session_destroy(se)
 
 
-__all__ = ["LowLevelFS", "run_session"]
+__all__ = ["LowLevelFS", "pack_dirents", "run_session"]

@@ -46,6 +46,7 @@ OWN_OPTIONS = {
     "fuse_api": True,
     "spin_us": True,
     "workers": True,
+    "uring": False,
     "log": True,
     "offsets": True,
     "ann": True,
@@ -83,6 +84,9 @@ class MountOptions:
     #: daemon processes of the low-level driver, each pinned to its CPUs (None: one per CPU,
     #: at most 8); see :mod:`blobfs.fuse.cpuworkers`
     workers: int | None = None
+    #: serve through FUSE over io_uring (per-CPU kernel queues) when the kernel offers it
+    #: (low-level driver, not with ``threads``); see :mod:`blobfs.fuse.uringsession`
+    uring: bool = False
     allow_other: bool = False
     auto_unmount: bool = False
     debug: bool = False
@@ -221,6 +225,7 @@ def build_options(
         threads=threads,
         spin_us=spin,
         workers=workers,
+        uring=bool(parsed.get("uring")),
         allow_other=bool(parsed.get("allow_other")),
         auto_unmount=bool(parsed.get("auto_unmount")),
         debug=debug or bool(parsed.get("debug")),

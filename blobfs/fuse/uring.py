@@ -1,0 +1,180 @@
+"""A minimal io_uring for FUSE over io_uring (Linux 6.14+), through raw syscalls and ctypes.
+
+Only what one FUSE queue worker needs: a ring of 128-byte SQEs (``IORING_SETUP_SQE128``: a
+``IORING_OP_URING_CMD`` carries ``struct fuse_uring_cmd_req`` in the SQE's 80-byte command area),
+REGISTER and COMMIT_AND_FETCH commands, and reaping completions. Layouts are kernel ABI
+(include/uapi/linux/io_uring.h, include/uapi/linux/fuse.h; Documentation/filesystems/
+fuse-io-uring.rst). x86-64 only: the ring indices are plain 32-bit stores and loads from Python,
+which need no fence under x86-64's total store order; elsewhere the driver is not offered.
+
+Why FUSE over io_uring at all: the kernel then keeps one request queue per CPU and hands a
+request to the queue of the CPU that sent it, waking only the worker that serves that queue
+(fs/fuse/dev_uring.c ``fuse_uring_task_to_queue``). With ``/dev/fuse`` every waiting worker is
+woken for every request. And a worker answers one request and waits for the next in one
+``io_uring_enter`` instead of poll + read + write + read.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import platform
+import struct
+from pathlib import Path
+
+_SYS_SETUP, _SYS_ENTER = 425, 426  # the same numbers on every architecture (asm-generic)
+_SETUP_CQSIZE, _SETUP_SQE128 = 1 << 3, 1 << 10
+_ENTER_GETEVENTS = 1
+_OFF_SQES = 0x10000000
+_OP_URING_CMD = 46
+CMD_REGISTER, CMD_COMMIT_AND_FETCH = 1, 2  # enum fuse_uring_cmd
+_SQE_SIZE = 128
+_SQE = struct.Struct("<BBHiIIQIIQ")  # opcode flags ioprio fd cmd_op pad addr len rw_flags user_data
+_CMD = struct.Struct("<QQH6x")  # struct fuse_uring_cmd_req: flags commit_id qid
+_CMD_AT = 48  # offset of the command area in an SQE
+_CQE = struct.Struct("<QiI")
+#: ``struct fuse_uring_req_header``: in_out[128] (fuse_in_header, then fuse_out_header),
+#: op_in[128], then ``struct fuse_uring_ent_in_out`` (flags, commit_id, payload_sz, ...).
+OP_IN_AT, ENT_AT = 128, 256
+_ENT = struct.Struct("<QQI")
+HEADER_SIZE = 4096  # one page: the kernel pins it
+ENABLE = Path("/sys/module/fuse/parameters/enable_uring")
+
+_u32 = ctypes.c_uint32
+
+
+class _SqOff(ctypes.Structure):
+    _fields_ = [(n, _u32) for n in ("head", "tail", "ring_mask", "ring_entries", "flags", "dropped",
+                                    "array", "resv1")] + [("user_addr", ctypes.c_uint64)]
+
+
+class _CqOff(ctypes.Structure):
+    _fields_ = [(n, _u32) for n in ("head", "tail", "ring_mask", "ring_entries", "overflow", "cqes",
+                                    "flags", "resv1")] + [("user_addr", ctypes.c_uint64)]
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [(n, _u32) for n in ("sq_entries", "cq_entries", "flags", "sq_thread_cpu",
+                                    "sq_thread_idle", "features", "wq_fd")] + [
+        ("resv", _u32 * 3), ("sq_off", _SqOff), ("cq_off", _CqOff)]
+
+
+def kernel_offers() -> str | None:
+    """None when this kernel will agree to FUSE over io_uring, else why not (one phrase)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"not on {platform.machine()}"
+    try:
+        value = ENABLE.read_text().strip()
+    except OSError:
+        return "this kernel has no FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)"
+    if value not in ("Y", "1"):
+        return f"it is off in the kernel ({ENABLE} is {value})"
+    return None
+
+
+def _addr(buf: mmap.mmap) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+class Entry:
+    """One ring entry: a header page and a payload buffer the kernel copies requests into."""
+
+    def __init__(self, qid: int, payload_size: int) -> None:
+        self.qid = qid
+        self.header = mmap.mmap(-1, HEADER_SIZE)
+        self.payload = mmap.mmap(-1, payload_size)
+        self.iov = (ctypes.c_uint64 * 4)(_addr(self.header), HEADER_SIZE, _addr(self.payload), payload_size)
+        self.op_in = memoryview(self.header)[OP_IN_AT:ENT_AT]
+        self.payload_view = memoryview(self.payload)
+        self.commit_id = 0
+
+    def request(self) -> tuple[int, int]:
+        """(commit id, payload bytes) of the request the kernel just delivered."""
+        _, self.commit_id, size = _ENT.unpack_from(self.header, ENT_AT)
+        return self.commit_id, size
+
+    def set_reply_size(self, size: int) -> None:
+        struct.pack_into("<I", self.header, ENT_AT + 16, size)
+
+
+class Ring:
+    """An io_uring instance whose SQEs are all FUSE commands on one ``/dev/fuse`` fd."""
+
+    def __init__(self, fuse_fd: int, entries: int) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._syscall = self._libc.syscall
+        self._syscall.restype = ctypes.c_long
+        p = _Params()
+        p.flags = _SETUP_SQE128 | _SETUP_CQSIZE
+        p.cq_entries = 2 * entries
+        fd = self._syscall(_SYS_SETUP, ctypes.c_uint(entries), ctypes.byref(p))
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"io_uring_setup: {os.strerror(e)}")
+        self.fd = int(fd)
+        self._fuse_fd = fuse_fd
+        size = max(p.sq_off.array + 4 * p.sq_entries, p.cq_off.cqes + _CQE.size * p.cq_entries)
+        rw = mmap.PROT_READ | mmap.PROT_WRITE
+        self._rings = mmap.mmap(self.fd, size, mmap.MAP_SHARED, rw, offset=0)
+        self._sqes = mmap.mmap(self.fd, _SQE_SIZE * p.sq_entries, mmap.MAP_SHARED, rw, offset=_OFF_SQES)
+        self._u32 = memoryview(self._rings).cast("I")
+        so, co = p.sq_off, p.cq_off
+        for i in range(p.sq_entries):  # SQ array slot i always names SQE i
+            self._u32[so.array // 4 + i] = i
+        self._sq_tail = so.tail // 4
+        self._sq_mask = self._u32[so.ring_mask // 4]
+        self._tail = self._u32[self._sq_tail]
+        self._cq_head, self._cq_tail = co.head // 4, co.tail // 4
+        self._cq_mask = self._u32[co.ring_mask // 4]
+        self._cqes = co.cqes
+        self._queued = 0
+
+    def command(self, cmd_op: int, entry: Entry, user_data: int) -> None:
+        """Queue REGISTER (hands the kernel ``entry``'s buffers) or COMMIT_AND_FETCH (sends the
+        reply in ``entry`` and waits for the next request in it)."""
+        at = (self._tail & self._sq_mask) * _SQE_SIZE
+        sqes = self._sqes
+        sqes[at:at + _SQE_SIZE] = bytes(_SQE_SIZE)
+        if cmd_op == CMD_REGISTER:
+            addr, n, commit = ctypes.addressof(entry.iov), 2, 0
+        else:
+            addr, n, commit = 0, 0, entry.commit_id
+        _SQE.pack_into(sqes, at, _OP_URING_CMD, 0, 0, self._fuse_fd, cmd_op, 0, addr, n, 0, user_data)
+        _CMD.pack_into(sqes, at + _CMD_AT, 0, commit, entry.qid)
+        self._tail = (self._tail + 1) & 0xFFFFFFFF
+        self._u32[self._sq_tail] = self._tail
+        self._queued += 1
+
+    def submit_and_wait(self, wait: int = 1) -> bool:
+        """Submit what is queued and wait for ``wait`` completions; False if a signal came first."""
+        n, self._queued = self._queued, 0
+        res = self._syscall(_SYS_ENTER, self.fd, n, wait, _ENTER_GETEVENTS if wait else 0, None, 0)
+        if res < 0:
+            e = ctypes.get_errno()
+            if e == errno.EINTR:
+                return False
+            raise OSError(e, f"io_uring_enter: {os.strerror(e)}")
+        return True
+
+    def completions(self) -> list[tuple[int, int]]:
+        """(user_data, result) of every completion, oldest first; the CQ ring is then empty."""
+        u32 = self._u32
+        head, tail = u32[self._cq_head], u32[self._cq_tail]
+        out = []
+        while head != tail:
+            user_data, res, _ = _CQE.unpack_from(self._rings, self._cqes + (head & self._cq_mask) * _CQE.size)
+            out.append((user_data, res))
+            head = (head + 1) & 0xFFFFFFFF
+        u32[self._cq_head] = head
+        return out
+
+    def close(self) -> None:
+        self._u32.release()
+        self._rings.close()
+        self._sqes.close()
+        os.close(self.fd)
+
+
+__all__ = ["CMD_COMMIT_AND_FETCH", "CMD_REGISTER", "ENT_AT", "Entry", "HEADER_SIZE", "OP_IN_AT", "Ring",
+           "kernel_offers"]

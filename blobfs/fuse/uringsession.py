@@ -1,0 +1,218 @@
+"""Serving a mount through FUSE over io_uring (``-o uring``): per-CPU request queues.
+
+libfuse still creates, mounts and unmounts the session and owns the signal handlers; from
+FUSE_INIT on, blobfs speaks the protocol itself (:mod:`blobfs.fuse.wire`), because libfuse
+3.14 cannot ask the kernel for io_uring. The layout:
+
+* The main process answers FUSE_INIT on ``/dev/fuse``, agreeing to io_uring, then forks one
+  worker per CPU group (:func:`blobfs.fuse.cpuworkers.plan`), each pinned to its group.
+* Each worker registers one ring entry per CPU of its group with the kernel, one io_uring
+  per worker. The kernel queues a request on the queue of the CPU its sender runs on and
+  wakes only that queue's worker, which answers and waits for the next request in a single
+  ``io_uring_enter`` (COMMIT_AND_FETCH). Every possible CPU needs a queue before the kernel
+  switches over (fs/fuse/dev_uring.c ``is_ring_ready``), so CPUs outside this process's
+  affinity are dealt to the groups too.
+* The main process keeps reading ``/dev/fuse``: FORGET and INTERRUPT always come that way
+  (``fuse_io_uring_ops``), and so does anything sent before the last queue registered. It
+  watches the workers through pidfds as :mod:`blobfs.fuse.pollloop` does.
+* Workers ignore SIGTERM/SIGINT/SIGHUP: a queue whose worker left would hold its CPU's
+  requests forever, so only the main process ends the session; it stops the workers with
+  SIGUSR1. A worker killed any other way ends the session (:class:`cpuworkers.WorkerLost`).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+from pathlib import Path
+from typing import Any
+
+from blobfs.fuse import cpuworkers, uring, wire
+from blobfs.fuse.nodelog import NodeLog
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 1000
+_READ_SIZE = wire.MAX_PAYLOAD + 4096
+_STOP = signal.SIGUSR1
+
+
+class _PollFd(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
+
+
+def possible_cpus() -> list[int]:
+    """The kernel's possible CPUs (one FUSE queue each)."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return sorted(os.sched_getaffinity(0))
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def queue_plan(groups: list[set[int]], possible: list[int]) -> list[list[int]]:
+    """The queue ids (CPUs) each group's worker registers: its own CPUs, plus the possible
+    CPUs no group runs on, dealt round-robin."""
+    plan = [sorted(g) for g in groups]
+    owned = set().union(*groups)
+    for j, cpu in enumerate(c for c in possible if c not in owned):
+        plan[j % len(plan)].append(cpu)
+    return plan
+
+
+def serve(fs: Any, api: Any, se: int, groups: list[set[int]]) -> int:
+    """Serve the session (see the module docstring); 0 on a normal end, else an errno value.
+    ``fs``: the :class:`blobfs.fuse.lowlevel.LowLevelFS` whose view, nodes and init hook to use."""
+    fd = api.fuse_session_fd(se)
+    msg = _read_init(fd, api, se)
+    if msg is None:
+        return 0
+    reply, agreed = wire.answer_init(msg, uring=True)
+    fs._init(None, None)
+    os.write(fd, reply)
+    wfs = wire.WireFS(fs.view, fs.nodes, fs.timeout)
+    workers: cpuworkers.Workers | None = None
+    if agreed:
+        queues = queue_plan(groups, possible_cpus())
+        nodelog = NodeLog(len(groups) + 1)
+        fs.nodes.share(nodelog)
+        workers = cpuworkers.fork(groups, nodelog.become, serve_in_main=False, stop_signal=_STOP)
+        if not workers.is_main:
+            _worker(wfs, fd, queues[workers.index - 1])  # never returns
+    else:
+        log.warning("the kernel did not agree to FUSE over io_uring; serving from one process")
+    return _main_loop(wfs, fd, api, se, workers)
+
+
+def _read_init(fd: int, api: Any, se: int) -> bytes | None:
+    while not api.fuse_session_exited(se):
+        try:
+            return os.read(fd, _READ_SIZE)
+        except InterruptedError:
+            continue
+        except OSError as e:
+            if e.errno == errno.ENODEV:
+                return None
+            raise
+    return None
+
+
+def _main_loop(wfs: wire.WireFS, fd: int, api: Any, se: int, workers: cpuworkers.Workers | None) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    poll = libc.poll
+    poll.restype, poll.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+    def poll_set() -> Any:
+        fds = [fd, *(workers.pidfds if workers is not None else ())]
+        return (_PollFd * len(fds))(*(_PollFd(f, select.POLLIN, 0) for f in fds))
+
+    pfds = poll_set()
+    status, lost, failed = 0, "", False
+    try:
+        while not api.fuse_session_exited(se):
+            try:
+                msg = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                # EINTR from libfuse's signal handlers ends poll(2) early (called through ctypes,
+                # so PEP 475 does not retry it); the timeout covers a signal that lands just
+                # before the call, as in blobfs.fuse.pollloop.
+                poll(pfds, len(pfds), _POLL_MS)
+                if workers is not None and any(p.revents for p in pfds[1:]):
+                    dead = workers.reap()
+                    if dead:
+                        lost = "; ".join(f"worker process {pid} {how}" for pid, how in dead)
+                        break
+                    pfds = poll_set()
+                continue
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOENT:  # the request was interrupted before we read it
+                    continue
+                if e.errno != errno.ENODEV:
+                    status = e.errno or errno.EIO
+                break  # ENODEV: unmounted
+            out = wfs.handle_message(msg)
+            if out is not None:
+                _write(fd, out)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if workers is not None:
+            status = workers.finish(status, failed)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    if lost:
+        raise cpuworkers.WorkerLost(lost)
+    return status
+
+
+def _write(fd: int, reply: bytes) -> None:
+    try:
+        os.write(fd, reply)
+    except OSError as e:
+        if e.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
+            raise
+
+
+def _worker(wfs: wire.WireFS, fd: int, qids: list[int]) -> None:
+    """A worker's life: serve its queues until unmounted or told to stop, then ``os._exit``."""
+    stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(_STOP, lambda *_: stop.append(True))
+    code = 0
+    try:
+        _serve_queues(wfs, fd, qids, stop)
+    except BaseException:
+        log.exception("worker process %d failed", os.getpid())
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool]) -> None:
+    ring = uring.Ring(fd, len(qids))
+    entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]
+    pending = [uring.CMD_REGISTER] * len(entries)  # what to resubmit if a command comes back EINTR
+    for k, entry in enumerate(entries):
+        ring.command(uring.CMD_REGISTER, entry, k)
+    unpack_in, pack_out = wire.IN_HEADER.unpack_from, wire.OUT_HEADER.pack_into
+    handle = wfs.handle
+    while not stop:
+        if not ring.submit_and_wait(1):
+            continue  # a signal: look at ``stop`` again
+        for k, res in ring.completions():
+            entry = entries[k]
+            if res < 0:
+                if res in (-errno.EINTR, -errno.EAGAIN):
+                    ring.command(pending[k], entry, k)
+                    continue
+                if res in (-errno.ENOTCONN, -errno.ECONNABORTED, -errno.ENODEV):
+                    return  # unmounted: the kernel tore the queues down
+                raise OSError(-res, f"FUSE io_uring command: {os.strerror(-res)}")
+            _, size = entry.request()
+            header = entry.header
+            _, opcode, unique, nodeid, *_ = unpack_in(header)
+            res_ = handle(opcode, nodeid, entry.op_in, entry.payload_view[:size])
+            err, body = res_ if res_ is not None else (0, b"")
+            n = len(body)
+            if n:
+                entry.payload[:n] = body
+            pack_out(header, 0, wire.OUT_HEADER.size + n, err, unique)
+            entry.set_reply_size(n)
+            pending[k] = uring.CMD_COMMIT_AND_FETCH
+            ring.command(uring.CMD_COMMIT_AND_FETCH, entry, k)
+
+
+__all__ = ["possible_cpus", "queue_plan", "serve"]

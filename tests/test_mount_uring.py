@@ -1,0 +1,191 @@
+"""FUSE over io_uring (``-o uring``): the protocol answers (no FUSE), and real mounts.
+
+Every mount test of the suite also runs with ``-o uring`` (``mount_helpers.LIBFUSE_VERSIONS``);
+these cover what is particular to it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from blobfs.fuse import wire
+from blobfs.fuse.uring import ENABLE as ENABLE_URING
+from blobfs.fuse.nodes import ROOT_ID, NodeTable
+from blobfs.fuse.uringsession import queue_plan
+from blobfs.model.project import open_project
+from mount_helpers import (Libfuse, daemon_pids, is_mounted, libfuse_available, mounted, read_expected,
+                           requires_fuse, uring_unavailable, wait_gone)
+
+URING = Libfuse(3, "uring")
+
+
+# -- the protocol, without a mount -------------------------------------------------------------
+def _init_msg(*, major: int = 7, opcode: int = wire.INIT, flags2: int = wire.FUSE_OVER_IO_URING >> 32) -> bytes:
+    flags = wire.FUSE_ASYNC_READ | wire.FUSE_MAX_PAGES | wire.FUSE_INIT_EXT | (1 << 3)
+    body = struct.pack("<IIIII", major, 45, 131072, flags, flags2) + bytes(44)
+    return wire.IN_HEADER.pack(40 + len(body), opcode, 99, 0, 0, 0, 0, 0, 0) + body
+
+
+def _reply(raw: bytes) -> tuple[int, int, bytes]:
+    length, err, unique = wire.OUT_HEADER.unpack_from(raw)
+    assert length == len(raw)
+    return err, unique, raw[wire.OUT_HEADER.size:]
+
+
+def test_init_agrees_to_io_uring_only_when_offered_and_asked():
+    raw, agreed = wire.answer_init(_init_msg(), uring=True)
+    err, unique, body = _reply(raw)
+    assert (err, unique, agreed) == (0, 99, True)
+    major, minor, readahead, flags = struct.unpack_from("<IIII", body)
+    (flags2,) = struct.unpack_from("<I", body, 32)
+    assert (major, minor, readahead) == (7, 45, 131072)
+    assert flags & wire.FUSE_MAX_PAGES and not flags & (1 << 3)  # only what blobfs wants
+    assert flags2 << 32 == wire.FUSE_OVER_IO_URING
+    assert wire.answer_init(_init_msg(), uring=False)[1] is False
+    assert wire.answer_init(_init_msg(flags2=0), uring=True)[1] is False  # kernel did not offer
+
+
+@pytest.mark.parametrize("kw", [{"major": 8}, {"opcode": wire.LOOKUP}])
+def test_init_refuses_what_it_cannot_speak(kw):
+    with pytest.raises(wire.ProtocolError):
+        wire.answer_init(_init_msg(**kw), uring=True)
+
+
+@pytest.fixture()
+def wfs(blob_project):
+    project = open_project(blob_project)
+    yield wire.WireFS(project.view, NodeTable(project.view.item_path), 3600)
+    project.close()
+
+
+def _ask(wfs: wire.WireFS, opcode: int, nodeid: int, body: bytes = b"") -> tuple[int, bytes]:
+    msg = wire.IN_HEADER.pack(40 + len(body), opcode, 7, nodeid, 0, 0, 0, 0, 0) + body
+    out = wfs.handle_message(msg)
+    assert out is not None
+    err, unique, reply = _reply(out)
+    assert unique == 7
+    return err, reply
+
+
+def _lookup(wfs: wire.WireFS, parent: int, name: str) -> tuple[int, int, int]:
+    err, body = _ask(wfs, wire.LOOKUP, parent, name.encode() + b"\0")
+    assert err == 0
+    nodeid = struct.unpack_from("<Q", body)[0]
+    size, mode = struct.unpack_from("<Q", body, 48)[0], struct.unpack_from("<I", body, 40 + 60)[0]
+    return nodeid, size, mode
+
+
+def test_wire_requests_answer_like_the_view(wfs, blob_project):
+    view = wfs.view
+    ds = next(name for name, mode in view.listdir("") if name != "meta.json")
+    img = next(name for name, _ in view.listdir(f"{ds}/img"))
+    ds_id, _, ds_mode = _lookup(wfs, ROOT_ID, ds)
+    assert ds_mode >> 12 == 0o04
+    img_dir, _, _ = _lookup(wfs, ds_id, "img")
+    nid, size, mode = _lookup(wfs, img_dir, img)
+    assert mode >> 12 == 0o10 and size == view.getattr(f"{ds}/img/{img}").size
+    read_in = struct.pack("<QQIIQII", 0, 0, size + 100, 0, 0, 0, 0)
+    err, data = _ask(wfs, wire.READ, nid, read_in)
+    assert err == 0 and data == view.read_all(f"{ds}/img/{img}")
+    err, attr = _ask(wfs, wire.GETATTR, nid, bytes(16))
+    assert err == 0 and struct.unpack_from("<Q", attr, 16 + 8)[0] == size
+    err, listing = _ask(wfs, wire.READDIR, img_dir, struct.pack("<QQIIQII", 0, 0, 65536, 0, 0, 0, 0))
+    assert err == 0 and img.encode() in listing
+    err, opened = _ask(wfs, wire.OPENDIR, img_dir, bytes(8))
+    assert err == 0 and struct.unpack_from("<I", opened, 8)[0] == wire.FOPEN_CACHE_DIR | wire.FOPEN_KEEP_CACHE
+    err, stfs = _ask(wfs, wire.STATFS, ROOT_ID)
+    assert err == 0 and len(stfs) == 80
+
+
+def test_wire_errors_are_errno_values(wfs):
+    err, body = _ask(wfs, wire.LOOKUP, ROOT_ID, b"no such thing\0")
+    assert err == 0 and struct.unpack_from("<Q", body)[0] == 0  # a cacheable negative entry
+    assert _ask(wfs, wire.GETATTR, (9 << 56) | 1, bytes(16))[0] == -errno.ESTALE
+    assert _ask(wfs, wire.OPEN, ROOT_ID, bytes(8))[0] == -errno.ENOSYS  # zero-message opens
+    assert _ask(wfs, 39, ROOT_ID, bytes(32))[0] == -errno.ENOSYS  # IOCTL (isatty)
+    assert _ask(wfs, 16, ROOT_ID, bytes(40))[0] == -errno.ENOSYS  # WRITE: never served
+    forget = wire.IN_HEADER.pack(48, wire.FORGET, 8, ROOT_ID, 0, 0, 0, 0, 0) + struct.pack("<Q", 1)
+    assert wfs.handle_message(forget) is None  # the kernel expects no reply
+
+
+def test_queue_plan_gives_every_possible_cpu_a_queue():
+    assert queue_plan([{0}, {1}], [0, 1]) == [[0], [1]]
+    # CPUs outside the daemon's affinity (offline or not allowed) still need a queue
+    assert queue_plan([{0, 2}, {1}], [0, 1, 2, 3, 4, 5]) == [[0, 2, 3, 5], [1, 4]]
+    assert queue_plan([{0}], [0, 1]) == [[0, 1]]
+
+
+# -- mounted -----------------------------------------------------------------------------------
+def _mount_test(f):
+    why = None if libfuse_available(3) else "libfuse 3 not installed"
+    why = why or uring_unavailable()
+    for mark in reversed((pytest.mark.mount, pytest.mark.timeout(120), requires_fuse,
+                          pytest.mark.skipif(why is not None, reason=why or ""))):
+        f = mark(f)
+    return f
+
+
+def _wait_for(mountpoint: Path, n: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = daemon_pids(mountpoint)
+        if len(pids) == n:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"expected {n} daemon processes, found {daemon_pids(mountpoint)}")
+
+
+@_mount_test
+@pytest.mark.parametrize("workers", ["1", "2", "3"])
+def test_uring_mount_serves_the_fixture(blob_project, fixtures_dir, tmp_path, workers):
+    # 3 workers on 2 CPUs: two pinned to one CPU, each with a queue of its own; with 1, one
+    # worker serves every CPU's queue.
+    n = int(workers)
+    with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", f"workers={workers}")) as m:
+        pids = _wait_for(m.mountpoint, n + 1)  # the main process reads /dev/fuse; n workers
+        for _ in range(2):
+            assert read_expected(m.mountpoint, fixtures_dir) > 0
+        with open(next(m.mountpoint.rglob("*.json")), "rb") as f:  # Python's open(): one IOCTL
+            assert f.read(1) == b"{"
+        assert m.stop(signal.SIGTERM) == 0
+        assert wait_gone(pids)
+        assert "FUSE over io_uring" in m.stderr()
+
+
+@_mount_test
+def test_uring_workers_ignore_sigterm_and_a_killed_one_ends_the_mount(blob_project, fixtures_dir, tmp_path):
+    with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=2"), expect_exit=None) as m:
+        pids = _wait_for(m.mountpoint, 3)
+        worker = next(p for p in pids if p != m.proc.pid)
+        # Its CPU's queue would be left without a server: a worker leaves only with the mount.
+        os.kill(worker, signal.SIGTERM)
+        time.sleep(0.3)
+        assert read_expected(m.mountpoint, fixtures_dir) > 0
+        assert m.proc.poll() is None and os.path.exists(f"/proc/{worker}")
+        os.kill(worker, signal.SIGKILL)
+        assert m.proc.wait(timeout=20) == 1
+        assert not is_mounted(tmp_path)
+        err = m.stderr()
+        assert f"worker process {worker} killed by signal 9" in err, err
+        assert "Traceback" not in err
+
+
+@_mount_test
+@pytest.mark.skipif(os.geteuid() != 0, reason="turning enable_uring off needs root")
+def test_uring_falls_back_to_dev_fuse_when_the_kernel_has_it_off(blob_project, fixtures_dir, tmp_path):
+    was = ENABLE_URING.read_text().strip()
+    ENABLE_URING.write_text("N")
+    try:
+        with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=2")) as m:
+            assert read_expected(m.mountpoint, fixtures_dir) > 0
+            err = m.stderr()
+            assert "FUSE over io_uring unavailable" in err and "enable_uring is N" in err, err
+            assert "FUSE over io_uring," not in err
+    finally:
+        ENABLE_URING.write_text(was)
