@@ -16,6 +16,7 @@ import pytest
 
 from blobfs.fuse import wire
 from blobfs.fuse.uring import ENABLE as ENABLE_URING
+from blobfs.fuse.cpuworkers import cpu_groups
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
 from blobfs.fuse.uringsession import queue_plan
 from blobfs.model.project import open_project
@@ -149,6 +150,16 @@ def test_uring_mount_serves_the_fixture(blob_project, fixtures_dir, tmp_path, wo
     n = int(workers)
     with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", f"workers={workers}")) as m:
         pids = _wait_for(m.mountpoint, n + 1)  # the main process reads /dev/fuse; n workers
+        workers = [p for p in pids if p != m.proc.pid]
+        deadline = time.monotonic() + 10  # a just-forked worker may not have settled yet
+        while time.monotonic() < deadline:
+            if all(os.sched_getscheduler(p) == os.SCHED_IDLE for p in workers):
+                break
+            time.sleep(0.05)
+        # SCHED_IDLE keeps the woken reader on its CPU (see blobfs.fuse.uringsession)
+        assert all(os.sched_getscheduler(p) == os.SCHED_IDLE for p in workers)
+        assert os.sched_getscheduler(m.proc.pid) == os.SCHED_OTHER
+        assert sorted(len(os.sched_getaffinity(p)) for p in workers) == sorted(len(g) for g in cpu_groups(n))
         for _ in range(2):
             assert read_expected(m.mountpoint, fixtures_dir) > 0
         with open(next(m.mountpoint.rglob("*.json")), "rb") as f:  # Python's open(): one IOCTL

@@ -143,11 +143,12 @@ class Workers:
 
 
 def fork(groups: list[set[int]], on_worker: Callable[[int], None], *, serve_in_main: bool = True,
-         stop_signal: int = signal.SIGTERM) -> Workers:
+         stop_signal: int = signal.SIGTERM, policy: int = os.SCHED_BATCH) -> Workers:
     """Fork one worker per group after the first; every process (main included) is pinned to
     its group and gets its :class:`Workers`. ``on_worker(k)`` runs in worker ``k`` first.
     With ``serve_in_main=False`` every group gets a forked worker (``k`` = 1..len(groups),
-    pinned to ``groups[k - 1]``) and the main process stays unpinned."""
+    pinned to ``groups[k - 1]``) and the main process stays unpinned. ``policy``: the
+    workers' scheduling policy (see :func:`_settle`)."""
     if threading.active_count() != 1:
         raise RuntimeError(f"{threading.active_count()} threads alive; not forking workers")
     libc = ctypes.CDLL(None, use_errno=True)
@@ -161,16 +162,16 @@ def fork(groups: list[set[int]], on_worker: Callable[[int], None], *, serve_in_m
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != main_pid:  # the main process died before prctl took effect
                 os._exit(1)
-            _settle(groups[j])
+            _settle(groups[j], policy)
             on_worker(k)
             return Workers(k, stop_signal=stop_signal)
         pids.append(pid)
     if serve_in_main:
-        _settle(groups[0])
+        _settle(groups[0], policy)
     return Workers(0, pids, [os.pidfd_open(pid) for pid in pids], stop_signal)
 
 
-def _settle(cpus: set[int]) -> None:
+def _settle(cpus: set[int], policy: int = os.SCHED_BATCH) -> None:
     """Pin this process to ``cpus`` and make it SCHED_BATCH: a woken worker then does not
     preempt the task running on its CPU (sched(7)). The worker on the reader's CPU still runs
     at once, since the reader goes to sleep there; the others no longer preempt their CPU's
@@ -179,9 +180,9 @@ def _settle(cpus: set[int]) -> None:
     two CPU-bound processes 23.6k files/s against 14.9k."""
     os.sched_setaffinity(0, cpus)
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(0, policy, os.sched_param(0))
     except OSError as e:  # e.g. a seccomp filter; pinning alone still works
-        log.debug("SCHED_BATCH refused: %s", e)
+        log.debug("scheduling policy %d refused: %s", policy, e)
 
 
 def _describe(status: int) -> str:

@@ -322,6 +322,11 @@ def main() -> int:
 
     old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     out = []
+    try:  # -o uring variants fall back to /dev/fuse unless the kernel has it on
+        uring_state = Path("/sys/module/fuse/parameters/enable_uring").read_text().strip()
+    except OSError:
+        uring_state = "absent"
+    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, fuse enable_uring={uring_state}", flush=True)
     try:
         for n in (int(x) for x in args.sizes.split(",") if x.strip()):
             base = build(work, n)

@@ -10,7 +10,8 @@ the cost Python's ``open()`` pays once per file. Each daemon layout is mounted o
 sized demo project, and the loop runs from an unpinned reader and from readers pinned to each
 CPU, in interleaved rounds; the table shows medians. Layouts: one daemon process that blocks
 (``workers=1,spin_us=0``, libfuse's own loop), one that polls 50 µs after each request
-(``workers=1``, the single-process default), and the default (one pinned worker per CPU).
+(``workers=1``, the single-process default), the default (one pinned worker per CPU), and
+FUSE over io_uring (``-o uring``; needs ``/sys/module/fuse/parameters/enable_uring`` set).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from mountbench_setup import BLOBFS, REPO, daemon_pid, force_unmount, log, wait_
 
 LAYOUTS = {"1 process, blocking": ["-o", "workers=1,spin_us=0"],
            "1 process, polls 50 us": ["-o", "workers=1"],
-           "default (worker per CPU)": []}
+           "default (worker per CPU)": [],
+           "FUSE over io_uring (-o uring)": ["-o", "uring"]}
+ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
 
 _LOOP = """
 import os, sys, time
@@ -75,6 +78,11 @@ def main() -> int:
                 wait_gone(pid)
         log(f"round {rnd + 1}/{args.rounds} done")
     heads = ["reader unpinned", *(f"reader on CPU {c}" for c in cpus)]
+    try:  # off: the -o uring row falls back to the default layout
+        uring_state = ENABLE_URING.read_text().strip()
+    except OSError:
+        uring_state = "absent"
+    print(f"kernel {os.uname().release}, fuse enable_uring={uring_state}")
     print(f"### isatty() round trips per second on a blobfs mount (median of {args.rounds} rounds)")
     print("| daemon | " + " | ".join(heads) + " |")
     print("| --- |" + " --- |" * len(heads))
