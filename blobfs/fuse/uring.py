@@ -30,14 +30,19 @@ _OFF_SQES = 0x10000000
 _OP_URING_CMD = 46
 CMD_REGISTER, CMD_COMMIT_AND_FETCH = 1, 2  # enum fuse_uring_cmd
 _SQE_SIZE = 128
-_SQE = struct.Struct("<BBHiIIQIIQ")  # opcode flags ioprio fd cmd_op pad addr len rw_flags user_data
-_CMD = struct.Struct("<QQH6x")  # struct fuse_uring_cmd_req: flags commit_id qid
-_CMD_AT = 48  # offset of the command area in an SQE
+#: An SQE up to the end of its command: opcode flags ioprio fd cmd_op pad addr len rw_flags
+#: user_data, 8 bytes of buf_index/personality/file_index (zero), then the command area's
+#: ``struct fuse_uring_cmd_req`` (flags commit_id qid).
+_SQE = struct.Struct("<BBHiIIQIIQ8xQQH6x")
 _CQE = struct.Struct("<QiI")
 #: ``struct fuse_uring_req_header``: in_out[128] (fuse_in_header, then fuse_out_header),
 #: op_in[128], then ``struct fuse_uring_ent_in_out`` (flags, commit_id, payload_sz, ...).
 OP_IN_AT, ENT_AT = 128, 256
 _ENT = struct.Struct("<QQI")
+#: A delivered request: ``struct fuse_in_header`` (len opcode unique nodeid uid gid pid
+#: total_extlen padding), then, past op_in, commit_id and payload_sz of ``fuse_uring_ent_in_out``.
+REQUEST = struct.Struct("<IIQQIIIHH216x8xQI")
+REPLY_SIZE_AT = ENT_AT + 16
 HEADER_SIZE = 4096  # one page: the kernel pins it
 ENABLE = Path("/sys/module/fuse/parameters/enable_uring")
 
@@ -89,13 +94,6 @@ class Entry:
         self.payload_view = memoryview(self.payload)
         self.commit_id = 0
 
-    def request(self) -> tuple[int, int]:
-        """(commit id, payload bytes) of the request the kernel just delivered."""
-        _, self.commit_id, size = _ENT.unpack_from(self.header, ENT_AT)
-        return self.commit_id, size
-
-    def set_reply_size(self, size: int) -> None:
-        struct.pack_into("<I", self.header, ENT_AT + 16, size)
 
 
 class Ring:
@@ -133,18 +131,24 @@ class Ring:
     def command(self, cmd_op: int, entry: Entry, user_data: int) -> None:
         """Queue REGISTER (hands the kernel ``entry``'s buffers) or COMMIT_AND_FETCH (sends the
         reply in ``entry`` and waits for the next request in it)."""
-        # The fields written below are the only ones ever set; the rest stay as the kernel
-        # mapped them (zero).
-        at = (self._tail & self._sq_mask) * _SQE_SIZE
-        sqes = self._sqes
         if cmd_op == CMD_REGISTER:
             addr, n, commit = ctypes.addressof(entry.iov), 2, 0
         else:
             addr, n, commit = 0, 0, entry.commit_id
-        _SQE.pack_into(sqes, at, _OP_URING_CMD, 0, 0, self._fuse_fd, cmd_op, 0, addr, n, 0, user_data)
-        _CMD.pack_into(sqes, at + _CMD_AT, 0, commit, entry.qid)
+        # Past the command area an SQE stays as the kernel mapped it: zero.
+        _SQE.pack_into(self._sqes, (self._tail & self._sq_mask) * _SQE_SIZE, _OP_URING_CMD, 0, 0,
+                       self._fuse_fd, cmd_op, 0, addr, n, 0, user_data, 0, commit, entry.qid)
         self._tail = (self._tail + 1) & 0xFFFFFFFF
         self._u32[self._sq_tail] = self._tail
+        self._queued += 1
+
+    def commit(self, user_data: int, commit_id: int, qid: int) -> None:
+        """Queue COMMIT_AND_FETCH: the hot path of :meth:`command`."""
+        tail = self._tail
+        _SQE.pack_into(self._sqes, (tail & self._sq_mask) * _SQE_SIZE, _OP_URING_CMD, 0, 0, self._fuse_fd,
+                       CMD_COMMIT_AND_FETCH, 0, 0, 0, 0, user_data, 0, commit_id, qid)
+        self._tail = tail = (tail + 1) & 0xFFFFFFFF
+        self._u32[self._sq_tail] = tail
         self._queued += 1
 
     def submit_and_wait(self, wait: int = 1) -> bool:
@@ -177,5 +181,5 @@ class Ring:
         os.close(self.fd)
 
 
-__all__ = ["CMD_COMMIT_AND_FETCH", "CMD_REGISTER", "ENT_AT", "Entry", "HEADER_SIZE", "OP_IN_AT", "Ring",
-           "kernel_offers"]
+__all__ = ["CMD_COMMIT_AND_FETCH", "CMD_REGISTER", "ENT_AT", "Entry", "HEADER_SIZE", "OP_IN_AT", "REPLY_SIZE_AT",
+           "REQUEST", "Ring", "kernel_offers"]

@@ -37,6 +37,7 @@ import logging
 import os
 import select
 import signal
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -193,16 +194,19 @@ def _worker(wfs: wire.WireFS, fd: int, qids: list[int]) -> None:
 
 def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool]) -> None:
     ring = uring.Ring(fd, len(qids))
-    entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]
+    entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]  # one per queue: measured best (4 each: 8 readers 0.9x)
     pending = [uring.CMD_REGISTER] * len(entries)  # what to resubmit if a command comes back EINTR
     for k, entry in enumerate(entries):
         ring.command(uring.CMD_REGISTER, entry, k)
-    unpack_in, pack_out = wire.IN_HEADER.unpack_from, wire.OUT_HEADER.pack_into
-    handle = wfs.handle
+    # The loop below runs once per request; names are bound locally on purpose.
+    unpack_req, pack_out, out_size = uring.REQUEST.unpack_from, wire.OUT_HEADER.pack_into, wire.OUT_HEADER.size
+    pack_size, size_at = struct.Struct("<I").pack_into, uring.REPLY_SIZE_AT
+    handle, enosys, ioctl = wfs.handle, (-errno.ENOSYS, b""), wire.IOCTL
+    wait, completions, commit = ring.submit_and_wait, ring.completions, ring.commit
     while not stop:
-        if not ring.submit_and_wait(1):
+        if not wait(1):
             continue  # a signal: look at ``stop`` again
-        for k, res in ring.completions():
+        for k, res in completions():
             entry = entries[k]
             if res < 0:
                 if res in (-errno.EINTR, -errno.EAGAIN):
@@ -211,18 +215,19 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool]) 
                 if res in (-errno.ENOTCONN, -errno.ECONNABORTED, -errno.ENODEV):
                     return  # unmounted: the kernel tore the queues down
                 raise OSError(-res, f"FUSE io_uring command: {os.strerror(-res)}")
-            _, size = entry.request()
             header = entry.header
-            _, opcode, unique, nodeid, *_ = unpack_in(header)
-            res_ = handle(opcode, nodeid, entry.op_in, entry.payload_view[:size])
-            err, body = res_ if res_ is not None else (0, b"")
+            _, opcode, unique, nodeid, _, _, _, _, _, commit_id, size = unpack_req(header)
+            # isatty() from every Python open(): answered without a call
+            reply = enosys if opcode == ioctl else handle(opcode, nodeid, entry.op_in, entry.payload_view[:size])
+            err, body = reply if reply is not None else (0, b"")
             n = len(body)
             if n:
                 entry.payload[:n] = body
-            pack_out(header, 0, wire.OUT_HEADER.size + n, err, unique)
-            entry.set_reply_size(n)
+            pack_out(header, 0, out_size + n, err, unique)
+            pack_size(header, size_at, n)
+            entry.commit_id = commit_id
             pending[k] = uring.CMD_COMMIT_AND_FETCH
-            ring.command(uring.CMD_COMMIT_AND_FETCH, entry, k)
+            commit(k, commit_id, entry.qid)
 
 
 __all__ = ["possible_cpus", "queue_plan", "serve"]

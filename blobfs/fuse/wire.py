@@ -33,7 +33,7 @@ _INIT_IN = struct.Struct("<IIIII")  # major minor max_readahead flags flags2
 _INIT_OUT = struct.Struct("<IIIIHHIIHHIIH22x")
 
 LOOKUP, FORGET, GETATTR, OPEN, READ, RELEASE, STATFS = 1, 2, 3, 14, 15, 18, 17
-INIT, OPENDIR, READDIR, RELEASEDIR, INTERRUPT, DESTROY, BATCH_FORGET = 26, 27, 28, 29, 36, 38, 42
+INIT, OPENDIR, READDIR, RELEASEDIR, INTERRUPT, DESTROY, IOCTL, BATCH_FORGET = 26, 27, 28, 29, 36, 38, 39, 42
 #: Size of each opcode's fixed argument struct, which FUSE over io_uring delivers apart from
 #: the rest of the request (fs/fuse/dev_uring.c ``fuse_uring_args_to_ring``).
 OP_IN_SIZE = {FORGET: 8, GETATTR: 16, OPEN: 8, READ: 40, RELEASE: 24, OPENDIR: 8, READDIR: 40,
