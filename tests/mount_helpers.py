@@ -132,6 +132,28 @@ def main_daemon_pid(pids: list[int]) -> int:
     return mains[0]
 
 
+def wait_for_daemon_processes(mountpoint: str | os.PathLike[str], n: int, timeout: float = 10) -> list[int]:
+    """The mount's daemon processes once there are ``n`` of them (workers fork after FUSE_INIT)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = daemon_pids(mountpoint)
+        if len(pids) == n:
+            return pids
+        time.sleep(0.05)
+    raise AssertionError(f"expected {n} daemon processes, found {daemon_pids(mountpoint)}")
+
+
+def kill_worker_and_expect_unmount(m: "Mount", worker: int) -> None:
+    """SIGKILL one worker process: the daemon must unmount and exit 1 with one line naming it
+    (the requests that worker held are lost; readers must not hang)."""
+    os.kill(worker, signal.SIGKILL)
+    assert m.proc.wait(timeout=20) == 1
+    assert not is_mounted(m.mountpoint)
+    err = m.stderr()
+    assert f"worker process {worker} killed by signal 9" in err, err
+    assert "Traceback" not in err
+
+
 def daemon_pids(mountpoint: str | os.PathLike[str]) -> list[int]:
     """Pids of blobfs processes whose command line names ``mountpoint``."""
     want = os.path.abspath(mountpoint).encode()

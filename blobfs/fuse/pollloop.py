@@ -39,7 +39,9 @@ from blobfs.fuse.lowlevel_abi import FuseBuf
 log = logging.getLogger(__name__)
 
 
-class _PollFd(ctypes.Structure):
+class PollFd(ctypes.Structure):
+    """``struct pollfd``."""
+
     _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
 
 
@@ -55,7 +57,7 @@ def available(api: Any) -> bool:
 def _poll_set(fd: int, workers: Workers | None) -> Any:
     """``/dev/fuse`` and the pidfd of every live worker, as a ``struct pollfd`` array."""
     fds = [fd, *(workers.pidfds if workers is not None else ())]
-    return (_PollFd * len(fds))(*(_PollFd(f, select.POLLIN, 0) for f in fds))
+    return (PollFd * len(fds))(*(PollFd(f, select.POLLIN, 0) for f in fds))
 
 
 def serve(api: Any, se: int, spin_us: int,
@@ -127,4 +129,4 @@ def serve(api: Any, se: int, spin_us: int,
     return status
 
 
-__all__ = ["available", "serve"]
+__all__ = ["PollFd", "available", "serve"]

@@ -43,16 +43,13 @@ from typing import Any
 
 from blobfs.fuse import cpuworkers, uring, wire
 from blobfs.fuse.nodelog import NodeLog
+from blobfs.fuse.pollloop import PollFd
 
 log = logging.getLogger(__name__)
 
 _POLL_MS = 1000
 _READ_SIZE = wire.MAX_PAYLOAD + 4096
 _STOP = signal.SIGUSR1
-
-
-class _PollFd(ctypes.Structure):
-    _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
 
 
 def possible_cpus() -> list[int]:
@@ -125,7 +122,7 @@ def _main_loop(wfs: wire.WireFS, fd: int, api: Any, se: int, workers: cpuworkers
 
     def poll_set() -> Any:
         fds = [fd, *(workers.pidfds if workers is not None else ())]
-        return (_PollFd * len(fds))(*(_PollFd(f, select.POLLIN, 0) for f in fds))
+        return (PollFd * len(fds))(*(PollFd(f, select.POLLIN, 0) for f in fds))
 
     pfds = poll_set()
     status, lost, failed = 0, "", False
