@@ -10,6 +10,7 @@ import os
 import signal
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from blobfs.fuse import wire
 from blobfs.fuse.uring import ENABLE as ENABLE_URING
 from blobfs.fuse.cpuworkers import cpu_groups
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
-from blobfs.fuse.uringsession import queue_plan
+from blobfs.fuse.uringsession import _serve_queues, queue_plan
 from blobfs.model.project import open_project
 from mount_helpers import (Libfuse, kill_worker_and_expect_unmount, libfuse_available, mounted, read_expected,
                            requires_fuse, uring_unavailable, wait_for_daemon_processes, wait_gone)
@@ -114,6 +115,16 @@ def test_wire_errors_are_errno_values(wfs):
     assert wfs.handle_message(forget) is None  # the kernel expects no reply
 
 
+def test_a_refused_queue_leaves_the_requests_on_dev_fuse(wfs, caplog):
+    # A real ring, whose REGISTER the kernel refuses (no FUSE device behind fd -1): the worker
+    # returns with one warning instead of ending the mount; the main process keeps serving.
+    with caplog.at_level("WARNING", logger="blobfs.fuse.uringsession"):
+        _serve_queues(wfs, -1, [0], [])
+    # (where io_uring itself is disabled, io_uring_setup fails first: the same fallback)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "requests stay on /dev/fuse" in caplog.text
+
+
 def test_queue_plan_gives_every_possible_cpu_a_queue():
     assert queue_plan([{0}, {1}], [0, 1]) == [[0], [1]]
     # CPUs outside the daemon's affinity (offline or not allowed) still need a queue
@@ -172,15 +183,18 @@ def test_uring_workers_ignore_sigterm_and_a_killed_one_ends_the_mount(blob_proje
 
 
 @_mount_test
-@pytest.mark.skipif(os.geteuid() != 0, reason="turning enable_uring off needs root")
-def test_uring_falls_back_to_dev_fuse_when_the_kernel_has_it_off(blob_project, fixtures_dir, tmp_path):
-    was = ENABLE_URING.read_text().strip()
-    ENABLE_URING.write_text("N")
+@pytest.mark.skipif(os.geteuid() != 0, reason="turning io_uring off needs root")
+@pytest.mark.parametrize("switch,off", [(ENABLE_URING, "N"), (Path("/proc/sys/kernel/io_uring_disabled"), "2")])
+def test_uring_falls_back_to_dev_fuse_when_the_kernel_has_it_off(blob_project, fixtures_dir, tmp_path, switch, off):
+    if not switch.exists():
+        pytest.skip(f"no {switch}")
+    was = switch.read_text().strip()
+    switch.write_text(off)
     try:
         with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=2")) as m:
             assert read_expected(m.mountpoint, fixtures_dir) > 0
             err = m.stderr()
-            assert "FUSE over io_uring unavailable" in err and "enable_uring is N" in err, err
+            assert "FUSE over io_uring unavailable" in err and f"{switch.name} is {off}" in err, err
             assert "FUSE over io_uring," not in err
     finally:
-        ENABLE_URING.write_text(was)
+        switch.write_text(was)

@@ -45,6 +45,7 @@ REQUEST = struct.Struct("<IIQQIIIHH216x8xQI")
 REPLY_SIZE_AT = ENT_AT + 16
 HEADER_SIZE = 4096  # one page: the kernel pins it
 ENABLE = Path("/sys/module/fuse/parameters/enable_uring")
+_IO_URING_DISABLED = Path("/proc/sys/kernel/io_uring_disabled")
 
 _u32 = ctypes.c_uint32
 
@@ -75,6 +76,12 @@ def kernel_offers() -> str | None:
         return "this kernel has no FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)"
     if value not in ("Y", "1"):
         return f"it is off in the kernel ({ENABLE} is {value})"
+    try:  # 1: only for members of kernel.io_uring_group; 2: for nobody
+        disabled = int(_IO_URING_DISABLED.read_text().strip() or 0)
+    except (OSError, ValueError):
+        disabled = 0
+    if disabled == 2 or (disabled == 1 and os.geteuid() != 0):
+        return f"io_uring is disabled ({_IO_URING_DISABLED} is {disabled})"
     return None
 
 

@@ -190,8 +190,15 @@ def _worker(wfs: wire.WireFS, fd: int, qids: list[int]) -> None:
 
 
 def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool]) -> None:
-    ring = uring.Ring(fd, len(qids))
-    entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]  # one per queue: measured best (4 each: 8 readers 0.9x)
+    try:
+        ring = uring.Ring(fd, len(qids))
+        entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]  # one per queue: measured best (4 each: 8 readers 0.9x)
+    except OSError as e:
+        # e.g. a seccomp filter that refuses io_uring_setup. The kernel switches to the rings
+        # only once every CPU's queue has registered, so until then every request still comes
+        # through /dev/fuse, which the main process serves: slower, but the mount works.
+        log.warning("worker process %d: cannot set up io_uring (%s); requests stay on /dev/fuse", os.getpid(), e)
+        return
     pending = [uring.CMD_REGISTER] * len(entries)  # what to resubmit if a command comes back EINTR
     for k, entry in enumerate(entries):
         ring.command(uring.CMD_REGISTER, entry, k)
@@ -211,6 +218,10 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool]) 
                     continue
                 if res in (-errno.ENOTCONN, -errno.ECONNABORTED, -errno.ENODEV):
                     return  # unmounted: the kernel tore the queues down
+                if pending[k] == uring.CMD_REGISTER:  # as above: the rings never take over
+                    log.warning("worker process %d: the kernel refused a FUSE queue (%s); requests stay on "
+                                "/dev/fuse", os.getpid(), os.strerror(-res))
+                    return
                 raise OSError(-res, f"FUSE io_uring command: {os.strerror(-res)}")
             header = entry.header
             _, opcode, unique, nodeid, _, _, _, _, _, commit_id, size = unpack_req(header)
