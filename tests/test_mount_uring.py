@@ -198,3 +198,14 @@ def test_uring_falls_back_to_dev_fuse_when_the_kernel_has_it_off(blob_project, f
             assert "FUSE over io_uring," not in err
     finally:
         switch.write_text(was)
+
+
+@_mount_test
+def test_uring_debug_logs_every_request(blob_project, fixtures_dir, tmp_path):
+    with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=2,debug")) as m:
+        path = next(m.mountpoint.rglob("*.json"))
+        with open(path, "rb") as f:  # LOOKUPs, a READ, and isatty()'s IOCTL
+            f.read()
+        err = m.stderr()
+    assert f"opcode {wire.READ}, nodeid" in err and f"opcode {wire.LOOKUP}, nodeid" in err, err
+    assert f"opcode {wire.IOCTL}, nodeid" in err and f"error {-errno.ENOSYS}, 0 bytes" in err, err

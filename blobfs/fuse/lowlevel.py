@@ -268,7 +268,7 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
                         if why is None:
                             from blobfs.fuse import uringsession
 
-                            return uringsession.serve(fs, api, se, groups)
+                            return uringsession.serve(fs, api, se, groups, opts.debug)
                         log.warning("-o uring: FUSE over io_uring unavailable (%s); serving from /dev/fuse", why)
                     spin = opts.spin_window(len(groups))
                     workers = _worker_plan(fs, groups)

@@ -75,9 +75,10 @@ def queue_plan(groups: list[set[int]], possible: list[int]) -> list[list[int]]:
     return plan
 
 
-def serve(fs: Any, api: Any, se: int, groups: list[set[int]]) -> int:
+def serve(fs: Any, api: Any, se: int, groups: list[set[int]], debug: bool = False) -> int:
     """Serve the session (see the module docstring); 0 on a normal end, else an errno value.
-    ``fs``: the :class:`blobfs.fuse.lowlevel.LowLevelFS` whose view, nodes and init hook to use."""
+    ``fs``: the :class:`blobfs.fuse.lowlevel.LowLevelFS` whose view, nodes and init hook to use;
+    ``debug``: log every request and its answer (``-o debug``; libfuse sees none of them here)."""
     fd = api.fuse_session_fd(se)
     msg = _read_init(fd, api, se)
     if msg is None:
@@ -94,10 +95,10 @@ def serve(fs: Any, api: Any, se: int, groups: list[set[int]]) -> int:
         workers = cpuworkers.fork(groups, nodelog.become, serve_in_main=False, stop_signal=_STOP,
                                   policy=os.SCHED_IDLE)
         if not workers.is_main:
-            _worker(wfs, fd, queues[workers.index - 1])  # never returns
+            _worker(wfs, fd, queues[workers.index - 1], debug)  # never returns
     else:
         log.warning("the kernel did not agree to FUSE over io_uring; serving from one process")
-    return _main_loop(wfs, fd, api, se, workers)
+    return _main_loop(wfs, fd, api, se, workers, debug)
 
 
 def _read_init(fd: int, api: Any, se: int) -> bytes | None:
@@ -113,7 +114,8 @@ def _read_init(fd: int, api: Any, se: int) -> bytes | None:
     return None
 
 
-def _main_loop(wfs: wire.WireFS, fd: int, api: Any, se: int, workers: cpuworkers.Workers | None) -> int:
+def _main_loop(wfs: wire.WireFS, fd: int, api: Any, se: int, workers: cpuworkers.Workers | None,
+               debug: bool) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     poll = libc.poll
     poll.restype, poll.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
@@ -151,6 +153,8 @@ def _main_loop(wfs: wire.WireFS, fd: int, api: Any, se: int, workers: cpuworkers
                     status = e.errno or errno.EIO
                 break  # ENODEV: unmounted
             out = wfs.handle_message(msg)
+            if debug:
+                _log_request(msg, out)
             if out is not None:
                 _write(fd, out)
     except BaseException:
@@ -165,6 +169,23 @@ def _main_loop(wfs: wire.WireFS, fd: int, api: Any, se: int, workers: cpuworkers
     return status
 
 
+def _log_request(request: Any, reply: Any) -> None:
+    """``-o debug``: one line per request, from the request and reply as on ``/dev/fuse``."""
+    _, opcode, unique, nodeid, *_ = wire.IN_HEADER.unpack_from(request)
+    if reply is None:
+        _log_answer(unique, opcode, nodeid, None)
+    else:
+        length, err, _ = wire.OUT_HEADER.unpack_from(reply)
+        _log_answer(unique, opcode, nodeid, (err, length - wire.OUT_HEADER.size))
+
+
+def _log_answer(unique: int, opcode: int, nodeid: int, answer: tuple[int, int] | None) -> None:
+    if answer is None:
+        log.debug("unique %d, opcode %d, nodeid %#x: no reply", unique, opcode, nodeid)
+    else:
+        log.debug("unique %d, opcode %d, nodeid %#x: error %d, %d bytes", unique, opcode, nodeid, *answer)
+
+
 def _write(fd: int, reply: bytes) -> None:
     try:
         os.write(fd, reply)
@@ -173,7 +194,7 @@ def _write(fd: int, reply: bytes) -> None:
             raise
 
 
-def _worker(wfs: wire.WireFS, fd: int, qids: list[int]) -> None:
+def _worker(wfs: wire.WireFS, fd: int, qids: list[int], debug: bool) -> None:
     """A worker's life: serve its queues until unmounted or told to stop, then ``os._exit``."""
     stop = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -181,7 +202,7 @@ def _worker(wfs: wire.WireFS, fd: int, qids: list[int]) -> None:
     signal.signal(_STOP, lambda *_: stop.append(True))
     code = 0
     try:
-        _serve_queues(wfs, fd, qids, stop)
+        _serve_queues(wfs, fd, qids, stop, debug)
     except BaseException:
         log.exception("worker process %d failed", os.getpid())
         code = 1
@@ -189,7 +210,7 @@ def _worker(wfs: wire.WireFS, fd: int, qids: list[int]) -> None:
         os._exit(code)
 
 
-def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool]) -> None:
+def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], debug: bool = False) -> None:
     try:
         ring = uring.Ring(fd, len(qids))
         entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]  # one per queue: measured best (4 each: 8 readers 0.9x)
@@ -233,6 +254,8 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool]) 
                 entry.payload[:n] = body
             pack_out(header, 0, out_size + n, err, unique)
             pack_size(header, size_at, n)
+            if debug:
+                _log_answer(unique, opcode, nodeid, (err, n))
             entry.commit_id = commit_id
             pending[k] = uring.CMD_COMMIT_AND_FETCH
             commit(k, commit_id, entry.qid)
