@@ -15,7 +15,6 @@ is a clean stop, exit 0.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import logging.handlers
 import os
@@ -35,7 +34,7 @@ from blobfs.fuse.cpuworkers import WorkerLost, plan as worker_plan
 from blobfs.fuse.ops import make_operations
 from blobfs.fuse.uring import kernel_offers as uring_offered
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
-from blobfs.fuse.umount import is_stale, mount_entry, unmount
+from blobfs.fuse.umount import STALE_ERRNOS, is_stale, mount_entry, unmount
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def check_mountpoint(opts: MountOptions) -> None:
     except FileNotFoundError:
         raise MountUsageError(f"{mp}: mount point does not exist") from None
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in STALE_ERRNOS:
             raise MountError(
                 f"{mp}: stale mount left by a dead daemon (Transport endpoint is not connected); "
                 f"run 'blobfs umount {mp}' first"

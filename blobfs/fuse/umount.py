@@ -26,6 +26,12 @@ class BusyError(UnmountError):
     """Files are open or a process has its cwd inside the mount."""
 
 
+#: What a mount whose daemon is gone answers: ENOTCONN, or ECONNABORTED for a request that
+#: arrives while the kernel is still tearing down a dead daemon's FUSE io_uring queues
+#: (fs/fuse/dev_uring.c ``fuse_uring_abort_end_queue_requests``); both mean "stale".
+STALE_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def _unescape_mountinfo(field: str) -> str:
     # /proc/self/mountinfo octal-escapes space, tab, newline and backslash (fs/proc_namespace.c).
     out, i = [], 0
@@ -57,14 +63,14 @@ def mount_entry(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
 
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
-    """True when ``mountpoint`` is a FUSE mount whose daemon is gone (ENOTCONN)."""
+    """True when ``mountpoint`` is a FUSE mount whose daemon is gone (:data:`STALE_ERRNOS`)."""
     # stat() alone can succeed from the kernel's attribute cache after the daemon died;
     # listing needs the daemon.
     try:
         with os.scandir(mountpoint) as it:
             next(it, None)
     except OSError as e:
-        return e.errno == errno.ENOTCONN
+        return e.errno in STALE_ERRNOS
     return False
 
 
