@@ -81,8 +81,12 @@ class LowLevelFS:
 
     # -- lifecycle ---------------------------------------------------------------------
     def _init(self, userdata: int, conn: int) -> None:
-        # Runs while libfuse answers FUSE_INIT: the mount exists, and the kernel holds every
-        # other request until this returns.
+        self.initialized()
+
+    def initialized(self) -> None:
+        """Run the init hook. Called while FUSE_INIT is being answered (by libfuse, or by
+        :mod:`blobfs.fuse.uringsession`): the mount exists, and the kernel holds every other
+        request until the answer."""
         if self._on_init is not None:
             try:
                 self._on_init()

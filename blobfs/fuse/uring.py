@@ -38,7 +38,6 @@ _CQE = struct.Struct("<QiI")
 #: ``struct fuse_uring_req_header``: in_out[128] (fuse_in_header, then fuse_out_header),
 #: op_in[128], then ``struct fuse_uring_ent_in_out`` (flags, commit_id, payload_sz, ...).
 OP_IN_AT, ENT_AT = 128, 256
-_ENT = struct.Struct("<QQI")
 #: A delivered request: ``struct fuse_in_header`` (len opcode unique nodeid uid gid pid
 #: total_extlen padding), then, past op_in, commit_id and payload_sz of ``fuse_uring_ent_in_out``.
 REQUEST = struct.Struct("<IIQQIIIHH216x8xQI")
@@ -180,12 +179,6 @@ class Ring:
             head = (head + 1) & 0xFFFFFFFF
         u32[self._cq_head] = head
         return out
-
-    def close(self) -> None:
-        self._u32.release()
-        self._rings.close()
-        self._sqes.close()
-        os.close(self.fd)
 
 
 __all__ = ["CMD_COMMIT_AND_FETCH", "CMD_REGISTER", "ENT_AT", "Entry", "HEADER_SIZE", "OP_IN_AT", "REPLY_SIZE_AT",

@@ -84,7 +84,7 @@ def serve(fs: Any, api: Any, se: int, groups: list[set[int]], debug: bool = Fals
     if msg is None:
         return 0
     reply, agreed = wire.answer_init(msg, uring=True)
-    fs._init(None, None)
+    fs.initialized()
     os.write(fd, reply)
     wfs = wire.WireFS(fs.view, fs.nodes, fs.timeout)
     workers: cpuworkers.Workers | None = None
@@ -92,10 +92,14 @@ def serve(fs: Any, api: Any, se: int, groups: list[set[int]], debug: bool = Fals
         queues = queue_plan(groups, possible_cpus())
         nodelog = NodeLog(len(groups) + 1)
         fs.nodes.share(nodelog)
-        workers = cpuworkers.fork(groups, nodelog.become, serve_in_main=False, stop_signal=_STOP,
-                                  policy=os.SCHED_IDLE)
-        if not workers.is_main:
-            _worker(wfs, fd, queues[workers.index - 1], debug)  # never returns
+        try:
+            workers = cpuworkers.fork(groups, nodelog.become, serve_in_main=False, stop_signal=_STOP,
+                                      policy=os.SCHED_IDLE)
+        except (RuntimeError, OSError) as e:  # no queue registers, so requests stay on /dev/fuse
+            log.warning("serving from one process: %s", e)
+        else:
+            if not workers.is_main:
+                _worker(wfs, fd, queues[workers.index - 1], debug)  # never returns
     else:
         log.warning("the kernel did not agree to FUSE over io_uring; serving from one process")
     return _main_loop(wfs, fd, api, se, workers, debug)
