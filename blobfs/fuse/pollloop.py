@@ -39,7 +39,7 @@ from blobfs.fuse.lowlevel_abi import FuseBuf
 log = logging.getLogger(__name__)
 
 
-class PollFd(ctypes.Structure):
+class _PollFd(ctypes.Structure):
     """``struct pollfd``."""
 
     _fields_ = [("fd", ctypes.c_int), ("events", ctypes.c_short), ("revents", ctypes.c_short)]
@@ -57,7 +57,38 @@ def available(api: Any) -> bool:
 def _poll_set(fd: int, workers: Workers | None) -> Any:
     """``/dev/fuse`` and the pidfd of every live worker, as a ``struct pollfd`` array."""
     fds = [fd, *(workers.pidfds if workers is not None else ())]
-    return (PollFd * len(fds))(*(PollFd(f, select.POLLIN, 0) for f in fds))
+    return (_PollFd * len(fds))(*(_PollFd(f, select.POLLIN, 0) for f in fds))
+
+
+class Waiter:
+    """Sleeps until ``/dev/fuse`` is readable, a worker exits or a signal arrives, and reaps
+    exited workers. ``poll`` is called through ctypes: libfuse's signal handlers are installed
+    without SA_RESTART, so a signal ends it with EINTR, which PEP 475 would retry. The timeout
+    is for a signal that lands between the caller's exit check and the call: it sets libfuse's
+    exit flag but interrupts nothing, so the caller looks again after a second."""
+
+    def __init__(self, fd: int) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._poll = libc.poll
+        self._poll.restype = ctypes.c_int
+        self._poll.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
+        self._fd = fd
+        self.workers: Workers | None = None
+        self._pfds = _poll_set(fd, None)
+
+    def watch(self, workers: Workers | None) -> None:
+        self.workers = workers
+        self._pfds = _poll_set(self._fd, workers)
+
+    def wait(self) -> str:
+        """Wait once; "" or one line naming the workers that died abnormally."""
+        pfds = self._pfds
+        self._poll(pfds, len(pfds), _POLL_MS)
+        if self.workers is None or not any(p.revents for p in pfds[1:]):
+            return ""
+        dead = self.workers.reap()
+        self._pfds = _poll_set(self._fd, self.workers)
+        return "; ".join(f"worker process {pid} {how}" for pid, how in dead)
 
 
 def serve(api: Any, se: int, spin_us: int,
@@ -69,8 +100,6 @@ def serve(api: Any, se: int, spin_us: int,
     receive, process = api.fuse_session_receive_buf, api.fuse_session_process_buf
     exited, session_fd = api.fuse_session_exited, api.fuse_session_fd
     libc = ctypes.CDLL(None, use_errno=True)
-    libc_poll = libc.poll
-    libc_poll.restype, libc_poll.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
     libc.free.argtypes = [ctypes.c_void_p]
 
     fd = session_fd(se)
@@ -79,7 +108,7 @@ def serve(api: Any, se: int, spin_us: int,
     buf = FuseBuf()
     pbuf = ctypes.byref(buf)
     workers: Workers | None = None
-    pfds = _poll_set(fd, workers)
+    waiter = Waiter(fd)
     window = spin_us * 1000
     clock = time.monotonic_ns
     again, intr = -errno.EAGAIN, -errno.EINTR
@@ -94,20 +123,13 @@ def serve(api: Any, se: int, spin_us: int,
                 last = clock()
                 if fork_workers is not None:
                     workers, fork_workers = fork_workers(), None
-                    pfds = _poll_set(fd, workers)
+                    waiter.watch(workers)
             elif res == again:
                 if clock() - last >= window:
-                    # EINTR from a signal lands here and the loop re-checks. The timeout is for
-                    # a signal that lands between that check and this call: it sets libfuse's
-                    # exit flag but interrupts nothing, so look again after a second.
-                    libc_poll(pfds, len(pfds), _POLL_MS)
+                    lost = waiter.wait()  # EINTR from a signal: the loop re-checks the exit flag
                     last = clock()
-                    if workers is not None and any(p.revents for p in pfds[1:]):
-                        dead = workers.reap()
-                        if dead:
-                            lost = "; ".join(f"worker process {pid} {how}" for pid, how in dead)
-                            break
-                        pfds = _poll_set(fd, workers)
+                    if lost:
+                        break
             elif res == intr:
                 continue
             else:  # 0: unmounted or the connection aborted (libfuse has set the exit flag)
@@ -129,4 +151,4 @@ def serve(api: Any, se: int, spin_us: int,
     return status
 
 
-__all__ = ["PollFd", "available", "serve"]
+__all__ = ["Waiter", "available", "serve"]

@@ -98,7 +98,7 @@ class Entry:
         self.iov = (ctypes.c_uint64 * 4)(_addr(self.header), HEADER_SIZE, _addr(self.payload), payload_size)
         self.op_in = memoryview(self.header)[OP_IN_AT:ENT_AT]
         self.payload_view = memoryview(self.payload)
-        self.commit_id = 0
+        self.commit_id = 0  #: of the request in the buffers; 0 until the first (never a valid id)
 
 
 
@@ -134,25 +134,20 @@ class Ring:
         self._cqes = co.cqes
         self._queued = 0
 
-    def command(self, cmd_op: int, entry: Entry, user_data: int) -> None:
-        """Queue REGISTER (hands the kernel ``entry``'s buffers) or COMMIT_AND_FETCH (sends the
-        reply in ``entry`` and waits for the next request in it)."""
-        if cmd_op == CMD_REGISTER:
-            addr, n, commit = ctypes.addressof(entry.iov), 2, 0
-        else:
-            addr, n, commit = 0, 0, entry.commit_id
-        # Past the command area an SQE stays as the kernel mapped it: zero.
-        _SQE.pack_into(self._sqes, (self._tail & self._sq_mask) * _SQE_SIZE, _OP_URING_CMD, 0, 0,
-                       self._fuse_fd, cmd_op, 0, addr, n, 0, user_data, 0, commit, entry.qid)
-        self._tail = (self._tail + 1) & 0xFFFFFFFF
-        self._u32[self._sq_tail] = self._tail
-        self._queued += 1
+    def register(self, entry: Entry, user_data: int) -> None:
+        """Queue REGISTER: hand the kernel ``entry``'s buffers for its queue's next request."""
+        self._queue(CMD_REGISTER, ctypes.addressof(entry.iov), 2, user_data, 0, entry.qid)
 
     def commit(self, user_data: int, commit_id: int, qid: int) -> None:
-        """Queue COMMIT_AND_FETCH: the hot path of :meth:`command`."""
+        """Queue COMMIT_AND_FETCH: send the reply to request ``commit_id`` written in the
+        entry's buffers, and wait for the next request in them."""
+        self._queue(CMD_COMMIT_AND_FETCH, 0, 0, user_data, commit_id, qid)
+
+    def _queue(self, cmd_op: int, addr: int, n: int, user_data: int, commit_id: int, qid: int) -> None:
+        # Past the command area an SQE stays as the kernel mapped it: zero.
         tail = self._tail
         _SQE.pack_into(self._sqes, (tail & self._sq_mask) * _SQE_SIZE, _OP_URING_CMD, 0, 0, self._fuse_fd,
-                       CMD_COMMIT_AND_FETCH, 0, 0, 0, 0, user_data, 0, commit_id, qid)
+                       cmd_op, 0, addr, n, 0, user_data, 0, commit_id, qid)
         self._tail = tail = (tail + 1) & 0xFFFFFFFF
         self._u32[self._sq_tail] = tail
         self._queued += 1

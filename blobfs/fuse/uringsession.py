@@ -30,12 +30,10 @@ FUSE_INIT on, blobfs speaks the protocol itself (:mod:`blobfs.fuse.wire`), becau
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import logging
 import os
-import select
 import signal
 import struct
 from pathlib import Path
@@ -43,11 +41,10 @@ from typing import Any
 
 from blobfs.fuse import cpuworkers, uring, wire
 from blobfs.fuse.nodelog import NodeLog
-from blobfs.fuse.pollloop import PollFd
+from blobfs.fuse.pollloop import Waiter
 
 log = logging.getLogger(__name__)
 
-_POLL_MS = 1000
 _READ_SIZE = wire.MAX_PAYLOAD + 4096
 _STOP = signal.SIGUSR1
 
@@ -120,33 +117,19 @@ def _read_init(fd: int, api: Any, se: int) -> bytes | None:
 
 def _main_loop(wfs: wire.WireFS, fd: int, api: Any, se: int, workers: cpuworkers.Workers | None,
                debug: bool) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    poll = libc.poll
-    poll.restype, poll.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-
-    def poll_set() -> Any:
-        fds = [fd, *(workers.pidfds if workers is not None else ())]
-        return (PollFd * len(fds))(*(PollFd(f, select.POLLIN, 0) for f in fds))
-
-    pfds = poll_set()
+    waiter = Waiter(fd)
+    waiter.watch(workers)
     status, lost, failed = 0, "", False
     try:
         while not api.fuse_session_exited(se):
             try:
                 msg = os.read(fd, _READ_SIZE)
             except BlockingIOError:
-                # EINTR from libfuse's signal handlers ends poll(2) early (called through ctypes,
-                # so PEP 475 does not retry it); the timeout covers a signal that lands just
-                # before the call, as in blobfs.fuse.pollloop.
-                poll(pfds, len(pfds), _POLL_MS)
-                if workers is not None and any(p.revents for p in pfds[1:]):
-                    dead = workers.reap()
-                    if dead:
-                        lost = "; ".join(f"worker process {pid} {how}" for pid, how in dead)
-                        break
-                    pfds = poll_set()
+                lost = waiter.wait()  # EINTR from a signal: the loop re-checks the exit flag
+                if lost:
+                    break
                 continue
             except InterruptedError:
                 continue
@@ -224,9 +207,8 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], 
         # through /dev/fuse, which the main process serves: slower, but the mount works.
         log.warning("worker process %d: cannot set up io_uring (%s); requests stay on /dev/fuse", os.getpid(), e)
         return
-    pending = [uring.CMD_REGISTER] * len(entries)  # what to resubmit if a command comes back EINTR
     for k, entry in enumerate(entries):
-        ring.command(uring.CMD_REGISTER, entry, k)
+        ring.register(entry, k)
     # The loop below runs once per request; names are bound locally on purpose.
     unpack_req, pack_out, out_size = uring.REQUEST.unpack_from, wire.OUT_HEADER.pack_into, wire.OUT_HEADER.size
     pack_size, size_at = struct.Struct("<I").pack_into, uring.REPLY_SIZE_AT
@@ -238,12 +220,16 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], 
         for k, res in completions():
             entry = entries[k]
             if res < 0:
-                if res in (-errno.EINTR, -errno.EAGAIN):
-                    ring.command(pending[k], entry, k)
+                registered = entry.commit_id != 0  # a request came, so REGISTER was taken
+                if res in (-errno.EINTR, -errno.EAGAIN):  # resubmit what came back
+                    if registered:
+                        commit(k, entry.commit_id, entry.qid)
+                    else:
+                        ring.register(entry, k)
                     continue
                 if res in (-errno.ENOTCONN, -errno.ECONNABORTED, -errno.ENODEV):
                     return  # unmounted: the kernel tore the queues down
-                if pending[k] == uring.CMD_REGISTER:  # as above: the rings never take over
+                if not registered:  # as above: the rings never take over
                     log.warning("worker process %d: the kernel refused a FUSE queue (%s); requests stay on "
                                 "/dev/fuse", os.getpid(), os.strerror(-res))
                     return
@@ -261,7 +247,6 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], 
             if debug:
                 _log_answer(unique, opcode, nodeid, (err, n))
             entry.commit_id = commit_id
-            pending[k] = uring.CMD_COMMIT_AND_FETCH
             commit(k, commit_id, entry.qid)
 
 
