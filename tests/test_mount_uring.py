@@ -6,15 +6,18 @@ these cover what is particular to it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import signal
 import struct
+import termios
 import time
 from pathlib import Path
 
 import pytest
 
-from blobfs.fuse import wire
+from blobfs.fuse import uring, wire
 from blobfs.fuse.uring import ENABLE as ENABLE_URING
 from blobfs.fuse.cpuworkers import cpu_groups
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
@@ -167,6 +170,29 @@ def test_uring_mount_serves_the_fixture(blob_project, fixtures_dir, tmp_path, wo
         assert m.stop(signal.SIGTERM) == 0
         assert wait_gone(pids)
         assert "FUSE over io_uring" in m.stderr()
+
+
+@_mount_test
+def test_uring_compiled_loop_answers_isatty(blob_project, tmp_path):
+    # .ci/setup installs a C compiler, so the optional extension must have been built here
+    assert uring.fast_loop() is not None, "blobfs/fuse/_uringloop.c was not built"
+    with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=1")) as m:
+        path = next(m.mountpoint.rglob("*.json"))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert [os.isatty(fd) for _ in range(25)] == [False] * 25  # ENOSYS reaches the caller as ENOTTY
+            with pytest.raises(OSError) as e:
+                fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8))
+            assert e.value.errno == errno.ENOTTY
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:  # the requests the compiled loop hands back still get answered
+            assert f.read() == (blob_project / path.relative_to(m.mountpoint)).read_bytes()
+        assert m.stop(signal.SIGTERM) == 0
+        err = m.stderr()
+    assert "every request answered in Python" not in err, err
+    counts = [int(n) for n in re.findall(r"(\d+) ioctl requests answered by the compiled loop", err)]
+    assert len(counts) == 1 and counts[0] >= 27, err
 
 
 @_mount_test

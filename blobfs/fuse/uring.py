@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.machinery
+import logging
 import mmap
 import os
 import platform
 import struct
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _SYS_SETUP, _SYS_ENTER = 425, 426  # the same numbers on every architecture (asm-generic)
 _SETUP_CQSIZE, _SETUP_SQE128 = 1 << 3, 1 << 10
@@ -98,26 +102,64 @@ class Entry:
         self.iov = (ctypes.c_uint64 * 4)(_addr(self.header), HEADER_SIZE, _addr(self.payload), payload_size)
         self.op_in = memoryview(self.header)[OP_IN_AT:ENT_AT]
         self.payload_view = memoryview(self.payload)
-        self.commit_id = 0  #: of the request in the buffers; 0 until the first (never a valid id)
 
+
+class _CRing(ctypes.Structure):
+    """``struct blobfs_ring`` of _uringloop.c."""
+    _v, _c32 = ctypes.c_void_p, ctypes.c_int32
+    _fields_ = [("ring_fd", _c32), ("fuse_fd", _c32), ("sq_head", _v), ("sq_tail", _v), ("sq_mask", _u32),
+                ("sqes", _v), ("cq_head", _v), ("cq_tail", _v), ("cq_mask", _u32), ("cqes", _v),
+                ("n_entries", _u32), ("headers", _v), ("commit_ids", _v), ("qids", _v),
+                ("answered", ctypes.c_uint64), ("user_data", ctypes.c_uint64), ("res", _c32)]
+
+
+_fast: list[ctypes.CDLL | None] = []
+
+
+def fast_loop() -> ctypes.CDLL | None:
+    """The compiled loop that answers ioctl requests without Python (blobfs/fuse/_uringloop.c,
+    an optional extension: None where it was not built)."""
+    if not _fast:
+        lib = None
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = Path(__file__).with_name("_uringloop" + suffix)
+            if path.exists():
+                try:
+                    lib = ctypes.CDLL(str(path))
+                    lib.blobfs_uring_next.argtypes = [ctypes.POINTER(_CRing)]
+                except (OSError, AttributeError) as e:
+                    log.warning("cannot load %s: %s; answering every request in Python", path.name, e)
+                    lib = None
+                break
+        _fast.append(lib)
+    return _fast[0]
 
 
 class Ring:
-    """An io_uring instance whose SQEs are all FUSE commands on one ``/dev/fuse`` fd."""
+    """An io_uring instance whose SQEs are all FUSE commands on one ``/dev/fuse`` fd, with one
+    :class:`Entry` per FUSE queue it serves (user_data: the entry's index).
 
-    def __init__(self, fuse_fd: int, entries: int) -> None:
+    ``fast``: let the compiled loop (:func:`fast_loop`) answer ioctl requests itself when it is
+    built; :meth:`reap` then hands back only the other requests."""
+
+    def __init__(self, fuse_fd: int, entries: list[Entry], fast: bool = True) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._syscall = self._libc.syscall
         self._syscall.restype = ctypes.c_long
+        n = len(entries)
         p = _Params()
         p.flags = _SETUP_SQE128 | _SETUP_CQSIZE
-        p.cq_entries = 2 * entries
-        fd = self._syscall(_SYS_SETUP, ctypes.c_uint(entries), ctypes.byref(p))
+        p.cq_entries = 2 * n
+        fd = self._syscall(_SYS_SETUP, ctypes.c_uint(n), ctypes.byref(p))
         if fd < 0:
             e = ctypes.get_errno()
             raise OSError(e, f"io_uring_setup: {os.strerror(e)}")
         self.fd = int(fd)
         self._fuse_fd = fuse_fd
+        self.entries = entries
+        #: per entry, the id of the request in its buffers: 0 until the first (never a valid id);
+        #: shared with the compiled loop, which answers requests too
+        self.commit_ids = (ctypes.c_uint64 * n)()
         size = max(p.sq_off.array + 4 * p.sq_entries, p.cq_off.cqes + _CQE.size * p.cq_entries)
         rw = mmap.PROT_READ | mmap.PROT_WRITE
         self._rings = mmap.mmap(self.fd, size, mmap.MAP_SHARED, rw, offset=0)
@@ -126,35 +168,51 @@ class Ring:
         so, co = p.sq_off, p.cq_off
         for i in range(p.sq_entries):  # SQ array slot i always names SQE i
             self._u32[so.array // 4 + i] = i
-        self._sq_tail = so.tail // 4
+        self._sq_head, self._sq_tail = so.head // 4, so.tail // 4
         self._sq_mask = self._u32[so.ring_mask // 4]
-        self._tail = self._u32[self._sq_tail]
         self._cq_head, self._cq_tail = co.head // 4, co.tail // 4
         self._cq_mask = self._u32[co.ring_mask // 4]
         self._cqes = co.cqes
-        self._queued = 0
+        lib = fast_loop() if fast else None
+        self._c: _CRing | None = None
+        if lib is not None:
+            base = _addr(self._rings)
+            # the struct points into these arrays: they live as long as the ring
+            self._headers = (ctypes.c_void_p * n)(*(_addr(e.header) for e in entries))
+            self._qids = (ctypes.c_uint16 * n)(*(e.qid for e in entries))
+            self._c = _CRing(self.fd, fuse_fd, base + so.head, base + so.tail, self._sq_mask, _addr(self._sqes),
+                             base + co.head, base + co.tail, self._cq_mask, base + co.cqes, n,
+                             ctypes.addressof(self._headers), ctypes.addressof(self.commit_ids),
+                             ctypes.addressof(self._qids))
+            self._next = lib.blobfs_uring_next
 
-    def register(self, entry: Entry, user_data: int) -> None:
-        """Queue REGISTER: hand the kernel ``entry``'s buffers for its queue's next request."""
-        self._queue(CMD_REGISTER, ctypes.addressof(entry.iov), 2, user_data, 0, entry.qid)
+    @property
+    def answered_in_c(self) -> int:
+        """How many requests the compiled loop answered (0 without it)."""
+        return self._c.answered if self._c is not None else 0
 
-    def commit(self, user_data: int, commit_id: int, qid: int) -> None:
-        """Queue COMMIT_AND_FETCH: send the reply to request ``commit_id`` written in the
-        entry's buffers, and wait for the next request in them."""
-        self._queue(CMD_COMMIT_AND_FETCH, 0, 0, user_data, commit_id, qid)
+    def register(self, k: int) -> None:
+        """Queue REGISTER: hand the kernel entry ``k``'s buffers for its queue's next request."""
+        entry = self.entries[k]
+        self._queue(CMD_REGISTER, ctypes.addressof(entry.iov), 2, k, 0, entry.qid)
+
+    def commit(self, k: int, commit_id: int) -> None:
+        """Queue COMMIT_AND_FETCH: send the reply to request ``commit_id`` written in entry
+        ``k``'s buffers, and wait for the next request in them."""
+        self.commit_ids[k] = commit_id
+        self._queue(CMD_COMMIT_AND_FETCH, 0, 0, k, commit_id, self.entries[k].qid)
 
     def _queue(self, cmd_op: int, addr: int, n: int, user_data: int, commit_id: int, qid: int) -> None:
-        # Past the command area an SQE stays as the kernel mapped it: zero.
-        tail = self._tail
+        # Past the command area an SQE stays as the kernel mapped it: zero. The tail is read
+        # back from the ring, because the compiled loop queues SQEs too.
+        tail = self._u32[self._sq_tail]
         _SQE.pack_into(self._sqes, (tail & self._sq_mask) * _SQE_SIZE, _OP_URING_CMD, 0, 0, self._fuse_fd,
                        cmd_op, 0, addr, n, 0, user_data, 0, commit_id, qid)
-        self._tail = tail = (tail + 1) & 0xFFFFFFFF
-        self._u32[self._sq_tail] = tail
-        self._queued += 1
+        self._u32[self._sq_tail] = (tail + 1) & 0xFFFFFFFF
 
     def submit_and_wait(self, wait: int = 1) -> bool:
         """Submit what is queued and wait for ``wait`` completions; False if a signal came first."""
-        n, self._queued = self._queued, 0
+        n = (self._u32[self._sq_tail] - self._u32[self._sq_head]) & 0xFFFFFFFF
         res = self._syscall(_SYS_ENTER, self.fd, n, wait, _ENTER_GETEVENTS if wait else 0, None, 0)
         if res < 0:
             e = ctypes.get_errno()
@@ -175,6 +233,19 @@ class Ring:
         u32[self._cq_head] = head
         return out
 
+    def reap(self) -> list[tuple[int, int]]:
+        """Submit what is queued, wait, and return the completions Python must handle
+        ((entry index, result), oldest first); empty when a signal came first. With the
+        compiled loop, ioctl requests are answered and resubmitted on the way."""
+        if self._c is None:
+            return self.completions() if self.submit_and_wait(1) else []
+        err = self._next(self._c)
+        if err == 0:
+            return [(self._c.user_data, self._c.res)]
+        if err == -errno.EINTR:
+            return []
+        raise OSError(-err, f"io_uring_enter: {os.strerror(-err)}")
+
 
 __all__ = ["CMD_COMMIT_AND_FETCH", "CMD_REGISTER", "ENT_AT", "Entry", "HEADER_SIZE", "OP_IN_AT", "REPLY_SIZE_AT",
-           "REQUEST", "Ring", "kernel_offers"]
+           "REQUEST", "Ring", "fast_loop", "kernel_offers"]

@@ -199,33 +199,42 @@ def _worker(wfs: wire.WireFS, fd: int, qids: list[int], debug: bool) -> None:
 
 def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], debug: bool = False) -> None:
     try:
-        ring = uring.Ring(fd, len(qids))
         entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]  # one per queue: measured best (4 each: 8 readers 0.9x)
+        # -o debug logs every request, so the compiled loop, which answers ioctls unseen, is off
+        ring = uring.Ring(fd, entries, fast=not debug)
     except OSError as e:
         # e.g. a seccomp filter that refuses io_uring_setup. The kernel switches to the rings
         # only once every CPU's queue has registered, so until then every request still comes
         # through /dev/fuse, which the main process serves: slower, but the mount works.
         log.warning("worker process %d: cannot set up io_uring (%s); requests stay on /dev/fuse", os.getpid(), e)
         return
-    for k, entry in enumerate(entries):
-        ring.register(entry, k)
+    for k in range(len(entries)):
+        ring.register(k)
+    try:
+        _serve_ring(wfs, ring, stop, debug)
+    finally:
+        if ring.answered_in_c:
+            log.info("worker process %d: %d ioctl requests answered by the compiled loop", os.getpid(),
+                     ring.answered_in_c)
+
+
+def _serve_ring(wfs: wire.WireFS, ring: uring.Ring, stop: list[bool], debug: bool) -> None:
     # The loop below runs once per request; names are bound locally on purpose.
+    entries, commit_ids = ring.entries, ring.commit_ids
     unpack_req, pack_out, out_size = uring.REQUEST.unpack_from, wire.OUT_HEADER.pack_into, wire.OUT_HEADER.size
     pack_size, size_at = struct.Struct("<I").pack_into, uring.REPLY_SIZE_AT
     handle, enosys, ioctl = wfs.handle, (-errno.ENOSYS, b""), wire.IOCTL
-    wait, completions, commit = ring.submit_and_wait, ring.completions, ring.commit
+    reap, commit = ring.reap, ring.commit
     while not stop:
-        if not wait(1):
-            continue  # a signal: look at ``stop`` again
-        for k, res in completions():
+        for k, res in reap():  # empty after a signal: look at ``stop`` again
             entry = entries[k]
             if res < 0:
-                registered = entry.commit_id != 0  # a request came, so REGISTER was taken
+                registered = commit_ids[k] != 0  # a request came, so REGISTER was taken
                 if res in (-errno.EINTR, -errno.EAGAIN):  # resubmit what came back
                     if registered:
-                        commit(k, entry.commit_id, entry.qid)
+                        commit(k, commit_ids[k])
                     else:
-                        ring.register(entry, k)
+                        ring.register(k)
                     continue
                 if res in (-errno.ENOTCONN, -errno.ECONNABORTED, -errno.ENODEV):
                     return  # unmounted: the kernel tore the queues down
@@ -236,7 +245,8 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], 
                 raise OSError(-res, f"FUSE io_uring command: {os.strerror(-res)}")
             header = entry.header
             _, opcode, unique, nodeid, _, _, _, _, _, commit_id, size = unpack_req(header)
-            # isatty() from every Python open(): answered without a call
+            # isatty() from every Python open(): answered without a call (by the compiled loop
+            # when it is built)
             reply = enosys if opcode == ioctl else handle(opcode, nodeid, entry.op_in, entry.payload_view[:size])
             err, body = reply if reply is not None else (0, b"")
             n = len(body)
@@ -246,8 +256,7 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], 
             pack_size(header, size_at, n)
             if debug:
                 _log_answer(unique, opcode, nodeid, (err, n))
-            entry.commit_id = commit_id
-            commit(k, commit_id, entry.qid)
+            commit(k, commit_id)
 
 
 __all__ = ["possible_cpus", "queue_plan", "serve"]
