@@ -45,13 +45,18 @@ def mount_api_args(libfuse: int | None) -> list[str]:
     api = getattr(libfuse, "api", None)
     if api == "uring":
         return ["-o", "uring"]
+    if api is None and libfuse is not None and int(libfuse) == 3:
+        # The low-level driver would pick io_uring by itself here (conftest turns the
+        # kernel's enable_uring on); keep this layout on /dev/fuse.
+        return ["-o", "nouring"]
     return ["-o", f"fuse_api={api}"] if api else []
 
 
 #: Every mount test runs under each: libfuse 2 (mfusepy), libfuse 3 through the low-level
-#: driver (the default), libfuse 3 through mfusepy's high-level ``FUSE``, and the low-level
-#: driver serving through FUSE over io_uring (``-o uring``; conftest turns the kernel's
-#: ``enable_uring`` on for the session).
+#: driver (the default) on ``/dev/fuse`` (``-o nouring``), libfuse 3 through mfusepy's
+#: high-level ``FUSE``, and the low-level driver serving through FUSE over io_uring
+#: (``-o uring``; conftest turns the kernel's ``enable_uring`` on for the session, so mounts
+#: that name no layout use it too).
 LIBFUSE_VERSIONS = (Libfuse(2), Libfuse(3), Libfuse(3, "highlevel"), Libfuse(3, "uring"))
 MOUNT_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0

@@ -58,9 +58,16 @@ def test_workers_default_and_values():
     assert build_options("s", "m", o=("ro,workers=256",)).workers == 256
 
 
+def test_uring_default_and_values():
+    assert build_options("s", "m").uring is None  # whenever the kernel offers it
+    assert build_options("s", "m", o=("uring",)).uring is True  # asked for: a warning without it
+    assert build_options("s", "m", o=("ro,nouring",)).uring is False
+
+
 @pytest.mark.parametrize("bad,word", [("frobnicate", "frobnicate"), ("libfuse", "libfuse"),
                                       ("allow_other=1", "allow_other"), ("libfuse=4", "4"),
-                                      ("threads,nothreads", "contradict"), ("spin_us=-1", "spin_us"),
+                                      ("threads,nothreads", "contradict"), ("uring,nouring", "contradict"),
+                                      ("spin_us=-1", "spin_us"),
                                       ("spin_us=fast", "fast"), ("spin_us=2000000", "spin_us"),
                                       ("spin_us", "spin_us"), ("workers=0", "workers"),
                                       ("workers=-2", "workers"), ("workers=many", "many"),

@@ -227,6 +227,24 @@ def test_uring_falls_back_to_dev_fuse_when_the_kernel_has_it_off(blob_project, f
 
 
 @_mount_test
+@pytest.mark.skipif(os.geteuid() != 0, reason="turning io_uring off needs root")
+@pytest.mark.parametrize("enable", ["Y", "N"])
+def test_by_default_io_uring_is_used_whenever_the_kernel_offers_it(blob_project, fixtures_dir, tmp_path, enable):
+    was = ENABLE_URING.read_text().strip()
+    ENABLE_URING.write_text(enable)
+    try:  # the low-level driver named, without uring or nouring
+        with mounted(blob_project, tmp_path, libfuse=Libfuse(3, "lowlevel"), args=("-o", "workers=2")) as m:
+            assert read_expected(m.mountpoint, fixtures_dir) > 0
+            err = m.stderr()
+    finally:
+        ENABLE_URING.write_text(was)
+    assert ("FUSE over io_uring, 2 worker processes" in err) == (enable == "Y"), err
+    assert "WARNING" not in err, err  # not asked for, so its absence is no warning
+    if enable == "N":
+        assert "2 worker processes, one per CPU group" in err, err
+
+
+@_mount_test
 def test_uring_debug_logs_every_request(blob_project, fixtures_dir, tmp_path):
     with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=2,debug")) as m:
         path = next(m.mountpoint.rglob("*.json"))

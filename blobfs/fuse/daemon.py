@@ -128,7 +128,7 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
             n = len(worker_plan(opts.workers))
             if n > 1:
                 loop = f"{n} worker processes, one per CPU group"
-            if opts.uring and uring_offered() is None:
+            if opts.uring is not False and uring_offered() is None:
                 loop = f"FUSE over io_uring, {n} worker process{'es' if n > 1 else ''}"
                 if opts.debug or uring_fast_loop() is None:  # say so: it costs 8-reader throughput
                     loop += ", every request answered in Python"

@@ -267,13 +267,16 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
                     if opts.threads and api.loop_mt is not None:
                         return int(api.loop_mt(se, 0))
                     groups = cpuworkers.plan(opts.workers)
-                    if opts.uring:
+                    if opts.uring is not False and not opts.threads:  # None: whenever the kernel offers it
                         why = uring.kernel_offers()
                         if why is None:
                             from blobfs.fuse import uringsession
 
                             return uringsession.serve(fs, api, se, groups, opts.debug)
-                        log.warning("-o uring: FUSE over io_uring unavailable (%s); serving from /dev/fuse", why)
+                        if opts.uring:
+                            log.warning("-o uring: FUSE over io_uring unavailable (%s); serving from /dev/fuse", why)
+                        else:
+                            log.info("FUSE over io_uring not used: %s", why)
                     spin = opts.spin_window(len(groups))
                     workers = _worker_plan(fs, groups)
                     if (spin > 0 or workers is not None) and pollloop.available(api):

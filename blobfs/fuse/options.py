@@ -47,6 +47,7 @@ OWN_OPTIONS = {
     "spin_us": True,
     "workers": True,
     "uring": False,
+    "nouring": False,
     "log": True,
     "offsets": True,
     "ann": True,
@@ -84,9 +85,10 @@ class MountOptions:
     #: daemon processes of the low-level driver, each pinned to its CPUs (None: one per CPU,
     #: at most 8); see :mod:`blobfs.fuse.cpuworkers`
     workers: int | None = None
-    #: serve through FUSE over io_uring (per-CPU kernel queues) when the kernel offers it
-    #: (low-level driver, not with ``threads``); see :mod:`blobfs.fuse.uringsession`
-    uring: bool = False
+    #: serve through FUSE over io_uring (per-CPU kernel queues; low-level driver, not with
+    #: ``threads``): None (the default) when the kernel offers it, True: asked for (a warning
+    #: when it cannot be had), False: never; see :mod:`blobfs.fuse.uringsession`
+    uring: bool | None = None
     allow_other: bool = False
     auto_unmount: bool = False
     debug: bool = False
@@ -181,6 +183,8 @@ def build_options(
         raise MountUsageError("mount options 'threads' and 'nothreads' contradict each other")
     if threads is None:
         threads = bool(parsed.get("threads"))
+    if parsed.get("uring") and parsed.get("nouring"):
+        raise MountUsageError("mount options 'uring' and 'nouring' contradict each other")
     lib = libfuse if libfuse is not None else parsed.get("libfuse")
     if lib is not None:
         if str(lib) not in ("2", "3"):
@@ -225,7 +229,7 @@ def build_options(
         threads=threads,
         spin_us=spin,
         workers=workers,
-        uring=bool(parsed.get("uring")),
+        uring=True if parsed.get("uring") else (False if parsed.get("nouring") else None),
         allow_other=bool(parsed.get("allow_other")),
         auto_unmount=bool(parsed.get("auto_unmount")),
         debug=debug or bool(parsed.get("debug")),
