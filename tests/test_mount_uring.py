@@ -196,6 +196,20 @@ def test_uring_compiled_loop_answers_isatty(blob_project, tmp_path):
 
 
 @_mount_test
+def test_uring_pure_python_loop_on_request(blob_project, tmp_path):
+    # $BLOBFS_PURE_PYTHON: the workers answer everything in Python, and the mount says so
+    with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=2"),
+                 env={uring.PURE_PYTHON_ENV: "1"}) as m:
+        path = next(m.mountpoint.rglob("*.json"))
+        with open(path, "rb") as f:  # isatty(): the IOCTL, answered by the Python loop
+            assert not f.isatty() and f.read() == (blob_project / path.relative_to(m.mountpoint)).read_bytes()
+        assert m.stop(signal.SIGTERM) == 0
+        err = m.stderr()
+    assert "FUSE over io_uring, 2 worker processes, every request answered in Python" in err, err
+    assert "answered by the compiled loop" not in err, err
+
+
+@_mount_test
 def test_uring_workers_ignore_sigterm_and_a_killed_one_ends_the_mount(blob_project, fixtures_dir, tmp_path):
     with mounted(blob_project, tmp_path, libfuse=URING, args=("-o", "workers=2"), expect_exit=None) as m:
         pids = wait_for_daemon_processes(m.mountpoint, 3)

@@ -116,9 +116,16 @@ class _CRing(ctypes.Structure):
 _fast: list[ctypes.CDLL | None] = []
 
 
+#: Set (to anything but "" or "0") to answer every request in Python: for measuring what the
+#: compiled loop saves, and a way around it should it ever misbehave.
+PURE_PYTHON_ENV = "BLOBFS_PURE_PYTHON"
+
+
 def fast_loop() -> ctypes.CDLL | None:
     """The compiled loop that answers ioctl requests without Python (blobfs/fuse/_uringloop.c,
-    an optional extension: None where it was not built)."""
+    an optional extension): None where it was not built, or with ``$BLOBFS_PURE_PYTHON`` set."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
     if not _fast:
         lib = None
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -248,4 +255,4 @@ class Ring:
 
 
 __all__ = ["CMD_COMMIT_AND_FETCH", "CMD_REGISTER", "ENT_AT", "Entry", "HEADER_SIZE", "OP_IN_AT", "REPLY_SIZE_AT",
-           "REQUEST", "Ring", "fast_loop", "kernel_offers"]
+           "PURE_PYTHON_ENV", "REQUEST", "Ring", "fast_loop", "kernel_offers"]

@@ -10,8 +10,10 @@ the cost Python's ``open()`` pays once per file. Each daemon layout is mounted o
 sized demo project, and the loop runs from an unpinned reader and from readers pinned to each
 CPU, in interleaved rounds; the table shows medians. Layouts: one daemon process that blocks
 (``workers=1,spin_us=0``, libfuse's own loop), one that polls 50 µs after each request
-(``workers=1``, the single-process default), the default (one pinned worker per CPU), and
-FUSE over io_uring (``-o uring``; needs ``/sys/module/fuse/parameters/enable_uring`` set).
+(``workers=1``), one pinned worker per CPU on ``/dev/fuse`` (the default where the kernel
+offers no io_uring), and FUSE over io_uring (``-o uring``; needs
+``/sys/module/fuse/parameters/enable_uring`` set), with its workers answering every request in
+Python (``$BLOBFS_PURE_PYTHON``) and with the compiled loop answering the ioctl.
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from mountbench_setup import BLOBFS, REPO, daemon_pid, force_unmount, log, wait_gone  # noqa: E402
 
-LAYOUTS = {"1 process, blocking": ["-o", "workers=1,spin_us=0"],
-           "1 process, polls 50 us": ["-o", "workers=1"],
-           "default (worker per CPU)": [],
-           "FUSE over io_uring (-o uring)": ["-o", "uring"]}
+#: name -> (mount arguments, extra environment)
+LAYOUTS = {"1 process, blocking": (["-o", "workers=1,spin_us=0,nouring"], {}),
+           "1 process, polls 50 us": (["-o", "workers=1,nouring"], {}),
+           "worker per CPU on /dev/fuse (-o nouring)": (["-o", "nouring"], {}),
+           "FUSE over io_uring, Python loop": (["-o", "uring"], {"BLOBFS_PURE_PYTHON": "1"}),
+           "FUSE over io_uring (the default when offered)": (["-o", "uring"], {})}
 ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
 
 _LOOP = """
@@ -64,10 +68,11 @@ def main() -> int:
     readers: list[int | None] = [None, *cpus]
     res: dict[tuple[str, int | None], list[float]] = {}
     for rnd in range(args.rounds):
-        for name, extra in LAYOUTS.items():
+        for name, (extra, env) in LAYOUTS.items():
             mp = work / "mnt"
             mp.mkdir(parents=True, exist_ok=True)
-            subprocess.run([*BLOBFS, "mount", *extra, str(src), str(mp)], check=True, cwd=REPO)
+            subprocess.run([*BLOBFS, "mount", *extra, str(src), str(mp)], check=True, cwd=REPO,
+                           env={**os.environ, **env})
             try:
                 f = next(p for p in mp.glob("*/img/*") if p.is_file())
                 for cpu in readers:
