@@ -12,6 +12,10 @@ request to the queue of the CPU that sent it, waking only the worker that serves
 (fs/fuse/dev_uring.c ``fuse_uring_task_to_queue``). With ``/dev/fuse`` every waiting worker is
 woken for every request. And a worker answers one request and waits for the next in one
 ``io_uring_enter`` instead of poll + read + write + read.
+
+The ring is shared with an optional compiled loop (``_uringloop.c``, see :func:`fast_loop`) that
+answers the isatty() ioctl of every Python ``open()`` without entering Python: both sides read
+the SQ tail back from the ring and keep the commit ids in one ctypes array.
 """
 from __future__ import annotations
 
@@ -104,13 +108,15 @@ class Entry:
         self.payload_view = memoryview(self.payload)
 
 
+_ptr, _s32 = ctypes.c_void_p, ctypes.c_int32
+
+
 class _CRing(ctypes.Structure):
     """``struct blobfs_ring`` of _uringloop.c."""
-    _v, _c32 = ctypes.c_void_p, ctypes.c_int32
-    _fields_ = [("ring_fd", _c32), ("fuse_fd", _c32), ("sq_head", _v), ("sq_tail", _v), ("sq_mask", _u32),
-                ("sqes", _v), ("cq_head", _v), ("cq_tail", _v), ("cq_mask", _u32), ("cqes", _v),
-                ("n_entries", _u32), ("headers", _v), ("commit_ids", _v), ("qids", _v),
-                ("answered", ctypes.c_uint64), ("user_data", ctypes.c_uint64), ("res", _c32)]
+    _fields_ = [("ring_fd", _s32), ("fuse_fd", _s32), ("sq_head", _ptr), ("sq_tail", _ptr), ("sq_mask", _u32),
+                ("sqes", _ptr), ("cq_head", _ptr), ("cq_tail", _ptr), ("cq_mask", _u32), ("cqes", _ptr),
+                ("n_entries", _u32), ("headers", _ptr), ("commit_ids", _ptr), ("qids", _ptr),
+                ("answered", ctypes.c_uint64), ("user_data", ctypes.c_uint64), ("res", _s32)]
 
 
 _fast: list[ctypes.CDLL | None] = []
