@@ -199,7 +199,9 @@ def _worker(wfs: wire.WireFS, fd: int, qids: list[int], debug: bool) -> None:
 
 def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], debug: bool = False) -> None:
     try:
-        entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]  # one per queue: measured best (4 each: 8 readers 0.9x)
+        # One entry per queue: four did no better for 8 readers (0.9x with the Python loop,
+        # 1.0x with the compiled one).
+        entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]
         # -o debug logs every request, so the compiled loop, which answers ioctls unseen, is off
         ring = uring.Ring(fd, entries, fast=not debug)
     except OSError as e:
