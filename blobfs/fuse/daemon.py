@@ -32,7 +32,7 @@ from blobfs.errors import BlobfsError
 from blobfs.fuse import binding as _binding
 from blobfs.fuse.cpuworkers import WorkerLost, plan as worker_plan
 from blobfs.fuse.ops import make_operations
-from blobfs.fuse.uring import fast_loop as uring_fast_loop
+from blobfs.fuse.uring import compiled_loop
 from blobfs.fuse.uring import kernel_offers as uring_offered
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
 from blobfs.fuse.umount import STALE_ERRNOS, is_stale, mount_entry, unmount
@@ -130,7 +130,7 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
                 loop = f"{n} worker processes, one per CPU group"
             if opts.uring is not False and uring_offered() is None:
                 loop = f"FUSE over io_uring, {n} worker process{'es' if n > 1 else ''}"
-                if opts.debug or uring_fast_loop() is None:  # say so: it costs 8-reader throughput
+                if not compiled_loop(opts.debug):  # say so: it costs 8-reader throughput
                     loop += ", every request answered in Python"
             elif opts.spin_window(n):
                 loop += f", polls {opts.spin_window(n)} µs after each request"

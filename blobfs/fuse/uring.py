@@ -148,6 +148,12 @@ def fast_loop() -> ctypes.CDLL | None:
     return _fast[0]
 
 
+def compiled_loop(debug: bool) -> bool:
+    """Whether a worker's compiled loop answers ioctls: it is built and loadable
+    (:func:`fast_loop`), and ``-o debug``, which logs every request, is off."""
+    return not debug and fast_loop() is not None
+
+
 class Ring:
     """An io_uring instance whose SQEs are all FUSE commands on one ``/dev/fuse`` fd, with one
     :class:`Entry` per FUSE queue it serves (user_data: the entry's index).
@@ -261,4 +267,4 @@ class Ring:
 
 
 __all__ = ["CMD_COMMIT_AND_FETCH", "CMD_REGISTER", "ENT_AT", "Entry", "HEADER_SIZE", "OP_IN_AT", "REPLY_SIZE_AT",
-           "PURE_PYTHON_ENV", "REQUEST", "Ring", "fast_loop", "kernel_offers"]
+           "PURE_PYTHON_ENV", "REQUEST", "Ring", "compiled_loop", "fast_loop", "kernel_offers"]

@@ -202,8 +202,7 @@ def _serve_queues(wfs: wire.WireFS, fd: int, qids: list[int], stop: list[bool], 
         # One entry per queue: four did no better for 8 readers (0.9x with the Python loop,
         # 1.0x with the compiled one).
         entries = [uring.Entry(qid, wire.MAX_PAYLOAD) for qid in qids]
-        # -o debug logs every request, so the compiled loop, which answers ioctls unseen, is off
-        ring = uring.Ring(fd, entries, fast=not debug)
+        ring = uring.Ring(fd, entries, fast=uring.compiled_loop(debug))
     except OSError as e:
         # e.g. a seccomp filter that refuses io_uring_setup. The kernel switches to the rings
         # only once every CPU's queue has registered, so until then every request still comes
