@@ -32,8 +32,7 @@ from blobfs.errors import BlobfsError
 from blobfs.fuse import binding as _binding
 from blobfs.fuse.cpuworkers import WorkerLost, plan as worker_plan
 from blobfs.fuse.ops import make_operations
-from blobfs.fuse.uring import compiled_loop
-from blobfs.fuse.uring import kernel_offers as uring_offered
+from blobfs.fuse.uring import compiled_loop, kernel_offers as uring_offered
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
 from blobfs.fuse.umount import STALE_ERRNOS, is_stale, mount_entry, unmount
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import importlib.machinery
 import logging
 import mmap
@@ -119,9 +120,6 @@ class _CRing(ctypes.Structure):
                 ("answered", ctypes.c_uint64), ("user_data", ctypes.c_uint64), ("res", _s32)]
 
 
-_fast: list[ctypes.CDLL | None] = []
-
-
 #: Set (to anything but "" or "0") to answer every request in Python: for measuring what the
 #: compiled loop saves, and a way around it should it ever misbehave.
 PURE_PYTHON_ENV = "BLOBFS_PURE_PYTHON"
@@ -132,20 +130,22 @@ def fast_loop() -> ctypes.CDLL | None:
     an optional extension): None where it was not built, or with ``$BLOBFS_PURE_PYTHON`` set."""
     if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
         return None
-    if not _fast:
-        lib = None
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = Path(__file__).with_name("_uringloop" + suffix)
-            if path.exists():
-                try:
-                    lib = ctypes.CDLL(str(path))
-                    lib.blobfs_uring_next.argtypes = [ctypes.POINTER(_CRing)]
-                except (OSError, AttributeError) as e:
-                    log.warning("cannot load %s: %s; answering every request in Python", path.name, e)
-                    lib = None
-                break
-        _fast.append(lib)
-    return _fast[0]
+    return _load_fast_loop()
+
+
+@functools.cache
+def _load_fast_loop() -> ctypes.CDLL | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = Path(__file__).with_name("_uringloop" + suffix)
+        if path.exists():
+            try:
+                lib = ctypes.CDLL(str(path))
+                lib.blobfs_uring_next.argtypes = [ctypes.POINTER(_CRing)]
+            except (OSError, AttributeError) as e:
+                log.warning("cannot load %s: %s; answering every request in Python", path.name, e)
+                return None
+            return lib
+    return None
 
 
 def compiled_loop(debug: bool) -> bool:
@@ -229,10 +229,10 @@ class Ring:
                        cmd_op, 0, addr, n, 0, user_data, 0, commit_id, qid)
         self._u32[self._sq_tail] = (tail + 1) & 0xFFFFFFFF
 
-    def submit_and_wait(self, wait: int = 1) -> bool:
-        """Submit what is queued and wait for ``wait`` completions; False if a signal came first."""
+    def submit_and_wait(self) -> bool:
+        """Submit what is queued and wait for a completion; False if a signal came first."""
         n = (self._u32[self._sq_tail] - self._u32[self._sq_head]) & 0xFFFFFFFF
-        res = self._syscall(_SYS_ENTER, self.fd, n, wait, _ENTER_GETEVENTS if wait else 0, None, 0)
+        res = self._syscall(_SYS_ENTER, self.fd, n, 1, _ENTER_GETEVENTS, None, 0)
         if res < 0:
             e = ctypes.get_errno()
             if e == errno.EINTR:
@@ -257,7 +257,7 @@ class Ring:
         ((entry index, result), oldest first); empty when a signal came first. With the
         compiled loop, ioctl requests are answered and resubmitted on the way."""
         if self._c is None:
-            return self.completions() if self.submit_and_wait(1) else []
+            return self.completions() if self.submit_and_wait() else []
         err = self._next(self._c)
         if err == 0:
             return [(self._c.user_data, self._c.res)]
