@@ -113,6 +113,14 @@ def seq_mbs(path: str) -> float:
     return total / (time.perf_counter() - t0) / 1e6
 
 
+def knob(path: str) -> str:
+    """A kernel setting the figures depend on, for the table's header line."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "absent"
+
+
 def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -322,11 +330,12 @@ def main() -> int:
 
     old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     out = []
-    try:  # -o uring variants fall back to /dev/fuse unless the kernel has it on
-        uring_state = Path("/sys/module/fuse/parameters/enable_uring").read_text().strip()
-    except OSError:
-        uring_state = "absent"
-    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, fuse enable_uring={uring_state}", flush=True)
+    # -o uring variants fall back to /dev/fuse unless the kernel has it on. Autogroup puts the
+    # daemon (its own session) in a scheduling group of its own, which changes how often a
+    # reader's request costs two context switches (README, "Where the time goes").
+    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, "
+          f"fuse enable_uring={knob('/sys/module/fuse/parameters/enable_uring')}, "
+          f"sched_autogroup_enabled={knob('/proc/sys/kernel/sched_autogroup_enabled')}", flush=True)
     try:
         for n in (int(x) for x in args.sizes.split(",") if x.strip()):
             base = build(work, n)
