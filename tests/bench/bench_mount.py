@@ -56,19 +56,20 @@ def read_py(paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def _reader_proc(paths: list[str], go, q) -> None:  # type: ignore[no-untyped-def]
+def _reader_proc(paths: list[str], go, q, buffering: int) -> None:  # type: ignore[no-untyped-def]
     go.wait()
     for p in paths:
-        with open(p, "rb") as f:
+        with open(p, "rb", buffering=buffering) as f:
             f.read()
     q.put(time.perf_counter())
 
 
-def read_py_parallel(paths: list[str], procs: int) -> float:
-    """Files/s of ``procs`` processes with open(), from a common start to the last finisher."""
+def read_py_parallel(paths: list[str], procs: int, buffering: int = -1) -> float:
+    """Files/s of ``procs`` processes with open(), from a common start to the last finisher.
+    ``buffering`` as open()'s: the default -1 asks ``isatty()``, any other value does not."""
     ctx = mp.get_context("fork")
     go, q = ctx.Event(), ctx.Queue()
-    ps = [ctx.Process(target=_reader_proc, args=(paths[k::procs], go, q)) for k in range(procs)]
+    ps = [ctx.Process(target=_reader_proc, args=(paths[k::procs], go, q, buffering)) for k in range(procs)]
     for p in ps:
         p.start()
     time.sleep(0.2)

@@ -25,46 +25,19 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing as mp
 import os
-import time
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_mount import read_os  # noqa: E402
+from bench_mount import read_os, read_py_parallel  # noqa: E402
 from mountbench_setup import BLOBFS, System, build, log, names_for  # noqa: E402
 
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 #: reader style -> open()'s buffering argument (-1: the default, which asks isatty())
 STYLES = {"open()": -1, "open(), no isatty() (as Python 3.14)": io.DEFAULT_BUFFER_SIZE}
-
-
-def _reader(paths: list[str], buffering: int, go, q) -> None:  # type: ignore[no-untyped-def]
-    go.wait()
-    for p in paths:
-        with open(p, "rb", buffering=buffering) as f:
-            f.read()
-    q.put(time.perf_counter())
-
-
-def read_parallel(paths: list[str], procs: int, buffering: int) -> float:
-    """Files/s of ``procs`` processes, from a common start to the last finisher (as
-    bench_mount.py's read_py_parallel)."""
-    ctx = mp.get_context("fork")
-    go, q = ctx.Event(), ctx.Queue()
-    ps = [ctx.Process(target=_reader, args=(paths[k::procs], buffering, go, q)) for k in range(procs)]
-    for p in ps:
-        p.start()
-    time.sleep(0.2)
-    t0 = time.perf_counter()
-    go.set()
-    ends = [q.get(timeout=600) for _ in ps]
-    for p in ps:
-        p.join()
-    return len(paths) / (max(ends) - t0)
 
 
 def switches() -> int:
@@ -107,7 +80,7 @@ def main() -> int:
                 for style, buffering in STYLES.items():
                     for s in systems if rnd % 2 == 0 else systems[::-1]:
                         before = switches()
-                        rate = read_parallel([str(s.img / x) for x in names], args.readers, buffering)
+                        rate = read_py_parallel([str(s.img / x) for x in names], args.readers, buffering)
                         per_file.setdefault((ag, style, s.name), []).append((switches() - before) / args.n)
                         rates.setdefault((ag, style, s.name), []).append(rate)
                         log(f"round {rnd + 1}, autogroup {ag or original}, {style}: {s.name} {rate:,.0f} files/s")
