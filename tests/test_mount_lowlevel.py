@@ -44,6 +44,43 @@ def test_item_path_inverts_every_image_inode(blob_project):
     assert view.item_path((2 << 56) | (999 << 32) | 1) is None  # no such dataset
 
 
+
+def test_ann_node_names_every_item_annotation_and_nothing_else(blob_project):
+    project = open_project(blob_project)
+    view = project.view
+    seen = 0
+    for rel, _dirs, files in view.walk():
+        for name in files:
+            path = f"{rel}/{name}" if rel else name
+            nid = view.ann_node(path)
+            if not rel.endswith("/ann"):
+                assert nid is None, path  # images, img_info/, meta/, meta.json
+                continue
+            assert nid is not None and nid >> 56 == 4, path
+            assert view.node_path(nid) == path
+            assert view.getattr(path).size > 0
+            seen += 1
+    assert seen == sum(len(ds.items) for ds in project.datasets)  # the SDK wrote one per item
+    assert view.ann_node("ds1/ann/not an item.json") is None
+    assert view.ann_node("ds1/ann") is None
+    assert view.ann_node("ds1/ann/img_000.png") is None
+    assert view.ann_node("nosuchds/ann/img_000.png.json") is None
+    assert view.node_path((4 << 56) | (999 << 32) | 1) is None  # no such dataset
+    assert view.node_path((4 << 56) | (1 << 32) | 999) is None  # no such item
+
+
+def test_node_table_keeps_no_entry_for_item_annotations(blob_project):
+    view = open_project(blob_project).view
+    t = NodeTable(view.node_path, view.ann_node)
+    path = "ds2/ann/scan 01.png.json"
+    nid = t.ref(path, view.getattr(path).ino)
+    assert t.ref(path, view.getattr(path).ino) == nid
+    assert len(t) == 1 and t.path(nid) == path  # only the root has an entry
+    t.forget(nid, 2)
+    assert t.path(nid) == path
+    folder = t.ref("ds2/ann", view.getattr("ds2/ann").ino)  # everything else: counted entries
+    assert len(t) == 2 and t.path(folder) == "ds2/ann"
+
 def test_node_table_counts_lookups_and_drops_forgotten_nodes():
     items = {(2 << 56) | 5: "ds/img/a.png"}
     t = NodeTable(items.get)

@@ -9,11 +9,11 @@ them), and the id says which file and at which offset. Any worker resolves any i
 ``pread``; a worker writes only its own file, so no locking is needed, and the record is
 written before the LOOKUP reply that makes the id known to the kernel.
 
-Images (and everything else :meth:`ClassicView.item_path` can rebuild) still need no record.
-Two workers may give one path two ids; the kernel treats them as two inodes of the same file,
-which is harmless for read-only data. FORGET is not counted: a record is the path plus two
-bytes (~30 for an annotation file), written once per LOOKUP the kernel sends (one per name
-while its dentry stays cached).
+Images and the annotations of items (every id :meth:`ClassicView.node_path` can rebuild)
+still need no record. Two workers may give one path two ids; the kernel treats them as two
+inodes of the same file, which is harmless for read-only data. FORGET is not counted: a record
+is the path plus two bytes (~20 for a folder or a pass-through file), written once per LOOKUP
+the kernel sends (one per name while its dentry stays cached).
 """
 from __future__ import annotations
 

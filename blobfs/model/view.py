@@ -42,6 +42,9 @@ BLKSIZE = 128 * 1024
 _VDIR = 1 << 56
 _ITEM = 2 << 56
 _VFILE = 3 << 56
+# Not an inode number: the FUSE node id of an item's annotation (``DS/ann/NAME.json``), made
+# from the item, so the driver keeps no entry per annotation (see ann_node).
+_ANN_NODE = 4 << 56
 _WRITE_BITS = 0o222
 _SYNTH_OFF = 1 << 48
 
@@ -235,6 +238,36 @@ class ClassicView:
         if not (0 <= k < len(datasets) and 0 <= i < len(datasets[k].items)):
             return None
         return f"{datasets[k].relpath}/img/{datasets[k].items.name(i)}"
+
+    def node_path(self, nid: int) -> str | None:
+        """The view path of an image's inode number or of an id from :meth:`ann_node`; None
+        for any other number."""
+        if nid >> 56 != _ANN_NODE >> 56:
+            return self.item_path(nid)
+        k, i = ((nid >> 32) & 0xFFFFFF) - 1, (nid & 0xFFFFFFFF) - 1
+        datasets = self.project.datasets
+        if not (0 <= k < len(datasets) and 0 <= i < len(datasets[k].items)):
+            return None
+        return f"{datasets[k].relpath}/ann/{datasets[k].items.name(i)}.json"
+
+    def ann_node(self, path: str) -> int | None:
+        """A node id for ``DS/ann/NAME.json`` when NAME is an item of dataset DS, which
+        :meth:`node_path` turns back into the same path; None for any other path.
+
+        With it the FUSE driver keeps no entry per annotation (~200 bytes each in one
+        process, a node log record per LOOKUP with worker processes), as images need none. It
+        names the path only: resolving it (real file, or synthesized) is unchanged."""
+        parent, _, name = self._rel(path).rpartition("/")
+        if not name.endswith(".json") or not parent.endswith("/ann"):
+            return None
+        d = self._dirs.get(parent[: -len("/ann")])
+        if d is None or d.ds_index < 0 or d.items_of is not None:
+            return None
+        ds = self.project.datasets[d.ds_index]
+        if ds.relpath != d.rel:
+            return None
+        i = ds.items.find(name[: -len(".json")])
+        return None if i < 0 else _ANN_NODE | (d.ds_index + 1) << 32 | (i + 1)
 
     def _synth_ino(self, k: int, name: str) -> int:
         return _VFILE | (k + 1) << 32 | (self._synth.item(k, name) + 1)
