@@ -8,8 +8,8 @@ was most of the daemon's memory). Here an image costs nothing: its nodeid *is* i
 number, from which the view rebuilds the path (:meth:`ClassicView.node_path`). An item's
 annotation costs nothing either: its nodeid is made from the item (:meth:`ClassicView.ann_node`).
 Every other node (folders, pass-through files, annotations of no item) gets a counted table
-entry, dropped when the kernel forgets it. Nodeids are never reused, so a late FORGET can only hit its own entry.
-When the mount is served by several worker processes, those entries live in a
+entry, dropped when the kernel forgets it. Nodeids are never reused, so a late FORGET can only
+hit its own entry. When the mount is served by several worker processes, those entries live in a
 :class:`blobfs.fuse.nodelog.NodeLog` that every worker can read instead.
 """
 from __future__ import annotations

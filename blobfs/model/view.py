@@ -231,24 +231,24 @@ class ClassicView:
 
         Lets the low-level FUSE driver use an image's inode number as its nodeid and keep no
         table entry per image (see :mod:`blobfs.fuse.nodes`)."""
-        if ino >> 56 != _ITEM >> 56:
-            return None
-        k, i = ((ino >> 32) & 0xFFFFFF) - 1, (ino & 0xFFFFFFFF) - 1
-        datasets = self.project.datasets
-        if not (0 <= k < len(datasets) and 0 <= i < len(datasets[k].items)):
-            return None
-        return f"{datasets[k].relpath}/img/{datasets[k].items.name(i)}"
+        hit = self._item_of(ino) if ino >> 56 == _ITEM >> 56 else None
+        return None if hit is None else f"{hit[0].relpath}/img/{hit[0].items.name(hit[1])}"
 
     def node_path(self, nid: int) -> str | None:
         """The view path of an image's inode number or of an id from :meth:`ann_node`; None
         for any other number."""
         if nid >> 56 != _ANN_NODE >> 56:
             return self.item_path(nid)
+        hit = self._item_of(nid)
+        return None if hit is None else f"{hit[0].relpath}/ann/{hit[0].items.name(hit[1])}.json"
+
+    def _item_of(self, nid: int) -> "tuple[Dataset, int] | None":
+        """The dataset and item number in the low 56 bits of an image inode or annotation id."""
         k, i = ((nid >> 32) & 0xFFFFFF) - 1, (nid & 0xFFFFFFFF) - 1
         datasets = self.project.datasets
         if not (0 <= k < len(datasets) and 0 <= i < len(datasets[k].items)):
             return None
-        return f"{datasets[k].relpath}/ann/{datasets[k].items.name(i)}.json"
+        return datasets[k], i
 
     def ann_node(self, path: str) -> int | None:
         """A node id for ``DS/ann/NAME.json`` when NAME is an item of dataset DS, which
