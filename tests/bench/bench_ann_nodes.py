@@ -1,0 +1,76 @@
+"""What the daemon keeps per annotation it is asked about: RSS and node-log bytes.
+
+Run by hand (root, /dev/fuse), never by pytest:
+
+    .venv/bin/python tests/bench/bench_ann_nodes.py --workdir /tmp/bm --n 300000
+
+Mounts the generated project twice: one process (``-o workers=1,nouring``), and worker
+processes on ``/dev/fuse`` (``-o nouring``). Each time it reads every file of ``ds/ann`` once,
+so the kernel sends one LOOKUP per annotation. Then it prints the daemon's VmRSS before and
+after, and the bytes in the workers' node logs (the ``blobfs-nodes-*`` memfds,
+:mod:`blobfs.fuse.nodelog`). An annotation whose node id is made from its item costs neither.
+``--source DIR`` mounts with the blobfs of another checkout instead, to compare versions.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from mountbench_setup import BLOBFS, System, build, daemon_pids, rss_mib  # noqa: E402
+
+
+def node_log_bytes(pids: list[int]) -> int:
+    """Bytes in the node-log memfds the daemon processes hold (each counted once)."""
+    seen: dict[str, int] = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        for fd in fds.iterdir():
+            try:
+                if "blobfs-nodes" in os.readlink(fd):
+                    seen[os.readlink(fd)] = os.stat(fd).st_size
+            except OSError:
+                continue
+    return sum(seen.values())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/blobfs-bench"))
+    ap.add_argument("--n", type=int, default=300000)
+    ap.add_argument("--source", type=Path, help="a checkout whose blobfs package mounts instead")
+    args = ap.parse_args()
+
+    base = build(args.workdir.resolve(), args.n)
+    mnt = args.workdir.resolve() / "mnt" / "ann-nodes"
+    rows = []
+    for label, opts in (("one process", "workers=1,nouring"), ("worker processes", "nouring")):
+        s = System("blobfs", mnt / "ds" / "img", mnt, [*BLOBFS, "mount", "-o", opts, str(base / "proj"), str(mnt)])
+        if args.source:  # PYTHONSAFEPATH: ``-m`` must not put this checkout (the cwd) first
+            s.env = {"PYTHONPATH": str(args.source.resolve()), "PYTHONSAFEPATH": "1"}
+        s.mount()
+        try:
+            before = rss_mib(s.pid)
+            ann = mnt / "ds" / "ann"
+            n = 0
+            for name in os.listdir(ann):
+                with open(ann / name, "rb") as f:
+                    f.read()
+                n += 1
+            rows.append((label, opts, n, before, rss_mib(s.pid), node_log_bytes(daemon_pids(mnt))))
+        finally:
+            s.umount()
+    print(f"{args.n:,} images; every annotation read once through the mount; blobfs from "
+          f"{args.source or 'this checkout'}")
+    print("| daemon | options | annotations read | VmRSS before (MiB) | VmRSS after (MiB) | node-log bytes |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, opts, n, before, after, logged in rows:
+        print(f"| {label} | `-o {opts}` | {n:,} | {before:.1f} | {after:.1f} | {logged:,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
