@@ -261,10 +261,10 @@ class ClassicView:
         if not name.endswith(".json") or not parent.endswith("/ann"):
             return None
         d = self._dirs.get(parent[: -len("/ann")])
-        if d is None or d.ds_index < 0 or d.items_of is not None:
+        if d is None or d.ds_index < 0:
             return None
         ds = self.project.datasets[d.ds_index]
-        if ds.relpath != d.rel:
+        if ds.relpath != d.rel:  # the DS/img or DS/ann node, not the dataset folder
             return None
         i = ds.items.find(name[: -len(".json")])
         return None if i < 0 else _ANN_NODE | (d.ds_index + 1) << 32 | (i + 1)

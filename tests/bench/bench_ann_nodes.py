@@ -30,8 +30,9 @@ def node_log_bytes(pids: list[int]) -> int:
         fds = Path(f"/proc/{pid}/fd")
         for fd in fds.iterdir():
             try:
-                if "blobfs-nodes" in os.readlink(fd):
-                    seen[os.readlink(fd)] = os.stat(fd).st_size
+                target = os.readlink(fd)
+                if "blobfs-nodes" in target:
+                    seen[target] = os.stat(fd).st_size
             except OSError:
                 continue
     return sum(seen.values())

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from mountbench_setup import (BIG, BLOBFS, CHUNK, System, build, build_sparse, force_unmount, log,
+from mountbench_setup import (BIG, BLOBFS, CHUNK, System, build, build_sparse, force_unmount, knob, log,
                               names_for, pss_mib, rss_mib)
 
 # -- readers (each returns a rate or a time) --------------------------------------------------
@@ -112,14 +112,6 @@ def seq_mbs(path: str) -> float:
     finally:
         os.close(fd)
     return total / (time.perf_counter() - t0) / 1e6
-
-
-def knob(path: str) -> str:
-    """A kernel setting the figures depend on, for the table's header line."""
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return "absent"
 
 
 def drop_caches() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from mountbench_setup import BLOBFS, REPO, daemon_pid, force_unmount, log, wait_gone  # noqa: E402
+from mountbench_setup import BLOBFS, REPO, daemon_pid, force_unmount, knob, log, wait_gone  # noqa: E402
 
 #: name -> (mount arguments, extra environment)
 LAYOUTS = {"1 process, blocking": (["-o", "workers=1,spin_us=0,nouring"], {}),
@@ -83,11 +83,8 @@ def main() -> int:
                 wait_gone(pid)
         log(f"round {rnd + 1}/{args.rounds} done")
     heads = ["reader unpinned", *(f"reader on CPU {c}" for c in cpus)]
-    try:  # off: the -o uring row falls back to the default layout
-        uring_state = ENABLE_URING.read_text().strip()
-    except OSError:
-        uring_state = "absent"
-    print(f"kernel {os.uname().release}, fuse enable_uring={uring_state}")
+    # off: the -o uring rows fall back to the default layout
+    print(f"kernel {os.uname().release}, fuse enable_uring={knob(str(ENABLE_URING))}")
     print(f"### isatty() round trips per second on a blobfs mount (median of {args.rounds} rounds)")
     print("| daemon | " + " | ".join(heads) + " |")
     print("| --- |" + " --- |" * len(heads))

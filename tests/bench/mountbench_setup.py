@@ -26,6 +26,14 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def knob(path: str) -> str:
+    """A kernel setting the figures depend on, for the table's header line."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "absent"
+
+
 def names_for(n: int) -> list[str]:
     return [f"img_{i:07d}.png" for i in range(n)]
 
