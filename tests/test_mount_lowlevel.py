@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
+from blobfs.model.listing import real_ino
 from blobfs.model.project import open_project
 from mount_helpers import BLOBFS, Libfuse, is_mounted, libfuse_available, mounted, read_expected, requires_fuse
 
@@ -43,6 +44,26 @@ def test_item_path_inverts_every_image_inode(blob_project):
     assert view.item_path(view.getattr("meta.json").ino) is None
     assert view.item_path((2 << 56) | (999 << 32) | 1) is None  # no such dataset
 
+
+def test_a_real_file_never_shows_a_virtual_inode_number(blob_project):
+    """A passed-through file whose st_ino happened to equal an image's inode number or an
+    annotation's node id would have its LOOKUP answered with that node id and be served
+    the image's bytes (NFS, 9p or a FUSE source can hand out any 64-bit number)."""
+    view = open_project(blob_project).view
+    virtual = [view.getattr(p).ino for p in ("ds1/img/img_000.png", "ds1/img")]
+    virtual += [view.ann_node("ds1/ann/img_000.png.json"), (5 << 56) | 7]  # + a node log id
+    for ino in virtual:
+        assert (1 << 56) <= ino < (6 << 56)
+        shown = real_ino(ino)
+        assert not (1 << 56) <= shown < (6 << 56) and view.node_path(shown) is None
+        assert real_ino(shown) == shown  # moved once, never moved back in
+    for ino in (1, 2, 12345678, (1 << 56) - 1, 6 << 56, (1 << 64) - 1):
+        assert real_ino(ino) == ino
+    img_info = next(f for rel, _d, files in view.walk() if rel.endswith("img_info") for f in files)
+    assert img_info  # the fixture passes img_info/ through; its numbers are the disk's own
+    rel = next(r for r, _d, _f in view.walk() if r.endswith("img_info"))
+    assert view.getattr(f"{rel}/{img_info}").ino == os.stat(
+        Path(blob_project) / rel / img_info).st_ino
 
 
 def test_ann_node_names_every_item_annotation_and_nothing_else(blob_project):
@@ -80,6 +101,7 @@ def test_node_table_keeps_no_entry_for_item_annotations(blob_project):
     assert t.path(nid) == path
     folder = t.ref("ds2/ann", view.getattr("ds2/ann").ino)  # everything else: counted entries
     assert len(t) == 2 and t.path(folder) == "ds2/ann"
+
 
 def test_node_table_counts_lookups_and_drops_forgotten_nodes():
     items = {(2 << 56) | 5: "ds/img/a.png"}

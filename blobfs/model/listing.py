@@ -21,6 +21,21 @@ FILE_MODE = st.S_IFREG | 0o444
 Hide = Callable[[str], bool]
 Entry = tuple[str, int, int]  # name, mode, inode number
 
+# The view numbers its virtual nodes with the top byte 1-4 and the FUSE node log uses 5
+# (blobfs.model.view, blobfs.fuse.nodelog). Real file systems hand out far smaller numbers,
+# but st_ino is 64 bits and NFS fileids, 9p or FUSE-on-FUSE can be anything; a real file
+# whose number decoded as an image would have its LOOKUP answered with the image's node id
+# and be served the image's bytes.
+_VIRTUAL_LO, _VIRTUAL_HI = 1 << 56, 6 << 56
+_FLIP = 1 << 63
+
+
+def real_ino(ino: int) -> int:
+    """The inode number the view shows for a real file: ``ino`` itself, or, when it falls in
+    the virtual range, ``ino`` with its top bit set (it could then only meet a real file
+    whose number is exactly that, which no file system seen so far hands out)."""
+    return ino ^ _FLIP if _VIRTUAL_LO <= ino < _VIRTUAL_HI else ino
+
 
 class RealLister:
     """Lists real folders below ``root_real`` (None: no symlink may be followed)."""
@@ -44,10 +59,9 @@ class RealLister:
             if entry.is_symlink():
                 if not self.inside(entry.path):
                     return None
-                s = entry.stat()
-                ino = s.st_ino
+                ino = real_ino(entry.stat().st_ino)
             else:
-                ino = entry.inode()
+                ino = real_ino(entry.inode())
             if entry.is_dir():
                 return entry.name, DIR_MODE, ino
             if entry.is_file():

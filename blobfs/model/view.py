@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from blobfs.model.discovery import OFFSETS_SUFFIX
-from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister
+from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister, real_ino
 from blobfs.model.synth_ann import AnnSynthesizer
 
 if TYPE_CHECKING:
@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 #: default FUSE max_read, so larger buys nothing.
 BLKSIZE = 128 * 1024
 
-# Inode numbers of virtual nodes live far above what real file systems hand out, so they
-# never collide with passed-through files; each is a pure function of (dataset, item).
+# Inode numbers of virtual nodes live far above what real file systems hand out; a real
+# number in this range is moved out of it (listing.real_ino). Each is a pure function of
+# (dataset, item).
 _VDIR = 1 << 56
 _ITEM = 2 << 56
 _VFILE = 3 << 56
@@ -206,14 +207,14 @@ class ClassicView:
             return Stat(_FILE_MODE, _ITEM | (k + 1) << 32 | (i + 1), 1, items.size(i), mtime, uid, gid)
         if kind == "real":
             s = node[2]
-            return Stat(s.st_mode & ~_WRITE_BITS, s.st_ino, s.st_nlink, s.st_size,
+            return Stat(s.st_mode & ~_WRITE_BITS, real_ino(s.st_ino), s.st_nlink, s.st_size,
                         s.st_mtime_ns, s.st_uid, s.st_gid)
         if kind == "dir":
             d = self._dirs[node[1]]
             if d.real is not None and d.items_of is None:
                 try:
                     s = os.stat(d.real)
-                    return Stat(s.st_mode & ~_WRITE_BITS, s.st_ino, s.st_nlink, 0,
+                    return Stat(s.st_mode & ~_WRITE_BITS, real_ino(s.st_ino), s.st_nlink, 0,
                                 s.st_mtime_ns, s.st_uid, s.st_gid)
                 except OSError:
                     pass
@@ -299,7 +300,7 @@ class ClassicView:
         if node[0] == "real":
             if not st.S_ISDIR(node[2].st_mode):
                 raise _err(errno.ENOTDIR, rel)
-            d, real, ino = None, node[1], node[2].st_ino
+            d, real, ino = None, node[1], real_ino(node[2].st_ino)
         elif node[0] == "dir":
             d = self._dirs[node[1]]
             real, ino = d.real, self.getattr(rel).ino
