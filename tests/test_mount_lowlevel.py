@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
-from blobfs.model.listing import real_ino
+from blobfs.model.numbering import real_ino
 from blobfs.model.project import open_project
 from mount_helpers import BLOBFS, Libfuse, is_mounted, libfuse_available, mounted, read_expected, requires_fuse
 
@@ -38,11 +38,11 @@ def test_item_path_inverts_every_image_inode(blob_project):
             continue
         for name in files:
             path = f"{rel}/{name}"
-            assert view.item_path(view.getattr(path).ino) == path
+            assert view.ids.item_path(view.getattr(path).ino) == path
             seen += 1
     assert seen > 0
-    assert view.item_path(view.getattr("meta.json").ino) is None
-    assert view.item_path((2 << 56) | (999 << 32) | 1) is None  # no such dataset
+    assert view.ids.item_path(view.getattr("meta.json").ino) is None
+    assert view.ids.item_path((2 << 56) | (999 << 32) | 1) is None  # no such dataset
 
 
 def test_a_real_file_never_shows_a_virtual_inode_number(blob_project):
@@ -51,13 +51,14 @@ def test_a_real_file_never_shows_a_virtual_inode_number(blob_project):
     the image's bytes (NFS, 9p or a FUSE source can hand out any 64-bit number)."""
     view = open_project(blob_project).view
     virtual = [view.getattr(p).ino for p in ("ds1/img/img_000.png", "ds1/img")]
-    virtual += [view.ann_node("ds1/ann/img_000.png.json"), (5 << 56) | 7]  # + a node log id
+    virtual += [view.ids.item_json_node(f"ds1/{sub}/img_000.png.json") for sub in ("ann", "img_info", "meta")]
+    virtual.append((5 << 56) | 7)  # a node log id
     for ino in virtual:
-        assert (1 << 56) <= ino < (6 << 56)
+        assert (1 << 56) <= ino < (8 << 56)
         shown = real_ino(ino)
-        assert not (1 << 56) <= shown < (6 << 56) and view.node_path(shown) is None
+        assert not (1 << 56) <= shown < (8 << 56) and view.ids.node_path(shown) is None
         assert real_ino(shown) == shown  # moved once, never moved back in
-    for ino in (1, 2, 12345678, (1 << 56) - 1, 6 << 56, (1 << 64) - 1):
+    for ino in (1, 2, 12345678, (1 << 56) - 1, 8 << 56, (1 << 64) - 1):
         assert real_ino(ino) == ino
     img_info = next(f for rel, _d, files in view.walk() if rel.endswith("img_info") for f in files)
     assert img_info  # the fixture passes img_info/ through; its numbers are the disk's own
@@ -66,39 +67,44 @@ def test_a_real_file_never_shows_a_virtual_inode_number(blob_project):
         Path(blob_project) / rel / img_info).st_ino
 
 
-def test_ann_node_names_every_item_annotation_and_nothing_else(blob_project):
+def test_item_json_node_names_every_item_json_file_and_nothing_else(blob_project):
     project = open_project(blob_project)
     view = project.view
-    seen = 0
+    seen = {"ann": 0, "img_info": 0, "meta": 0}
     for rel, _dirs, files in view.walk():
         for name in files:
             path = f"{rel}/{name}" if rel else name
-            nid = view.ann_node(path)
-            if not rel.endswith("/ann"):
-                assert nid is None, path  # images, img_info/, meta/, meta.json
+            nid = view.ids.item_json_node(path)
+            sub = rel.rpartition("/")[2]
+            if sub not in seen:
+                assert nid is None, path  # images, meta.json
                 continue
-            assert nid is not None and nid >> 56 == 4, path
-            assert view.node_path(nid) == path
+            assert nid is not None and nid >> 56 == {"ann": 4, "img_info": 6, "meta": 7}[sub], path
+            assert view.ids.node_path(nid) == path
             assert view.getattr(path).size > 0
-            seen += 1
-    assert seen == sum(len(ds.items) for ds in project.datasets)  # the SDK wrote one per item
-    assert view.ann_node("ds1/ann/not an item.json") is None
-    assert view.ann_node("ds1/ann") is None
-    assert view.ann_node("ds1/ann/img_000.png") is None
-    assert view.ann_node("nosuchds/ann/img_000.png.json") is None
-    assert view.node_path((4 << 56) | (999 << 32) | 1) is None  # no such dataset
-    assert view.node_path((4 << 56) | (1 << 32) | 999) is None  # no such item
+            seen[sub] += 1
+    assert seen["ann"] == sum(len(ds.items) for ds in project.datasets)  # one per item (SDK)
+    assert seen["img_info"] == 2 and seen["meta"] == 1  # the fixture's: ds1 only
+    for path in ("ds1/ann/not an item.json", "ds1/ann", "ds1/ann/img_000.png",
+                 "nosuchds/ann/img_000.png.json", "ds1/img/img_000.png.json",
+                 "ds1/other/img_000.png.json", "ann/img_000.png.json"):
+        assert view.ids.item_json_node(path) is None, path
+    # Only the path is named: a JSON file the item does not have still has no node.
+    assert view.ids.item_json_node("ds1/meta/img_000.png.json") >> 56 == 7
+    for top in (4, 6, 7):
+        assert view.ids.node_path((top << 56) | (999 << 32) | 1) is None  # no such dataset
+        assert view.ids.node_path((top << 56) | (1 << 32) | 999) is None  # no such item
 
 
-def test_node_table_keeps_no_entry_for_item_annotations(blob_project):
+def test_node_table_keeps_no_entry_for_item_json_files(blob_project):
     view = open_project(blob_project).view
-    t = NodeTable(view.node_path, view.ann_node)
-    path = "ds2/ann/scan 01.png.json"
-    nid = t.ref(path, view.getattr(path).ino)
-    assert t.ref(path, view.getattr(path).ino) == nid
-    assert len(t) == 1 and t.path(nid) == path  # only the root has an entry
-    t.forget(nid, 2)
-    assert t.path(nid) == path
+    t = NodeTable(view.ids.node_path, view.ids.item_json_node)
+    for path in ("ds2/ann/scan 01.png.json", "ds1/img_info/photo_a.png.json", "ds1/meta/img_001.png.json"):
+        nid = t.ref(path, view.getattr(path).ino)
+        assert t.ref(path, view.getattr(path).ino) == nid
+        assert len(t) == 1 and t.path(nid) == path  # only the root has an entry
+        t.forget(nid, 2)
+        assert t.path(nid) == path
     folder = t.ref("ds2/ann", view.getattr("ds2/ann").ino)  # everything else: counted entries
     assert len(t) == 2 and t.path(folder) == "ds2/ann"
 

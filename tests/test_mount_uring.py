@@ -64,7 +64,7 @@ def test_init_refuses_what_it_cannot_speak(kw):
 @pytest.fixture()
 def wfs(blob_project):
     project = open_project(blob_project)
-    yield wire.WireFS(project.view, NodeTable(project.view.item_path), 3600)
+    yield wire.WireFS(project.view, NodeTable(project.view.ids.item_path), 3600)
     project.close()
 
 

@@ -10,6 +10,7 @@ import pytest
 from blobfs.fuse.cpuworkers import cpu_groups
 from blobfs.fuse.nodelog import BASE, NodeLog
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
+from blobfs.model.project import open_project
 from mount_helpers import (Libfuse, is_mounted, kill_worker_and_expect_unmount, libfuse_available, main_daemon_pid,
                            mounted, read_expected, requires_fuse, wait_for_daemon_processes, wait_gone)
 
@@ -60,6 +61,24 @@ def test_shared_node_table_keeps_images_out_of_the_log():
     t.forget(nid, 1)  # not counted across workers: the record stays
     assert t.path(nid) == "ds/ann/a.png.json"
     assert t.path(ROOT_ID) == ""
+
+
+def test_item_json_files_write_no_node_log_record(blob_project):
+    view = open_project(blob_project).view
+    t = NodeTable(view.ids.node_path, view.ids.item_json_node)
+    log = NodeLog(2)
+    t.share(log)
+    size = lambda: sum(os.fstat(fd).st_size for fd in log._fds)  # noqa: E731
+    n = 0
+    for rel, _dirs, files in view.walk():
+        if rel.rpartition("/")[2] in ("ann", "img_info", "meta"):
+            for name in files:
+                path = f"{rel}/{name}"
+                assert t.path(t.ref(path, view.getattr(path).ino)) == path
+                n += 1
+    assert n > 0 and size() == 0
+    folder = t.ref("ds1/img_info", view.getattr("ds1/img_info").ino)  # anything else: a record
+    assert size() > 0 and t.path(folder) == "ds1/img_info"
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])

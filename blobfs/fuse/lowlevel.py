@@ -46,7 +46,7 @@ class LowLevelFS:
                  on_init: Callable[[], None] | None = None) -> None:
         self.view = view
         self.api = Prototypes(mod)
-        self.nodes = NodeTable(view.node_path, view.ann_node)
+        self.nodes = NodeTable(view.ids.node_path, view.ids.item_json_node)
         self.timeout = timeout
         self._on_init = on_init
         self._refs: list[Any] = []  # the ctypes callbacks must outlive the session

@@ -9,18 +9,19 @@ them), and the id says which file and at which offset. Any worker resolves any i
 ``pread``; a worker writes only its own file, so no locking is needed, and the record is
 written before the LOOKUP reply that makes the id known to the kernel.
 
-Images and the annotations of items (every id :meth:`ClassicView.node_path` can rebuild)
-still need no record. Two workers may give one path two ids; the kernel treats them as two
-inodes of the same file, which is harmless for read-only data. FORGET is not counted: a record
-is the path plus two bytes (~20 for a folder or a pass-through file), written once per LOOKUP
-the kernel sends (one per name while its dentry stays cached).
+Images and the JSON files of items in ``ann/``, ``img_info/`` and ``meta/`` (every id
+:meth:`blobfs.model.numbering.NodeIds.node_path` can rebuild) still need no record. Two workers
+may give one path two ids; the kernel treats them as two inodes of the same file, which is
+harmless for read-only data. FORGET is not counted: a record is the path plus two bytes (~20
+for a folder or another pass-through file), written once per LOOKUP the kernel sends (one per
+name while its dentry stays cached).
 """
 from __future__ import annotations
 
 import os
 import struct
 
-#: Node ids of records live above every view inode number (those use the top byte 0-3).
+#: Node ids of records have a top byte of their own (see :mod:`blobfs.model.numbering`).
 BASE = 5 << 56
 _WORKER_SHIFT = 40
 _OFF_MASK = (1 << _WORKER_SHIFT) - 1

@@ -5,11 +5,12 @@ count once it drops its inode (https://libfuse.github.io/doxygen/structfuse__low
 ``forget``: "the inode is valid until its lookup count reaches zero"). High-level libfuse
 keeps a node per looked-up name for this (~170 bytes each; with 1,000,000 images read that
 was most of the daemon's memory). Here an image costs nothing: its nodeid *is* its view inode
-number, from which the view rebuilds the path (:meth:`ClassicView.node_path`). An item's
-annotation costs nothing either: its nodeid is made from the item (:meth:`ClassicView.ann_node`).
-Every other node (folders, pass-through files, annotations of no item) gets a counted table
-entry, dropped when the kernel forgets it. Nodeids are never reused, so a late FORGET can only
-hit its own entry. When the mount is served by several worker processes, those entries live in a
+number, from which the path is rebuilt (:meth:`blobfs.model.numbering.NodeIds.node_path`). An
+item's JSON files (``ann/``, ``img_info/``, ``meta/``) cost nothing either: their nodeids are
+made from the item (:meth:`NodeIds.item_json_node`). Every other node (folders, other
+pass-through files, JSON files of no item) gets a counted table entry, dropped when the kernel
+forgets it. Nodeids are never reused, so a late FORGET can only hit its own entry. When the
+mount is served by several worker processes, those entries live in a
 :class:`blobfs.fuse.nodelog.NodeLog` that every worker can read instead.
 """
 from __future__ import annotations
@@ -27,9 +28,9 @@ class NodeTable:
     """nodeid <-> view path, with the kernel's lookup counts."""
 
     def __init__(self, node_path: Callable[[int], str | None],
-                 ann_node: Callable[[str], int | None] | None = None) -> None:
+                 item_json_node: Callable[[str], int | None] | None = None) -> None:
         self._node_path = node_path
-        self._ann_node = ann_node
+        self._item_json_node = item_json_node
         self._paths: dict[int, list] = {ROOT_ID: ["", 1 << 62]}  # the root is never forgotten
         self._ids: dict[str, int] = {"": ROOT_ID}
         self._next = ROOT_ID + 1
@@ -54,8 +55,8 @@ class NodeTable:
         """The nodeid to answer a LOOKUP of ``path`` (whose view inode is ``ino``) with."""
         if self._node_path(ino) is not None:
             return ino
-        if self._ann_node is not None:
-            nid = self._ann_node(path)
+        if self._item_json_node is not None:
+            nid = self._item_json_node(path)
             if nid is not None:
                 return nid
         if self._log is not None:

@@ -15,26 +15,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterator
 
+from blobfs.model.numbering import real_ino
+
 DIR_MODE = st.S_IFDIR | 0o555
 FILE_MODE = st.S_IFREG | 0o444
 
 Hide = Callable[[str], bool]
 Entry = tuple[str, int, int]  # name, mode, inode number
-
-# The view numbers its virtual nodes with the top byte 1-4 and the FUSE node log uses 5
-# (blobfs.model.view, blobfs.fuse.nodelog). Real file systems hand out far smaller numbers,
-# but st_ino is 64 bits and NFS fileids, 9p or FUSE-on-FUSE can be anything; a real file
-# whose number decoded as an image would have its LOOKUP answered with the image's node id
-# and be served the image's bytes.
-_VIRTUAL_LO, _VIRTUAL_HI = 1 << 56, 6 << 56
-_FLIP = 1 << 63
-
-
-def real_ino(ino: int) -> int:
-    """The inode number the view shows for a real file: ``ino`` itself, or, when it falls in
-    the virtual range, ``ino`` with its top bit set (it could then only meet a real file
-    whose number is exactly that, which no file system seen so far hands out)."""
-    return ino ^ _FLIP if _VIRTUAL_LO <= ino < _VIRTUAL_HI else ino
 
 
 class RealLister:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from blobfs.model.discovery import OFFSETS_SUFFIX
-from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister, real_ino
+from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister
+from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
 from blobfs.model.synth_ann import AnnSynthesizer
 
 if TYPE_CHECKING:
@@ -37,15 +38,6 @@ log = logging.getLogger(__name__)
 #: default FUSE max_read, so larger buys nothing.
 BLKSIZE = 128 * 1024
 
-# Inode numbers of virtual nodes live far above what real file systems hand out; a real
-# number in this range is moved out of it (listing.real_ino). Each is a pure function of
-# (dataset, item).
-_VDIR = 1 << 56
-_ITEM = 2 << 56
-_VFILE = 3 << 56
-# Not an inode number: the FUSE node id of an item's annotation (``DS/ann/NAME.json``), made
-# from the item, so the driver keeps no entry per annotation (see ann_node).
-_ANN_NODE = 4 << 56
 _WRITE_BITS = 0o222
 _SYNTH_OFF = 1 << 48
 
@@ -100,6 +92,7 @@ class ClassicView:
         self._dirs: dict[str, _DirNode] = {}
         self._lister = RealLister(self._root_real)
         self._synth = AnnSynthesizer(project.datasets)
+        self.ids = NodeIds(project.datasets)  #: node ids that need no table (FUSE driver)
         self._build()
 
     # -- layout -------------------------------------------------------------------------
@@ -107,14 +100,14 @@ class ClassicView:
         p = self.project
         root_overlay: dict[str, tuple] = {}
         if p.virtual_root:
-            meta = ("link", p.meta_path) if p.meta_path else ("bytes", p.meta_bytes(), _VFILE)
+            meta = ("link", p.meta_path) if p.meta_path else ("bytes", p.meta_bytes(), VFILE)
             root_overlay["meta.json"] = meta
-            self._dirs[""] = _DirNode("", None, _VDIR, root_overlay)
+            self._dirs[""] = _DirNode("", None, VDIR, root_overlay)
         else:
             hidden = frozenset({"blob"}) if p.root and (p.root / "blob").is_dir() else frozenset()
             self._dirs[""] = _DirNode("", p.root, 0, root_overlay, hidden)
         for k, ds in enumerate(p.datasets):
-            base = _VDIR | (k + 1) << 32
+            base = number(VDIR, k, -1)
             rel = ds.relpath
             overlay: dict[str, tuple] = {"img": ("dir", f"{rel}/img")}
             self._dirs[f"{rel}/img"] = _DirNode(f"{rel}/img", None, base | 1, {},
@@ -204,7 +197,7 @@ class ClassicView:
             else:
                 s = os.stat(items.disk_path(i))
                 mtime, uid, gid = s.st_mtime_ns, s.st_uid, s.st_gid
-            return Stat(_FILE_MODE, _ITEM | (k + 1) << 32 | (i + 1), 1, items.size(i), mtime, uid, gid)
+            return Stat(_FILE_MODE, number(ITEM, k, i), 1, items.size(i), mtime, uid, gid)
         if kind == "real":
             s = node[2]
             return Stat(s.st_mode & ~_WRITE_BITS, real_ino(s.st_ino), s.st_nlink, s.st_size,
@@ -227,51 +220,8 @@ class ClassicView:
         mtime, uid, gid = self._dir_times(self._dirs[self.project.datasets[k].relpath])
         return Stat(_FILE_MODE, self._synth_ino(k, name), 1, len(data), mtime, uid, gid)
 
-    def item_path(self, ino: int) -> str | None:
-        """The view path of the image whose inode number is ``ino``; None for any other inode.
-
-        Lets the low-level FUSE driver use an image's inode number as its nodeid and keep no
-        table entry per image (see :mod:`blobfs.fuse.nodes`)."""
-        hit = self._item_of(ino) if ino >> 56 == _ITEM >> 56 else None
-        return None if hit is None else f"{hit[0].relpath}/img/{hit[0].items.name(hit[1])}"
-
-    def node_path(self, nid: int) -> str | None:
-        """The view path of an image's inode number or of an id from :meth:`ann_node`; None
-        for any other number."""
-        if nid >> 56 != _ANN_NODE >> 56:
-            return self.item_path(nid)
-        hit = self._item_of(nid)
-        return None if hit is None else f"{hit[0].relpath}/ann/{hit[0].items.name(hit[1])}.json"
-
-    def _item_of(self, nid: int) -> "tuple[Dataset, int] | None":
-        """The dataset and item number in the low 56 bits of an image inode or annotation id."""
-        k, i = ((nid >> 32) & 0xFFFFFF) - 1, (nid & 0xFFFFFFFF) - 1
-        datasets = self.project.datasets
-        if not (0 <= k < len(datasets) and 0 <= i < len(datasets[k].items)):
-            return None
-        return datasets[k], i
-
-    def ann_node(self, path: str) -> int | None:
-        """A node id for ``DS/ann/NAME.json`` when NAME is an item of dataset DS, which
-        :meth:`node_path` turns back into the same path; None for any other path.
-
-        With it the FUSE driver keeps no entry per annotation (~200 bytes each in one
-        process, a node log record per LOOKUP with worker processes), as images need none. It
-        names the path only: resolving it (real file, or synthesized) is unchanged."""
-        parent, _, name = self._rel(path).rpartition("/")
-        if not name.endswith(".json") or not parent.endswith("/ann"):
-            return None
-        d = self._dirs.get(parent[: -len("/ann")])
-        if d is None or d.ds_index < 0:
-            return None
-        ds = self.project.datasets[d.ds_index]
-        if ds.relpath != d.rel:  # the DS/img or DS/ann node, not the dataset folder
-            return None
-        i = ds.items.find(name[: -len(".json")])
-        return None if i < 0 else _ANN_NODE | (d.ds_index + 1) << 32 | (i + 1)
-
     def _synth_ino(self, k: int, name: str) -> int:
-        return _VFILE | (k + 1) << 32 | (self._synth.item(k, name) + 1)
+        return number(VFILE, k, self._synth.item(k, name))
 
     def _dir_times(self, d: _DirNode) -> tuple[int, int, int]:
         """mtime/uid/gid of a virtual folder: its real counterpart, else its dataset or tar."""
@@ -312,7 +262,7 @@ class ClassicView:
             yield "..", _DIR_MODE, 1, 2  # any non-zero inode: the kernel resolves ".." itself
         offset = max(offset, 2)
         if d is not None and d.items_of is not None:
-            items, base = d.items_of.items, _ITEM | (d.ds_index + 1) << 32
+            items, base = d.items_of.items, number(ITEM, d.ds_index, -1)
             for i in range(offset - 2, len(items)):
                 yield items.name(i), _FILE_MODE, base | (i + 1), i + 3
             return
