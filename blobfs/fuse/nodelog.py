@@ -21,8 +21,10 @@ from __future__ import annotations
 import os
 import struct
 
+from blobfs.model.numbering import NODE_LOG
+
 #: Node ids of records have a top byte of their own (see :mod:`blobfs.model.numbering`).
-BASE = 5 << 56
+BASE = NODE_LOG
 _WORKER_SHIFT = 40
 _OFF_MASK = (1 << _WORKER_SHIFT) - 1
 _LEN = struct.Struct("<H")

@@ -30,6 +30,7 @@ VDIR = 1 << 56
 ITEM = 2 << 56
 VFILE = 3 << 56
 JSON_NODES = {"ann": 4 << 56, "img_info": 6 << 56, "meta": 7 << 56}
+NODE_LOG = 5 << 56
 _JSON_DIRS = {nid >> 56: sub for sub, nid in JSON_NODES.items()}
 _VIRTUAL_LO, _VIRTUAL_HI = 1 << 56, 8 << 56
 _FLIP = 1 << 63
@@ -92,4 +93,4 @@ class NodeIds:
         return self._datasets[k], i
 
 
-__all__ = ["ITEM", "JSON_NODES", "NodeIds", "VDIR", "VFILE", "number", "real_ino"]
+__all__ = ["ITEM", "JSON_NODES", "NODE_LOG", "NodeIds", "VDIR", "VFILE", "number", "real_ino"]
