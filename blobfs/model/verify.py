@@ -110,7 +110,9 @@ def _load_json(path: Path, problems: list[str], consequence: str = "") -> object
         return json.loads(raw)
     except ValueError as e:  # also UnicodeDecodeError
         problems.append(f"{path}: not valid JSON ({e}){consequence}")
-        return None
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        problems.append(f"{path}: JSON nested too deeply to read{consequence}")
+    return None
 
 
 def verify(project: Project, *, decode: bool = False,

@@ -30,6 +30,10 @@ RGB = tuple[int, int, int]
 FILL_ALPHA = 128
 #: Outline of points, so a point in a similar colour to the image stays visible.
 POINT_OUTLINE = (0, 0, 0)
+#: Largest coordinate taken from an annotation (pixels, either sign). Pillow's drawing calls
+#: take C longs and fail *when drawing* (after the object was accepted) on larger values, inf
+#: or NaN; no real image comes near 2**24 pixels on a side.
+MAX_COORD = float(1 << 24)
 
 
 def parse_color(value: object) -> RGB | None:
@@ -74,6 +78,14 @@ def decode_bitmap(data: str) -> Image.Image:
         return alpha.point(lambda v: 255 if v else 0)
 
 
+def coord(value: Any) -> float:
+    """One annotation coordinate as a float; ValueError unless finite and within MAX_COORD."""
+    v = float(value)
+    if not -MAX_COORD <= v <= MAX_COORD:  # also false for NaN
+        raise ValueError(f"coordinate {value!r} out of range")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class Scale:
     sx: float
@@ -81,13 +93,13 @@ class Scale:
 
     def center(self, pt: Iterable[Any]) -> tuple[float, float]:
         x, y = pt
-        return ((float(x) + 0.5) * self.sx - 0.5, (float(y) + 0.5) * self.sy - 0.5)
+        return ((coord(x) + 0.5) * self.sx - 0.5, (coord(y) + 0.5) * self.sy - 0.5)
 
 
 def _points(seq: Any) -> list[tuple[float, float]]:
     if not isinstance(seq, list):
         raise ValueError("points are not a list")
-    return [(float(p[0]), float(p[1])) for p in seq]
+    return [(coord(p[0]), coord(p[1])) for p in seq]
 
 
 class _Canvas:
@@ -156,7 +168,7 @@ class _Canvas:
 
     def bitmap(self, obj: dict, color: RGB) -> tuple[float, float]:
         bm = obj["bitmap"]
-        ox, oy = (int(v) for v in bm["origin"])
+        ox, oy = (int(coord(v)) for v in bm["origin"])
         mask = decode_bitmap(bm["data"])
         s = self.scale
         x0, y0 = round(ox * s.sx), round(oy * s.sy)

@@ -165,6 +165,12 @@ def placeholder(size: tuple[int, int], font: Any, text: str = "undecodable") -> 
     return im
 
 
+def _one_line(text: str) -> str:
+    """``text`` with each control or separator character (a folder name may hold a newline)
+    shown as "?": Pillow's ``textlength`` refuses multi-line text."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _ellipsize(text: str, width: int, font: Any, d: ImageDraw.ImageDraw) -> str:
     """``text``, or its middle replaced by "…" so that it fits ``width`` pixels."""
     full = d.textlength(text, font=font)
@@ -198,7 +204,7 @@ class _Renderer:
             return {}
         try:
             return class_colors(json.loads(Path(path).read_bytes()))
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, ValueError, AttributeError, RecursionError) as e:  # deep JSON: RecursionError
             log.warning("%s: cannot read class colours: %s", path, e)
             return {}
 
@@ -208,7 +214,7 @@ class _Renderer:
             return None
         try:
             ann = json.loads(Path(path).read_bytes())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # deep JSON: RecursionError
             log.warning("%s: annotation not drawn: %s", path, e)
             return None
         return ann if isinstance(ann, dict) else None
@@ -245,7 +251,7 @@ class _Renderer:
             x = PAD + c * layout.cell_w
             strip.paste(im, (x + (layout.thumb - im.width) // 2, (layout.thumb - im.height) // 2))
             caption = f"{ds.name}/{name}" if prefix and ds.name else name
-            text = _ellipsize(caption, layout.thumb, self.caption_font, d)
+            text = _ellipsize(_one_line(caption), layout.thumb, self.caption_font, d)
             d.text((x, layout.thumb + 2), text, fill=CAPTION_COLOR, font=self.caption_font)
         return strip
 
