@@ -134,6 +134,29 @@ def test_million_reference_amplification(tmp_path: Path) -> None:
     assert "a list is not an entry" in got.problems[0]
 
 
+def _sdk_entry(name: bytes, memoize: bytes = b"") -> bytes:
+    """One BlobImageInfo as the SDK's pickler writes it (NEWOBJ, then BUILD of its dict)."""
+    def s(b: bytes) -> bytes:
+        return b"\x8c" + bytes([len(b)]) + b
+    return (b"csupervisely.api.image_api\nBlobImageInfo\n)\x81" + memoize + b"}(" + s(b"name") + s(name)
+            + s(b"offset_start") + b"K\x00" + s(b"offset_end") + b"K\x0au" + b"b")
+
+
+@pytest.mark.parametrize("ref", [b"2", b"h\x00", b"j\x00\x00\x00\x00"], ids=["DUP", "BINGET", "LONG_BINGET"])
+def test_an_entry_listed_again_by_reference_is_refused(tmp_path: Path, ref: bytes) -> None:
+    """The SDK never references an entry twice; a pickle that does lists one entry ~10**6 times
+    for a byte or two each (a fuzz run: 4 MB took `blobfs mount` past 30 s). Refused at once."""
+    memoize = b"" if ref == b"2" else b"\x94"
+    data = b"\x80\x04](" + _sdk_entry(b"a.png", memoize) + ref * 1_000_000 + b"e."
+    msg = _refused(tmp_path, data, "listed again by reference")
+    assert "at byte" in msg
+    # The same entry once, memoized and never fetched again, is an ordinary pickle.
+    p = tmp_path / "ok_offsets.pkl"
+    p.write_bytes(b"\x80\x04](" + _sdk_entry(b"a.png", b"\x94") + _sdk_entry(b"b.png", b"\x94") + b"e.")
+    got = read_offsets(p)
+    assert len(got.table) == 2 and not got.problems
+
+
 def test_bomb_under_address_space_limit(tmp_path: Path) -> None:
     prlimit = shutil.which("prlimit")
     if prlimit is None:

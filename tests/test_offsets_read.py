@@ -153,10 +153,13 @@ def test_fast_path_memo_references(tmp_path: Path) -> None:
     data = dumps_offsets([("a.png", 1, 2), ("b.png", 3, 4), ("c.png", 5, 6)])
     body = b"\x80\x04" + data[11:]  # drop the FRAME header: protocol 4 without framing
     # memo: 4..9 first object; 10 obj, 11 dict, 12 'b.png'; 13..15 third object
-    extra = b"h\x03)\x81}(h\x06h\x0ch\x08K\x07h\tK\x08ub" + b"h\x0d"
+    extra = b"h\x03)\x81}(h\x06h\x0ch\x08K\x07h\tK\x08ub"
     got = read_offsets(_write(tmp_path, body[:-2] + extra + b"e."))
-    assert list(got.table) == [("a.png", 1, 2), ("b.png", 3, 4), ("c.png", 5, 6),
-                               ("b.png", 7, 8), ("c.png", 5, 6)]
+    assert list(got.table) == [("a.png", 1, 2), ("b.png", 3, 4), ("c.png", 5, 6), ("b.png", 7, 8)]
+    # Slot 13 is the third entry object: fetching an entry again is refused (the SDK never
+    # does; see test_offsets_hostile.test_an_entry_listed_again_by_reference_is_refused).
+    with pytest.raises(OffsetsError, match="listed again by reference"):
+        read_offsets(_write(tmp_path, body[:-2] + extra + b"h\x0d" + b"e."))
 
 
 def test_large_unframed_file_crosses_read_chunks(tmp_path: Path) -> None:

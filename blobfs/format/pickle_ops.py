@@ -8,7 +8,7 @@ with the caps and with the rest of the file before anything is allocated.
 from __future__ import annotations
 
 from blobfs.format.pickle_vm import (
-    ALLOWED_GLOBAL, BLOB_CLASS, MAX_DEPTH, MAX_INT_BYTES, MAX_LINE, MAX_STR, Obj,
+    ALLOWED_GLOBAL, BLOB_CLASS, MAX_DEPTH, MAX_INT_BYTES, MAX_LINE, MAX_STR, REPEATED_ENTRY, Obj,
     Refused, Unreadable, _KEY_TYPES, _f64, _u32, _u64,
 )
 
@@ -128,7 +128,10 @@ def op_pop_mark(vm, data, pos, limit, file_end, framed, base):
 
 
 def op_dup(vm, data, pos, limit, file_end, framed, base):
-    vm.stack.append(vm.top())
+    top = vm.top()
+    if type(top) is Obj:
+        raise Refused(REPEATED_ENTRY, base + pos)
+    vm.stack.append(top)
     return pos + 1
 
 

@@ -31,6 +31,10 @@ MAX_ITEMS = 50_000_000  # opcodes (each adds at most one reference) per pickle
 MAX_MEMO = 10_000_000  # distinct memo keys per pickle (a dict entry costs ~100 bytes)
 MAX_DEPTH = 64  # container nesting; entries sit at depth <= 3
 MAX_LINE = 256  # GLOBAL module/name lines
+#: The SDK pickles a list of distinct entries, so an entry is never fetched again (memo get) or
+#: DUPed. A pickle that does so lists one entry up to MAX_ITEMS times for one or two bytes each:
+#: megabytes that cost as much as a dataset of millions of images.
+REPEATED_ENTRY = "an entry listed again by reference (DUP or memo get), which the SDK never writes"
 
 
 class BlobClass:
@@ -265,6 +269,8 @@ class PickleVM:
             v = self._fast_memo(key)
             if v is None:
                 raise Unreadable(f"memo key {key} is not defined", pos)
+        if type(v) is Obj:
+            raise Refused(REPEATED_ENTRY, pos)
         return v
 
     def depth(self, x) -> int:
