@@ -24,3 +24,13 @@ class TarFormatError(InputError):
 
 class ProjectError(InputError):
     """A source that is not a blob project, dataset or tar."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with control, separator and unpaired-surrogate characters escaped (``\\n``,
+    ``\\x1b``): a name on disk may hold any of them, and a problem printed must stay one line
+    and must not drive the terminal it is printed on."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+

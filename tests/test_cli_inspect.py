@@ -130,3 +130,36 @@ def test_unreadable_input_exits_2_with_one_line(runner: CliRunner, tmp_path: Pat
     gz.write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 100)
     r = run(runner, "ls", str(gz))
     assert r.exit_code == 2 and "gzip-compressed" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_ls_and_preview_say_in_one_line_what_they_leave_out(blob_project: Path, tmp_path: Path) -> None:
+    """Lenient commands go on without what a problem skips, as the mount does (exit 0), but say
+    so on stderr: the first problem and how many more, in one line."""
+    from mount_helpers import BLOBFS
+
+    proj = tmp_path / "p"
+    shutil.copytree(blob_project, proj)
+    pkl = proj / "ds2" / "more_images_offsets.pkl"
+    pkl.chmod(0o644)
+    pkl.write_bytes(b"")
+
+    def real(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*BLOBFS, *args], capture_output=True, text=True, timeout=120)
+
+    for args in (("ls", str(proj)), ("preview", str(proj), "-o", str(tmp_path / "s.png"), "--thumb", "32")):
+        r = real(*args)
+        assert r.returncode == 0, r.stderr
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and str(pkl) in lines[0] and "left out" in lines[0], r.stderr
+    (proj / "ds1" / "img").mkdir(exist_ok=True)
+    (proj / "ds1" / "img" / "bad\nname.png").write_bytes(b"x")  # a second problem
+    r = real("ls", str(proj))
+    lines = r.stderr.splitlines()
+    assert r.returncode == 0 and len(lines) == 1 and "1 more problem" in lines[0] and "bad\\nname" in lines[0], r.stderr
+    for cmd in ("verify", "info"):  # one line per problem there too, the newline escaped
+        r = real(cmd, str(proj))
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert not any(ln.startswith("name.png") for ln in r.stdout.splitlines()), r.stdout
+        assert any("bad\\nname.png" in ln for ln in r.stdout.splitlines()), r.stdout
+    clean = real("ls", str(blob_project))
+    assert clean.returncode == 0 and clean.stderr == ""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import stat as st
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Iterator
 
 import click
 
-from blobfs.errors import InputError
+from blobfs.errors import InputError, one_line
 from blobfs.model.project import SourceSpec
 
+log = logging.getLogger(__name__)
 
 def source_options(f):
     """SOURCE plus the bare-tar options, shared by every command that opens a source."""
@@ -26,6 +28,15 @@ def source_options(f):
 
 def spec(source: Path, offsets: Path | None, ann: Path | None, synthesize_ann: bool = False) -> SourceSpec:
     return SourceSpec(source, offsets, ann, synthesize_ann)
+
+
+def warn_left_out(source: Path, problems: list[str]) -> None:
+    """One warning line when a lenient command (``ls``, ``preview``) goes on without what the
+    source's problems skip, as the mount does; ``verify`` and ``info`` list them all."""
+    if problems:
+        more = (f"; {len(problems) - 1} more problem(s), 'blobfs verify {source}' lists them all"
+                if len(problems) > 1 else "")
+        log.warning("%s (left out%s)", one_line(problems[0]), one_line(more))
 
 
 @contextlib.contextmanager
@@ -77,7 +88,7 @@ def _print_info(r: dict) -> None:
     if r["problems"]:
         click.echo(f"problems: {len(r['problems'])}")
         for line in r["problems"]:
-            click.echo(f"  {line}")
+            click.echo(f"  {one_line(line)}")
 
 
 def _human(n: int) -> str:
@@ -95,6 +106,7 @@ def _human(n: int) -> str:
 def ls_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str, long: bool) -> None:
     """List PATH of the classic view of SOURCE (what the mount would show)."""
     with spec(source, offsets, ann).open() as p:
+        warn_left_out(source, p.problems)
         try:
             a = p.view.getattr(path)
             entries = p.view.listdir(path) if st.S_ISDIR(a.mode) else [(path.rsplit("/", 1)[-1], a.mode)]
@@ -165,7 +177,7 @@ def verify_cmd(source: Path, offsets: Path | None, ann: Path | None, decode: boo
             click.echo(json.dumps({"items": p.item_count, "problems": problems}, indent=2))
         else:
             for line in problems:
-                click.echo(line)
+                click.echo(one_line(line))
             click.echo(f"{p.item_count} items checked, {len(problems)} problem(s)")
     sys.exit(1 if problems else 0)
 

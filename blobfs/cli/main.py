@@ -8,7 +8,7 @@ import sys
 import click
 
 from blobfs import __version__
-from blobfs.errors import BlobfsError
+from blobfs.errors import BlobfsError, one_line
 
 
 #: command name -> (module, attribute). Imported only when the command runs (or for --help),
@@ -45,7 +45,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except BlobfsError as e:
-            click.echo(f"blobfs: {e}", err=True)
+            click.echo(f"blobfs: {one_line(str(e))}", err=True)
             ctx.exit(2)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from blobfs.cli.inspect import warn_left_out
 from blobfs.errors import InputError
 from blobfs.preview.options import PreviewOptions
 from blobfs.preview.report import format_images_report, images_report
@@ -46,6 +47,7 @@ def preview_cmd(source: Path, dataset: str | None, output: Path, limit: int, sam
                              no_ann=no_ann, labels=not no_labels, output=output)
     try:
         with open_project(source) as project:
+            warn_left_out(source, project.problems)
             layout = write_sheet(project, dataset, options, output)
     except OSError as e:  # BlobfsError reaches the group, which prints it (exit 2)
         raise InputError(f"{e.filename or output}: {e.strerror or e}") from None

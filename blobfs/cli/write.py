@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import click
 
-from blobfs.errors import BlobfsError, InputError
+from blobfs.errors import BlobfsError, InputError, one_line
 from blobfs.write.atomic import interrupt_guard
 from blobfs.write.options import PackOptions, PackProjectOptions, UnpackOptions
 
@@ -104,10 +104,10 @@ def _reporting() -> Iterator[None]:
         click.echo("\nblobfs: interrupted; no output written", err=True)
         sys.exit(130)
     except InputError as e:
-        click.echo(f"blobfs: {e}", err=True)
+        click.echo(f"blobfs: {one_line(str(e))}", err=True)
         sys.exit(2)
     except BlobfsError as e:
-        click.echo(f"blobfs: {e}", err=True)
+        click.echo(f"blobfs: {one_line(str(e))}", err=True)
         sys.exit(1)
 
 
@@ -193,7 +193,7 @@ def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: b
     with _reporting(), contextlib.ExitStack() as stack:
         result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
     for problem in result.problems:
-        click.echo(f"blobfs: warning: {problem}", err=True)
+        click.echo(f"blobfs: warning: {one_line(problem)}", err=True)
     click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})"
                + (f"; {len(result.problems)} problems in the source, see above" if result.problems else ""),
                err=True)

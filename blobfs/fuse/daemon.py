@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from blobfs.errors import BlobfsError
+from blobfs.errors import BlobfsError, one_line
 from blobfs.fuse import binding as _binding
 from blobfs.fuse.cpuworkers import WorkerLost, plan as worker_plan
 from blobfs.fuse.ops import make_operations
@@ -330,7 +330,7 @@ def run(opts: MountOptions) -> int:
     check_mountpoint(opts)
     project = open_source(opts)
     for problem in getattr(project, "problems", ()):
-        log.warning("%s", problem)
+        log.warning("%s", one_line(problem))
     if not opts.foreground:
         return _background(project, fb, opts)
     if opts.log_file is not None:
