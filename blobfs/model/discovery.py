@@ -43,8 +43,9 @@ def scan_dataset_dir(path: Path) -> tuple[tuple[str, ...], bool, bool]:
             for entry in it:
                 name = entry.name
                 if name.endswith(OFFSETS_SUFFIX) and len(name) > len(OFFSETS_SUFFIX):
-                    if entry.is_file():
-                        offsets.append(name)
+                    # Whatever its type: one that is no regular file (a FIFO, a link to
+                    # /dev/zero) is reported when opened, not silently taken for no items.
+                    offsets.append(name)
                 elif name == "img":
                     has_img = entry.is_dir()
                 elif name == "ann":

@@ -228,6 +228,14 @@ class _Opener:
         from blobfs.format.offsets_read import read_offsets
         from blobfs.model import cache
 
+        try:
+            # open(2) of a FIFO blocks until a writer appears; /dev/zero never ends.
+            if not stat.S_ISREG(os.stat(pkl).st_mode):
+                self.fail(f"{pkl}: offsets file is not a regular file")
+                return None
+        except OSError as e:
+            self.fail(f"{pkl}: cannot read offsets file: {e.strerror}")
+            return None
         key = cache.cache_key(pkl, tar.path)
         hit = cache.load(key, tar.size) if key else None
         if hit is not None:
@@ -370,8 +378,9 @@ def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
         return Project(None, [], None, [], op.problems, kind="tar", virtual_root=True)
     pkl = Path(offsets) if offsets is not None else tar_path.with_name(tar_path.stem + OFFSETS_SUFFIX)
     if offsets is not None and not pkl.is_file():
-        raise ProjectError(f"{pkl}: offsets file not found")
-    got = op.offsets(pkl, tar) if pkl.is_file() else (op.headers(tar), None, None)
+        raise ProjectError(f"{pkl}: offsets file is not a regular file" if os.path.lexists(pkl)
+                           else f"{pkl}: offsets file not found")
+    got = op.offsets(pkl, tar) if os.path.lexists(pkl) else (op.headers(tar), None, None)
     table = got[0] if got is not None else None
     ann_dir = Path(ann) if ann is not None else None
     if ann_dir is not None and not ann_dir.is_dir():

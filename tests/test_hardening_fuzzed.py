@@ -1,18 +1,20 @@
-"""Hostile JSON, coordinates and folder names through ``verify`` and ``preview`` (issue #5).
+"""Cases a fuzz run over mutants of the SDK fixture found (issue #5's contract).
 
-Found by a fuzz run over mutants of the SDK fixture: each of these printed a Python traceback.
-Every case runs the real ``blobfs`` command in a subprocess, as test_hardening_input.py does:
-no traceback, the problem named in one line, and a preview still drawn for the rest.
+Hostile JSON, coordinates and folder names printed tracebacks in ``verify`` and ``preview``;
+offsets files that are no regular file were taken silently for datasets without items. Every
+case runs the real ``blobfs`` command in a subprocess, as test_hardening_input.py does: no
+traceback, the problem named in one line, and the rest still served or drawn.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from PIL import Image
 
-from test_hardening_input import copy_project, run
+from test_hardening_input import copy_project, info_json, one_line, run
 
 #: Deeper than any recursion limit CPython's json decoder can take (it recurses per level).
 DEEP = 100_000
@@ -108,3 +110,20 @@ def test_dataset_folder_with_a_newline_in_its_name(blob_project, tmp_path):
     assert r.returncode == 0, r.stderr
     with Image.open(out) as im:
         assert im.width > 0
+
+
+def test_offsets_file_that_is_no_regular_file_is_reported(blob_project, tmp_path):
+    """A FIFO would block open(2) and /dev/zero never ends: never read, always reported (before,
+    the dataset silently showed no items)."""
+    for kind in ("fifo", "dev_zero", "folder"):
+        proj = copy_project(blob_project, tmp_path / kind)
+        pkl = proj / "ds2" / "more_images_offsets.pkl"
+        pkl.unlink()
+        {"fifo": lambda: os.mkfifo(pkl), "dev_zero": lambda: pkl.symlink_to("/dev/zero"),
+         "folder": lambda: pkl.mkdir()}[kind]()
+        code, rep = info_json(proj)
+        assert code == 1, rep
+        assert [p for p in rep["problems"] if str(pkl) in p and "not a regular file" in p], rep["problems"]
+        assert [d["items"] for d in rep["datasets"]] == [62, 0]
+        r = run("ls", str(proj), timeout=30)  # strict commands stop, as for an unusable tar
+        assert r.returncode == 2 and str(pkl) in one_line(r) and "not a regular file" in one_line(r)
