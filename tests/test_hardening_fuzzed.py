@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from mount_helpers import BLOBFS, is_mounted
 from test_hardening_input import copy_project, info_json, one_line, run
 
 #: Deeper than any recursion limit CPython's json decoder can take (it recurses per level).
@@ -127,3 +130,92 @@ def test_offsets_file_that_is_no_regular_file_is_reported(blob_project, tmp_path
         assert [d["items"] for d in rep["datasets"]] == [62, 0]
         r = run("ls", str(proj), timeout=30)  # strict commands stop, as for an unusable tar
         assert r.returncode == 2 and str(pkl) in one_line(r) and "not a regular file" in one_line(r)
+
+
+# -- the write side and the CLI surface (a second fuzz run) ---------------------------------------
+def test_output_holding_the_source_is_refused_even_with_force(blob_project, classic_project, tmp_path):
+    """``unpack --force SRC W`` with SRC inside W replaced W, source and all, and exited 0."""
+    work = tmp_path / "w"
+    src = copy_project(blob_project, work / "a" / "pj")
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    for out in (work, work / "a", src):
+        r = run("unpack", "--force", str(src), str(out))
+        assert r.returncode == 2 and "source" in one_line(r), (out, r.stderr)
+    csrc = copy_project(classic_project, work / "cp")
+    r = run("pack-project", "--force", str(csrc), str(work))
+    assert r.returncode == 2 and "holds the source" in one_line(r)
+    assert sorted(p.relative_to(work) for p in work.rglob("*") if not p.is_relative_to(csrc)) == before
+
+
+def test_umount_refuses_what_is_not_a_fuse_mount(tmp_path):
+    """Its last fallback is umount(8), which unmounts anything."""
+    mp = tmp_path / "t"
+    mp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mp)], check=True)
+    try:
+        r = run("umount", str(mp))
+        assert r.returncode == 2 and "not a FUSE mount (tmpfs)" in one_line(r)
+        assert is_mounted(mp)
+    finally:
+        subprocess.run(["umount", str(mp)], check=False)
+
+
+@pytest.mark.parametrize("args", [("umount", ""), ("mount", "SRC", ""), ("mount", "", "MP"), ("info", ""),
+                                  ("pack", "", "-o", "x.tar"), ("unpack", "SRC", ""), ("preview", "SRC", "-o", "")])
+def test_an_empty_path_is_a_usage_error(blob_project, tmp_path, args):
+    """"" is the current folder to every os call (`blobfs umount ""` unmounted the shell's cwd)."""
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    real = [str(blob_project) if a == "SRC" else str(mp) if a == "MP" else a for a in args]
+    r = subprocess.run([*BLOBFS, *real], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "an empty path" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["mp"] and not is_mounted(mp)
+
+
+def test_index_refuses_what_is_no_regular_file_and_reports_write_failures(blob_project, tmp_path):
+    fifo = tmp_path / "f.tar"
+    os.mkfifo(fifo)
+    for tar in (fifo, Path("/dev/null")):
+        r = run("index", str(tar), "-o", str(tmp_path), timeout=30)  # a FIFO hung here
+        assert r.returncode == 2 and "not a regular file" in one_line(r)
+    tar = blob_project / "blob" / "small_images.tar"
+    r = run("index", str(tar), "-o", str(tmp_path / "no" / "such"))
+    assert r.returncode == 1 and "cannot write" in one_line(r)
+
+
+def test_copy_file_refuses_a_fifo_instead_of_blocking(tmp_path):
+    """pack-project lists regular files, then copies them: one swapped for a FIFO in between
+    blocked open(2) forever."""
+    from blobfs.errors import InputError
+    from blobfs.write.pack_project import copy_file
+
+    fifo = tmp_path / "swapped.json"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="no longer a regular file"):
+        copy_file(str(fifo), str(tmp_path / "out.json"), fifo)
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_preview_never_writes_over_the_source_nor_leaves_a_partial_sheet(blob_project, tmp_path):
+    proj = copy_project(blob_project, tmp_path / "p")
+    victim = proj / "ds1" / "img" / "photo_a.png"
+    before = victim.read_bytes()
+    r = _preview(proj, victim)
+    assert r.returncode == 2 and "inside the source" in one_line(r) and victim.read_bytes() == before
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        r = _preview(proj, full / "sheet.png")
+        assert r.returncode == 1 and "No space left" in one_line(r)
+        assert os.listdir(full) == []  # no truncated sheet, no temporary
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+    old = tmp_path / "sheet.png"
+    old.write_bytes(b"an older sheet")
+    r = _preview(proj, old)  # an existing sheet is replaced, whole
+    assert r.returncode == 0
+    with Image.open(old) as im:
+        im.load()
+    assert [p.name for p in tmp_path.iterdir() if "blobfs-tmp" in p.name] == []

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import click
 
+from blobfs.cli.params import NonEmptyPath
 from blobfs.errors import InputError, one_line
 from blobfs.model.project import SourceSpec
 
@@ -18,12 +19,12 @@ log = logging.getLogger(__name__)
 
 def source_options(f):
     """SOURCE plus the bare-tar options, shared by every command that opens a source."""
-    f = click.option("--ann", type=click.Path(path_type=Path),
+    f = click.option("--ann", type=NonEmptyPath(path_type=Path),
                      help="Annotation folder for a bare TAR source.")(f)
-    f = click.option("--offsets", type=click.Path(path_type=Path),
+    f = click.option("--offsets", type=NonEmptyPath(path_type=Path),
                      help="Offsets file for a bare TAR source (default: the sibling "
                           "STEM_offsets.pkl, else the tar's own headers).")(f)
-    return click.argument("source", type=click.Path(path_type=Path))(f)
+    return click.argument("source", type=NonEmptyPath(path_type=Path))(f)
 
 
 def spec(source: Path, offsets: Path | None, ann: Path | None, synthesize_ann: bool = False) -> SourceSpec:
@@ -136,8 +137,8 @@ def cat_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str) -> 
 
 
 @click.command("index")
-@click.argument("tar", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.argument("tar", type=NonEmptyPath(path_type=Path, dir_okay=False))
+@click.option("-o", "--output-dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               help="Folder for STEM_offsets.pkl (default: beside the tar).")
 @click.option("--include", multiple=True, help="Only members matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Skip members matching this glob (repeatable).")
@@ -156,7 +157,11 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     if out.exists() and not force:
         raise InputError(f"{out}: exists (use --force to replace it)")
     entries = index_tar(tar, include, exclude)
-    write_offsets(out, entries)
+    try:
+        write_offsets(out, entries)
+    except OSError as e:  # full disk, read-only or missing folder: exit 1, as the write commands
+        click.echo(f"blobfs: {one_line(f'{out}: cannot write: {e.strerror or e}')}", err=True)
+        sys.exit(1)
     click.echo(f"{out}: {len(entries)} entries")
 
 

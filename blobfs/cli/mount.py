@@ -12,6 +12,7 @@ from typing import NoReturn
 
 import click
 
+from blobfs.cli.params import NonEmptyPath
 from blobfs.errors import BlobfsError, InputError
 
 log = logging.getLogger(__name__)
@@ -32,16 +33,16 @@ def _setup_logging(debug: bool) -> None:
 
 
 @click.command("mount", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("source", type=click.Path())
-@click.argument("mountpoint", type=click.Path())
+@click.argument("source", type=NonEmptyPath())
+@click.argument("mountpoint", type=NonEmptyPath())
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached (do not daemonize); log to stderr.")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="Mount options as mount(8) passes them: allow_other, auto_unmount, nonempty, "
                    "threads, nothreads, workers=N|auto (daemon processes, default one per CPU), spin_us=N (default 50 with one process, 0 with workers), uring|nouring (FUSE over io_uring; default: whenever the kernel has it on), libfuse=2|3, fuse_api=lowlevel|highlevel, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
                    "fsname=NAME, debug. Generic ones (ro, nofail, noauto, user, _netdev, x-systemd.*, "
                    "...) are ignored.")
-@click.option("--offsets", type=click.Path(), help="Offsets pickle for a bare tar SOURCE.")
-@click.option("--ann", type=click.Path(), help="Folder of annotation JSONs (bare tar SOURCE).")
+@click.option("--offsets", type=NonEmptyPath(), help="Offsets pickle for a bare tar SOURCE.")
+@click.option("--ann", type=NonEmptyPath(), help="Folder of annotation JSONs (bare tar SOURCE).")
 @click.option("--synthesize-ann", is_flag=True, help="Show an empty annotation for items without one.")
 @click.option("--libfuse", type=click.Choice(["2", "3"]), default=None,
               help="libfuse major version (default: $BLOBFS_LIBFUSE, else 3).")
@@ -72,7 +73,7 @@ def mount_cmd(source: str, mountpoint: str, foreground: bool, options: tuple[str
 
 
 @click.command("umount", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("mountpoint", type=click.Path())
+@click.argument("mountpoint", type=NonEmptyPath())
 @click.option("-l", "-z", "--lazy", is_flag=True,
               help="Detach now, finish when the last file is closed (for a busy mount).")
 def umount_cmd(mountpoint: str, lazy: bool) -> None:

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
 
 from blobfs.cli.inspect import warn_left_out
-from blobfs.errors import InputError
+from blobfs.cli.params import NonEmptyPath
+from blobfs.errors import InputError, one_line
 from blobfs.preview.options import PreviewOptions
 from blobfs.preview.report import format_images_report, images_report
+from blobfs.write.atomic import check_apart
+from blobfs.write.errors import WriteFailedError
 
 __all__ = ["preview_cmd", "demo_cmd", "images_report", "format_images_report"]
 
@@ -18,9 +22,9 @@ _D = PreviewOptions()  # defaults shown in --help
 
 
 @click.command("preview")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("source", type=NonEmptyPath(exists=True, path_type=Path))
 @click.argument("dataset", required=False)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="Sheet to write (.png is streamed row by row; .jpg/.webp also work).")
 @click.option("--limit", type=click.IntRange(min=1), default=_D.limit, show_default=True,
               help="At most this many items.")
@@ -45,18 +49,21 @@ def preview_cmd(source: Path, dataset: str | None, output: Path, limit: int, sam
 
     options = PreviewOptions(limit=limit, sample=sample, seed=seed, columns=columns, thumb=thumb,  # type: ignore[arg-type]
                              no_ann=no_ann, labels=not no_labels, output=output)
+    check_apart(source, output)  # never over one of the source's own files
     try:
         with open_project(source) as project:
             warn_left_out(source, project.problems)
             layout = write_sheet(project, dataset, options, output)
-    except OSError as e:  # BlobfsError reaches the group, which prints it (exit 2)
-        raise InputError(f"{e.filename or output}: {e.strerror or e}") from None
+    except (OSError, WriteFailedError) as e:  # the output (full disk, read-only): exit 1, as the
+        why = str(e) if isinstance(e, WriteFailedError) else f"{output}: {e.strerror or e}"  # write commands
+        click.echo(f"blobfs: {one_line(why)}", err=True)
+        sys.exit(1)
     w, h = layout.size
     click.echo(f"{output}: {layout.count} items, {layout.columns} x {layout.rows} thumbnails, {w}x{h} px")
 
 
 @click.command("demo")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed (same seed, same bytes).")
 def demo_cmd(directory: Path, seed: int) -> None:
     """Write a small demo blob project into DIRECTORY (created; must be absent or empty).

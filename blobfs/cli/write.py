@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import click
 
+from blobfs.cli.params import NonEmptyPath
 from blobfs.errors import BlobfsError, InputError, one_line
 from blobfs.write.atomic import interrupt_guard
 from blobfs.write.options import PackOptions, PackProjectOptions, UnpackOptions
@@ -116,8 +117,8 @@ def _seconds(t0: float) -> str:
 
 
 @click.command("pack")
-@click.argument("images_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("images_dir", type=NonEmptyPath(file_okay=False, path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=NonEmptyPath(dir_okay=False, path_type=Path),
               help="The tar to write (NAME.tar); NAME_offsets.pkl is written beside it.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Pack files matching GLOB instead of the SDK image extensions (repeatable; "
@@ -149,8 +150,8 @@ def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tup
 
 
 @click.command("pack-project")
-@click.argument("classic_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("classic_dir", type=NonEmptyPath(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.option("--max-blob-size", type=SIZE, help="Split a dataset's tar into NAME-000.tar, "
               "NAME-001.tar, ... so that each stays within SIZE (e.g. 2G).")
 @click.option("--min-size", type=SIZE, default=0, help="Images smaller than SIZE stay ordinary img/ files.")
@@ -176,8 +177,8 @@ def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None
 
 
 @click.command("unpack")
-@click.argument("blob_project", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("blob_project", type=NonEmptyPath(path_type=Path))
+@click.argument("out_dir", type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.option("--synthesize-ann", is_flag=True,
               help="Write an empty annotation for items that have none (as the mount does).")
 @click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")

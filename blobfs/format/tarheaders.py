@@ -30,6 +30,7 @@ A missing end-of-archive marker (EOF right after a member, at a block boundary) 
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -371,10 +372,14 @@ def iter_members(path: str | os.PathLike[str]) -> Iterator[TarMember]:
     """
     spath = os.fspath(path)
     try:
-        fd = os.open(spath, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: open(2) of a FIFO would wait for a writer; it is refused just below.
+        fd = os.open(spath, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise TarFormatError(f"{spath}: cannot open: {e.strerror or e}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TarFormatError(f"{spath}: not a regular file")
+        os.set_blocking(fd, True)
         yield from _Parser(spath, fd).members()
     finally:
         os.close(fd)

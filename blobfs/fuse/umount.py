@@ -94,10 +94,14 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False, timeout: 
     :class:`blobfs.errors.InputError` when the path does not exist.
     """
     mp = os.path.abspath(mountpoint)
-    if mount_entry(mp) is None:
+    entry = mount_entry(mp)
+    if entry is None:
         if not os.path.lexists(mp):
             raise InputError(f"{mp}: no such mount point")
         raise UnmountError(f"{mp}: not mounted")
+    if not entry[0].startswith("fuse"):
+        # umount(8), the last fallback below, would unmount anything, a tmpfs or /home alike.
+        raise InputError(f"{mp}: not a FUSE mount ({entry[0]}); blobfs umount only unmounts FUSE mounts")
     errors: list[str] = []
     busy = False
     for cmd in _commands(mp, lazy):

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -287,17 +288,33 @@ def render_sheet(project: Any, dataset: str | None = None, options: PreviewOptio
 
 
 def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path: str | Path) -> SheetLayout:
-    """Render and save the sheet; ``.png`` is streamed strip by strip, other formats via Pillow."""
+    """Render and save the sheet; ``.png`` is streamed strip by strip, other formats via Pillow.
+
+    Whole or not at all: written under a temporary name beside ``path`` and renamed over it at
+    the end (an existing file is replaced, as before), so an interrupted run or a full disk
+    never leaves a truncated sheet that looks like a picture.
+    """
+    from blobfs.write.atomic import AtomicOutputs
+
     path = Path(path)
-    if path.suffix.lower() == ".png":
-        layout, strips = iter_strips(project, dataset, options)
-        with PngStreamWriter(path, *layout.size) as out:
-            for strip in strips:
-                out.write_strip(strip)
-        return layout
-    sheet = render_sheet(project, dataset, options)
-    try:
-        sheet.save(path)
-    except (KeyError, ValueError) as e:  # Pillow: unknown extension
-        raise InputError(f"{path}: cannot write a sheet in this format: {e}") from None
-    return layout_for(len(sample_items(pick_datasets(project, dataset), options)), options)
+    suffix = path.suffix.lower()
+    fmt = None if suffix == ".png" else Image.registered_extensions().get(suffix)
+    if suffix != ".png" and fmt is None:
+        raise InputError(f"{path}: cannot write a sheet in this format: unknown extension {suffix or '(none)'}")
+    with AtomicOutputs([path], force=True) as outputs:
+        fd, tmp = outputs.file(path)
+        os.close(fd)
+        if fmt is None:
+            layout, strips = iter_strips(project, dataset, options)
+            with PngStreamWriter(tmp, *layout.size) as out:
+                for strip in strips:
+                    out.write_strip(strip)
+        else:
+            sheet = render_sheet(project, dataset, options)
+            try:
+                sheet.save(tmp, format=fmt)
+            except (KeyError, ValueError) as e:  # Pillow: a mode this format cannot hold
+                raise InputError(f"{path}: cannot write a sheet in this format: {e}") from None
+            layout = layout_for(len(sample_items(pick_datasets(project, dataset), options)), options)
+        outputs.commit()
+    return layout

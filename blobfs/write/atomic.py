@@ -55,6 +55,18 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
+def check_apart(src: Path, out: Path) -> None:
+    """Refuse an output that is the source or holds it: replacing it (``--force``) would delete
+    the source, and writing into it would read what is being written."""
+    from blobfs.errors import InputError
+
+    real_src, real_out = os.path.realpath(src), os.path.realpath(out)
+    if (real_src + "/").startswith(real_out + "/"):
+        raise InputError(f"{out}: output holds the source {src} (replacing it would delete the source)")
+    if (real_out + "/").startswith(real_src + "/"):
+        raise InputError(f"{out}: output inside the source {src}")
+
+
 def _is_empty_dir(path: Path) -> bool:
     try:
         with os.scandir(path) as it:

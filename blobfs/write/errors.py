@@ -5,6 +5,7 @@ output (full disk, permission denied on the destination) is a ``WriteFailedError
 """
 from __future__ import annotations
 
+import errno
 import os
 
 from blobfs.errors import BlobfsError, InputError
@@ -23,6 +24,8 @@ def input_failed(path: str | os.PathLike[str], e: OSError, during: str = "") -> 
     what = e.strerror or type(e).__name__
     if isinstance(e, FileNotFoundError) and during:
         what = f"vanished {during}"
+    elif e.errno == errno.ESPIPE and during:  # swapped for a FIFO after it was listed
+        what = f"changed {during} (no longer a regular file)"
     return InputError(f"{os.fspath(path)}: {what}")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -27,7 +28,7 @@ from blobfs.errors import InputError
 from blobfs.format.names import is_image_name, name_problem
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
-from blobfs.write.atomic import AtomicOutputs
+from blobfs.write.atomic import AtomicOutputs, check_apart
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed, output_failed
 from blobfs.write.options import PackProjectOptions
@@ -108,11 +109,13 @@ def _split(members: list[Member], limit: int | None) -> list[list[Member]]:
 def copy_file(src: str, dst: str, label_src: Path) -> None:
     """Copy one regular file byte for byte (in the kernel), keeping its mtime."""
     try:
-        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except OSError as e:
         raise input_failed(label_src, e, "while copying") from None
     try:
         st = os.fstat(sfd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{label_src}: changed while copying (no longer a regular file)")
         try:
             dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as e:
@@ -187,9 +190,7 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
         raise InputError(f"{src}: not a classic project (no meta.json)")
     if (src / "blob").exists():
         raise InputError(f"{src}: already has a blob/ folder (pack-project takes a classic project)")
-    real_src, real_out = os.path.realpath(src), os.path.realpath(out_dir)
-    if (real_out + "/").startswith(real_src + "/"):
-        raise InputError(f"{out_dir}: output inside the source project {src}")
+    check_apart(src, out_dir)
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs:
         blobs, packed, n_datasets = plan_blobs(src, opts)
         tmp = outputs.directory(out_dir)

@@ -196,7 +196,9 @@ def _fill(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: 
     mv = out.mv
     limit = FLUSH - BLOCK - 1           # room for a one-block header and the one extra byte
     o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
-    flags = os.O_RDONLY | os.O_CLOEXEC
+    # O_NONBLOCK: a file swapped for a FIFO after listing must not block open(2) (no effect on
+    # a regular file); its read then comes up short and is reported as changed.
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
     zeros = memoryview(ZEROS)
     pack_header = _USTAR.pack_into
     mode_f, tail, const_sum = _MODE_UID_GID, _TAIL_REG, _CONST_SUM_REG

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from blobfs.errors import InputError
 from blobfs.model.items import DISK
 from blobfs.model.project import Dataset, open_project
-from blobfs.write.atomic import AtomicOutputs
+from blobfs.write.atomic import AtomicOutputs, check_apart
 from blobfs.write.blobwriter import Progress, write_all
 from blobfs.write.errors import output_failed
 from blobfs.write.itemcopy import READ, copy_files, copy_items
@@ -133,8 +133,7 @@ def _item_chunks(rel: str, ds: Dataset) -> Iterator[tuple]:
 
 def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
             progress_start: Callable[[int], Progress | None] | None) -> UnpackResult:
-    if src.is_dir() and (os.path.realpath(out_dir) + "/").startswith(os.path.realpath(src) + "/"):
-        raise InputError(f"{out_dir}: output inside the source {src}")
+    check_apart(src, out_dir)
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs, \
             open_project(src, synthesize_ann=opts.synthesize_ann) as project:
         view = project.view
