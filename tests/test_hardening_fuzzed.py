@@ -219,3 +219,17 @@ def test_preview_never_writes_over_the_source_nor_leaves_a_partial_sheet(blob_pr
     with Image.open(old) as im:
         im.load()
     assert [p.name for p in tmp_path.iterdir() if "blobfs-tmp" in p.name] == []
+
+
+def test_pack_project_never_walks_into_its_own_output(classic_project, tmp_path):
+    """A symlink in the source reaching the output's folder made the walk copy the copy until
+    the path was too long (a traceback after 300 levels)."""
+    src = copy_project(classic_project, tmp_path / "cp")
+    (src / "ds1" / "loop").symlink_to("../..")  # tmp_path: holds cp and, while writing, the output
+    r = subprocess.run([*BLOBFS, "pack-project", "cp", "pout"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "leads into the output being written" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cp", "pout"]
+    depth = max(len(p.relative_to(tmp_path / "pout").parts) for p in (tmp_path / "pout").rglob("*"))
+    assert depth < 10

@@ -144,13 +144,23 @@ def _plan_copies(src: Path, dst: Path, packed: set[str]) -> list[str]:
     but ``packed``), in walk order."""
     files: list[str] = []
     active: set[tuple[int, int]] = set()
+    out_st = os.stat(dst)
+    output = (out_st.st_dev, out_st.st_ino)
 
     def walk(rel: str) -> None:
         here = src / rel if rel else src
-        st = os.stat(here)
+        try:
+            st = os.stat(here)
+        except OSError as e:
+            raise InputError(f"{here}: {e.strerror}") from None
         key = (st.st_dev, st.st_ino)
         if key in active:
             return  # a symlink back up the tree
+        if key == output:
+            # A symlink that reaches the folder being written: walking it would copy the copy
+            # (each level creates the next) until the path is too long.
+            log.warning("%s: leads into the output being written; not copied", here)
+            return
         active.add(key)
         try:
             with os.scandir(here) as it:
