@@ -233,3 +233,12 @@ def test_pack_project_never_walks_into_its_own_output(classic_project, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cp", "pout"]
     depth = max(len(p.relative_to(tmp_path / "pout").parts) for p in (tmp_path / "pout").rglob("*"))
     assert depth < 10
+
+
+def test_verify_says_each_problem_once(tmp_path):
+    """A bare file that is no tar was reported twice: when opened and by the header check."""
+    notar = tmp_path / "x.tar"
+    notar.write_bytes(b"hello\n" * 200)
+    r = run("verify", str(notar))
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(str(notar))]
+    assert r.returncode == 1 and len(lines) == 1 and "not a tar file" in lines[0], r.stdout

@@ -124,7 +124,8 @@ def verify(project: Project, *, decode: bool = False,
     check_ranges(project, problems)
     for ds in project.datasets:
         check_annotations(ds, decode, problems, progress)
-    return problems
+    # Opening and the header check can find the same damage (a bare file that is no tar): once.
+    return list(dict.fromkeys(problems))
 
 
 def dataset_summary(ds: Dataset) -> dict:
