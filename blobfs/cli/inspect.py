@@ -17,6 +17,7 @@ from blobfs.model.project import SourceSpec
 
 log = logging.getLogger(__name__)
 
+
 def source_options(f):
     """SOURCE plus the bare-tar options, shared by every command that opens a source."""
     f = click.option("--ann", type=NonEmptyPath(path_type=Path),

@@ -54,8 +54,9 @@ def preview_cmd(source: Path, dataset: str | None, output: Path, limit: int, sam
         with open_project(source) as project:
             warn_left_out(source, project.problems)
             layout = write_sheet(project, dataset, options, output)
-    except (OSError, WriteFailedError) as e:  # the output (full disk, read-only): exit 1, as the
-        why = str(e) if isinstance(e, WriteFailedError) else f"{output}: {e.strerror or e}"  # write commands
+    except (OSError, WriteFailedError) as e:
+        # The output could not be written (full disk, read-only): exit 1, as the write commands.
+        why = str(e) if isinstance(e, WriteFailedError) else f"{output}: {e.strerror or e}"
         click.echo(f"blobfs: {one_line(why)}", err=True)
         sys.exit(1)
     w, h = layout.size

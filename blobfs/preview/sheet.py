@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from blobfs.errors import InputError
+from blobfs.errors import InputError, one_line
 from blobfs.preview.draw import RGB, Scale, class_colors, draw_annotation
 from blobfs.preview.options import PreviewOptions
 from blobfs.preview.pngstream import PngStreamWriter
@@ -166,12 +166,6 @@ def placeholder(size: tuple[int, int], font: Any, text: str = "undecodable") -> 
     return im
 
 
-def _one_line(text: str) -> str:
-    """``text`` with each control or separator character (a folder name may hold a newline)
-    shown as "?": Pillow's ``textlength`` refuses multi-line text."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def _ellipsize(text: str, width: int, font: Any, d: ImageDraw.ImageDraw) -> str:
     """``text``, or its middle replaced by "…" so that it fits ``width`` pixels."""
     full = d.textlength(text, font=font)
@@ -205,7 +199,7 @@ class _Renderer:
             return {}
         try:
             return class_colors(json.loads(Path(path).read_bytes()))
-        except (OSError, ValueError, AttributeError, RecursionError) as e:  # deep JSON: RecursionError
+        except (OSError, ValueError, AttributeError, RecursionError) as e:  # json recurses per level
             log.warning("%s: cannot read class colours: %s", path, e)
             return {}
 
@@ -215,7 +209,7 @@ class _Renderer:
             return None
         try:
             ann = json.loads(Path(path).read_bytes())
-        except (OSError, ValueError, RecursionError) as e:  # deep JSON: RecursionError
+        except (OSError, ValueError, RecursionError) as e:  # json recurses per level
             log.warning("%s: annotation not drawn: %s", path, e)
             return None
         return ann if isinstance(ann, dict) else None
@@ -252,7 +246,8 @@ class _Renderer:
             x = PAD + c * layout.cell_w
             strip.paste(im, (x + (layout.thumb - im.width) // 2, (layout.thumb - im.height) // 2))
             caption = f"{ds.name}/{name}" if prefix and ds.name else name
-            text = _ellipsize(_one_line(caption), layout.thumb, self.caption_font, d)
+            # A folder name may hold a newline, and Pillow's textlength refuses multi-line text.
+            text = _ellipsize(one_line(caption), layout.thumb, self.caption_font, d)
             d.text((x, layout.thumb + 2), text, fill=CAPTION_COLOR, font=self.caption_font)
         return strip
 

@@ -26,6 +26,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
+from blobfs.errors import InputError
 from blobfs.write.errors import OutputExistsError, WriteFailedError, output_failed
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
 def check_apart(src: Path, out: Path) -> None:
     """Refuse an output that is the source or holds it: replacing it (``--force``) would delete
     the source, and writing into it would read what is being written."""
-    from blobfs.errors import InputError
-
     real_src, real_out = os.path.realpath(src), os.path.realpath(out)
     if (real_src + "/").startswith(real_out + "/"):
         raise InputError(f"{out}: output holds the source {src} (replacing it would delete the source)")
