@@ -38,6 +38,7 @@ from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_bytes_problem
 from blobfs.format.offsets_fast import Scanner
 from blobfs.format.pickle_vm import NeedMore, Obj, PickleVM, Refused, Run, Unreadable
+from blobfs.format.regular import open_regular
 
 CHUNK = 1 << 20
 MAX_PROBLEMS = 100
@@ -58,7 +59,7 @@ def read_offsets(path: str | os.PathLike, *, tar_size: int | None = None) -> Off
     """Entries of the offsets file at ``path``; raises ``OffsetsError`` when refused."""
     p = os.fspath(path)
     try:
-        with open(p, "rb") as f:
+        with open(open_regular(p), "rb") as f:
             return _Reader(p, f, tar_size).read()
     except OSError as e:
         raise OffsetsError(f"{p}: cannot read offsets file: {e.strerror or e}") from None

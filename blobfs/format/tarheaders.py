@@ -30,13 +30,13 @@ A missing end-of-archive marker (EOF right after a member, at a block boundary) 
 from __future__ import annotations
 
 import os
-import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
 from blobfs.errors import TarFormatError
+from blobfs.format.regular import open_regular
 from blobfs.format.tarfields import (BLOCK, COMPRESSED_MAGIC, DIRTYPE, EXT_TYPE_FLAGS, EXT_TYPES,
                                       GNU_TYPES, HEADER, MAX_EXT_DEPTH, MAX_EXT_SIZE,
                                       REGULAR_TYPES, SUPPORTED_TYPES, ZERO_BLOCK, Header,
@@ -372,14 +372,10 @@ def iter_members(path: str | os.PathLike[str]) -> Iterator[TarMember]:
     """
     spath = os.fspath(path)
     try:
-        # O_NONBLOCK: open(2) of a FIFO would wait for a writer; it is refused just below.
-        fd = os.open(spath, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = open_regular(spath)
     except OSError as e:
         raise TarFormatError(f"{spath}: cannot open: {e.strerror or e}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TarFormatError(f"{spath}: not a regular file")
-        os.set_blocking(fd, True)
         yield from _Parser(spath, fd).members()
     finally:
         os.close(fd)

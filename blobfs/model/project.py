@@ -228,14 +228,6 @@ class _Opener:
         from blobfs.format.offsets_read import read_offsets
         from blobfs.model import cache
 
-        try:
-            # open(2) of a FIFO blocks until a writer appears; /dev/zero never ends.
-            if not stat.S_ISREG(os.stat(pkl).st_mode):
-                self.fail(f"{pkl}: offsets file is not a regular file")
-                return None
-        except OSError as e:
-            self.fail(f"{pkl}: cannot read offsets file: {e.strerror}")
-            return None
         key = cache.cache_key(pkl, tar.path)
         hit = cache.load(key, tar.size) if key else None
         if hit is not None:
