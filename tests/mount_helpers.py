@@ -45,6 +45,8 @@ def mount_api_args(libfuse: int | None) -> list[str]:
     api = getattr(libfuse, "api", None)
     if api == "uring":
         return ["-o", "uring"]
+    if api == "overlay":
+        return ["-o", "overlay,allow_other"]
     if api is None and libfuse is not None and int(libfuse) == 3:
         # The low-level driver would pick io_uring by itself here (conftest turns the
         # kernel's enable_uring on); keep this layout on /dev/fuse.
@@ -54,10 +56,11 @@ def mount_api_args(libfuse: int | None) -> list[str]:
 
 #: Every mount test runs under each: libfuse 2 (mfusepy), libfuse 3 through the low-level
 #: driver (the default) on ``/dev/fuse`` (``-o nouring``), libfuse 3 through mfusepy's
-#: high-level ``FUSE``, and the low-level driver serving through FUSE over io_uring
+#: high-level ``FUSE``, the low-level driver serving through FUSE over io_uring
 #: (``-o uring``; conftest turns the kernel's ``enable_uring`` on for the session, so mounts
-#: that name no layout use it too).
-LIBFUSE_VERSIONS = (Libfuse(2), Libfuse(3), Libfuse(3, "highlevel"), Libfuse(3, "uring"))
+#: that name no layout use it too), and that default under overlayfs (``-o overlay``, which
+#: needs ``allow_other``: the same semantics must hold through the overlay).
+LIBFUSE_VERSIONS = (Libfuse(2), Libfuse(3), Libfuse(3, "highlevel"), Libfuse(3, "uring"), Libfuse(3, "overlay"))
 MOUNT_TIMEOUT = 20.0
 EXIT_TIMEOUT = 10.0
 
@@ -87,6 +90,16 @@ def uring_unavailable() -> str | None:
     return kernel_offers()
 
 
+def overlay_unavailable() -> str | None:
+    """Why ``-o overlay`` cannot mount here, or None."""
+    if os.geteuid() != 0:
+        return "-o overlay needs root"
+    release = tuple(int(x) for x in os.uname().release.split(".")[:2] if x.isdigit())
+    if release < (6, 5):
+        return "-o overlay needs Linux >= 6.5 (data-only overlayfs layers)"
+    return None
+
+
 def libfuse_params() -> list:
     """pytest params for the libfuse versions; a missing library skips, not passes."""
     params = []
@@ -94,6 +107,8 @@ def libfuse_params() -> list:
         why = None if libfuse_available(v) else f"libfuse {v} not installed"
         if why is None and v.api == "uring":
             why = uring_unavailable()
+        if why is None and v.api == "overlay":
+            why = overlay_unavailable()
         params.append(pytest.param(v, id=v.id, marks=pytest.mark.skipif(why is not None, reason=why or "")))
     return params
 

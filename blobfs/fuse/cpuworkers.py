@@ -151,7 +151,6 @@ def fork(groups: list[set[int]], on_worker: Callable[[int], None], *, serve_in_m
     workers' scheduling policy (see :func:`_settle`)."""
     if threading.active_count() != 1:
         raise RuntimeError(f"{threading.active_count()} threads alive; not forking workers")
-    libc = ctypes.CDLL(None, use_errno=True)
     main_pid = os.getpid()
     pids: list[int] = []
     first = 1 if serve_in_main else 0
@@ -159,9 +158,7 @@ def fork(groups: list[set[int]], on_worker: Callable[[int], None], *, serve_in_m
         k = j + 1 - first
         pid = os.fork()
         if pid == 0:
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != main_pid:  # the main process died before prctl took effect
-                os._exit(1)
+            die_with_parent(main_pid)
             _settle(groups[j], policy)
             on_worker(k)
             return Workers(k, stop_signal=stop_signal)
@@ -169,6 +166,13 @@ def fork(groups: list[set[int]], on_worker: Callable[[int], None], *, serve_in_m
     if serve_in_main:
         _settle(groups[0], policy)
     return Workers(0, pids, [os.pidfd_open(pid) for pid in pids], stop_signal)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this forked process when ``parent`` ends (``PR_SET_PDEATHSIG``)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _settle(cpus: set[int], policy: int = os.SCHED_BATCH) -> None:
@@ -191,4 +195,5 @@ def _describe(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-__all__ = ["MAX_DEFAULT_WORKERS", "WorkerLost", "Workers", "cpu_groups", "default_workers", "fork", "plan"]
+__all__ = ["MAX_DEFAULT_WORKERS", "WorkerLost", "Workers", "cpu_groups", "default_workers", "die_with_parent", "fork",
+           "plan"]

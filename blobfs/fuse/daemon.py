@@ -12,6 +12,12 @@ Signals: libfuse installs SIGTERM/SIGINT/SIGHUP handlers that end its loop; it t
 (lazily: ``umount2(MNT_DETACH)`` / ``fusermount -u -z``, so open files do not block it) and
 returns. libfuse >= 3.10 reports the signal as a non-zero status; once the mount was up that
 is a clean stop, exit 0.
+
+``-o overlay`` (:mod:`blobfs.fuse.overlay`) forks the same way, in the foreground too: the
+daemon mounts FUSE on a private directory, and the parent stacks the overlay on the mount
+point once the daemon serves (mounting it makes the kernel ask the FUSE file system, so the
+daemon cannot do it from inside its own init). With ``-f`` the parent hands systemd the
+daemon's pid (``MAINPID=``), passes SIGTERM/SIGINT/SIGHUP on and exits with its status.
 """
 from __future__ import annotations
 
@@ -26,11 +32,13 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from blobfs.errors import BlobfsError, one_line
 from blobfs.fuse import binding as _binding
-from blobfs.fuse.cpuworkers import WorkerLost, plan as worker_plan
+from blobfs.fuse import overlay
+from blobfs.fuse.cpuworkers import WorkerLost, die_with_parent, plan as worker_plan
 from blobfs.fuse.ops import make_operations
 from blobfs.fuse.uring import compiled_loop, kernel_offers as uring_offered
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
@@ -115,8 +123,10 @@ def open_source(opts: MountOptions) -> Any:
     return open_project(opts.source, offsets=opts.offsets, ann=opts.ann, synthesize_ann=opts.synthesize_ann)
 
 
-def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Callable[[], None]) -> int:
-    """Run the filesystem in this process until unmounted or signalled; returns the exit code."""
+def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Callable[[], None],
+          at: Path | None = None) -> int:
+    """Run the filesystem in this process until unmounted or signalled; returns the exit code.
+    ``at``: where FUSE mounts when it is not the mount point (``-o overlay``'s private directory)."""
     started = threading.Event()
     lowlevel = fb.lowlevel(opts.fuse_api)
 
@@ -133,13 +143,15 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
                     loop += ", every request answered in Python"
             elif opts.spin_window(n):
                 loop += f", polls {opts.spin_window(n)} µs after each request"
+        if opts.overlay:
+            loop += ", under overlayfs"
         log.info("mounted %s on %s (%s, libfuse %d %s API, %s)", opts.source, opts.mountpoint, fb.name,
                  fb.libfuse, "low-level" if lowlevel else "high-level", loop)
         on_ready()
 
     try:
         if lowlevel:
-            _serve_lowlevel(project, fb, opts, _init)
+            _serve_lowlevel(project, fb, opts, _init, at)
         else:
             _serve_highlevel(project, fb, opts, _init)
     except WorkerLost as e:
@@ -170,11 +182,15 @@ def _serve_highlevel(project: Any, fb: _binding.Binding, opts: MountOptions, on_
     fb.FUSE(ops, str(opts.mountpoint), **kwargs)
 
 
-def _serve_lowlevel(project: Any, fb: _binding.Binding, opts: MountOptions, on_init: Callable[[], None]) -> None:
+def _serve_lowlevel(project: Any, fb: _binding.Binding, opts: MountOptions, on_init: Callable[[], None],
+                    at: Path | None) -> None:
     from blobfs.fuse.lowlevel import LowLevelFS, run_session
 
     fs = LowLevelFS(project.view, fb.module, timeout=CACHE_TIMEOUT, on_init=on_init)
-    status = run_session(fs, str(opts.mountpoint), opts, opts.fsname or str(opts.source))
+    # Under the overlay the FUSE mount is detached once stacked: when a signal ends the loop,
+    # the daemon's unmount is the overlay's (libfuse's would find nothing at the private path).
+    unmount = (lambda: overlay.unstack(opts.mountpoint)) if opts.overlay else None
+    status = run_session(fs, str(at or opts.mountpoint), opts, opts.fsname or str(opts.source), unmount)
     if status != 0:
         # Like mfusepy's FUSE: a non-zero loop status is reported as RuntimeError (libfuse >= 3.10
         # returns the signal number after SIGTERM; serve() treats that as a clean stop).
@@ -220,33 +236,40 @@ def _read_status(fd: int, timeout: float) -> str | None:
     return buf.decode("utf-8", "replace").partition("\n")[0] if buf else None
 
 
-def _child(project: Any, fb: _binding.Binding, opts: MountOptions, w: int) -> int:
-    os.setsid()
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    # Until the mount is up, libfuse's own complaints ("fuse: ...") go to a scratch file so the
-    # parent can print them; after that fd 2 is the log file or /dev/null.
-    scratch = tempfile.TemporaryFile()
-    os.dup2(scratch.fileno(), 2)
-    log_fd = _daemon_logging(opts)
+def _child(project: Any, fb: _binding.Binding, opts: MountOptions, w: int, at: Path | None, parent: int) -> int:
+    attached = opts.foreground  # -f -o overlay: keep the terminal, the session and stderr logging
+    if attached:
+        die_with_parent(parent)  # SIGKILL of the process the user started ends the daemon as with -f alone
+    else:
+        os.setsid()
+        os.chdir("/")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        # Until the mount is up, libfuse's own complaints ("fuse: ...") go to a scratch file so
+        # the parent can print them; after that fd 2 is the log file or /dev/null.
+        scratch = tempfile.TemporaryFile()
+        os.dup2(scratch.fileno(), 2)
+        log_fd = _daemon_logging(opts)
     ready = [False]
 
     def on_ready() -> None:
         ready[0] = True
-        os.dup2(log_fd if log_fd is not None else devnull, 2)
+        if not attached:
+            os.dup2(log_fd if log_fd is not None else devnull, 2)
         try:
             os.write(w, b"OK\n")
         finally:
             os.close(w)
 
     try:
-        return serve(project, fb, opts, on_ready)
+        return serve(project, fb, opts, on_ready, at)
     except BaseException as e:
         if not ready[0]:
-            scratch.seek(0)
-            lines = [ln.strip() for ln in scratch.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            lines = []
+            if not attached:
+                scratch.seek(0)
+                lines = [ln.strip() for ln in scratch.read().decode("utf-8", "replace").splitlines() if ln.strip()]
             why = str(e) if isinstance(e, BlobfsError) else f"{type(e).__name__}: {e}"
             if lines:
                 why = f"{why}: {lines[-1]}"
@@ -259,17 +282,21 @@ def _child(project: Any, fb: _binding.Binding, opts: MountOptions, w: int) -> in
 
 
 def _background(project: Any, fb: _binding.Binding, opts: MountOptions) -> int:
+    """Fork the daemon, wait until it mounted, (stack the overlay,) report; with ``-f`` (only
+    with ``-o overlay``) stay and wait for the daemon."""
     if threading.active_count() != 1:
         raise MountError(f"internal error: {threading.active_count()} threads alive before fork")
+    layers = overlay.prepare() if opts.overlay else None
     sys.stdout.flush()
     sys.stderr.flush()
     r, w = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.close(r)
-            code = _child(project, fb, opts, w)
+            code = _child(project, fb, opts, w, layers.lower if layers else None, parent)
         finally:
             os._exit(code)
     os.close(w)
@@ -279,18 +306,44 @@ def _background(project: Any, fb: _binding.Binding, opts: MountOptions) -> int:
         os.close(r)
     if status == "OK":
         try:
+            if layers is not None:
+                overlay.stack(layers, opts.mountpoint, opts.fsname or str(opts.source))
             os.listdir(opts.mountpoint)
-        except OSError as e:
+        except (OSError, BlobfsError) as e:
+            if layers is not None:
+                overlay.release(layers)  # ends the FUSE connection, and so the daemon
             _stop_child(pid, opts)
-            raise MountError(f"{opts.mountpoint}: mounted but cannot be listed: {e.strerror}") from None
+            raise e if isinstance(e, BlobfsError) else MountError(
+                f"{opts.mountpoint}: mounted but cannot be listed: {e.strerror}") from None
+        if layers is not None:
+            overlay.release(layers)
         sd_notify(f"MAINPID={pid}\nREADY=1")
-        return 0
+        return _wait_attached(pid) if opts.foreground else 0
     if status is None:
         _stop_child(pid, opts)
         raise MountError(f"{opts.mountpoint}: the daemon did not report a mount within {READY_TIMEOUT:.0f} s")
     _reap(pid, 5.0)
+    if layers is not None:
+        overlay.release(layers)
     msg = status[4:] if status.startswith("ERR ") else status
     raise MountError(msg)
+
+
+def _wait_attached(pid: int) -> int:
+    """``-f -o overlay``: pass stop signals on to the daemon and exit with its status."""
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        except InterruptedError:
+            continue
 
 
 def _reap(pid: int, timeout: float) -> int | None:
@@ -327,16 +380,22 @@ def run(opts: MountOptions) -> int:
                 pass
         except OSError as e:
             raise MountUsageError(f"{opts.log_file}: cannot write log file: {e.strerror}") from None
+    if opts.overlay:
+        if not fb.lowlevel(opts.fuse_api):
+            raise MountUsageError(f"mount option 'overlay' needs the low-level driver (libfuse 3 through mfusepy); "
+                                  f"this mount would use {fb.name} on libfuse {fb.libfuse}")
+        if os.geteuid() != 0:
+            raise MountUsageError("mount option 'overlay' needs root (mounting overlayfs needs CAP_SYS_ADMIN)")
     check_mountpoint(opts)
     project = open_source(opts)
     for problem in getattr(project, "problems", ()):
         log.warning("%s", one_line(problem))
-    if not opts.foreground:
-        return _background(project, fb, opts)
-    if opts.log_file is not None:
+    if opts.foreground and opts.log_file is not None:
         h = logging.FileHandler(opts.log_file)
         h.setFormatter(logging.Formatter("%(asctime)s blobfs[%(process)d]: %(levelname)s %(message)s"))
         logging.getLogger().addHandler(h)
+    if not opts.foreground or opts.overlay:
+        return _background(project, fb, opts)
     return serve(project, fb, opts, lambda: sd_notify("READY=1"))
 
 

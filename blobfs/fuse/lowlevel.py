@@ -239,8 +239,10 @@ def _worker_plan(fs: LowLevelFS, groups: list[set[int]]) -> Callable[[], cpuwork
     return fork
 
 
-def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
+def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str,
+                unmount: Callable[[], None] | None = None) -> int:
     """Mount, serve until unmounted or signalled, unmount; returns libfuse's loop status.
+    ``unmount``: what to call instead of libfuse's unmount of ``mountpoint``.
 
     Raises ``RuntimeError`` when the session cannot be created or mounted."""
     api = fs.api
@@ -287,7 +289,10 @@ def run_session(fs: LowLevelFS, mountpoint: str, opts: Any, fsname: str) -> int:
             finally:
                 signal.signal(signal.SIGINT, old_int)
         finally:
-            api.fuse_session_unmount(se)
+            if unmount is None:
+                api.fuse_session_unmount(se)
+            else:
+                unmount()
     finally:
         api.fuse_session_destroy(se)
 

@@ -48,6 +48,7 @@ OWN_OPTIONS = {
     "workers": True,
     "uring": False,
     "nouring": False,
+    "overlay": False,
     "log": True,
     "offsets": True,
     "ann": True,
@@ -89,6 +90,9 @@ class MountOptions:
     #: ``threads``): None (the default) when the kernel offers it, True: asked for (a warning
     #: when it cannot be had), False: never; see :mod:`blobfs.fuse.uringsession`
     uring: bool | None = None
+    #: stack a read-only overlayfs on the FUSE mount so the kernel answers ioctls (Python's
+    #: ``isatty()``) itself; see :mod:`blobfs.fuse.overlay`
+    overlay: bool = False
     allow_other: bool = False
     auto_unmount: bool = False
     debug: bool = False
@@ -164,6 +168,20 @@ def parse_o(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return out
 
 
+def _check_overlay(parsed: dict[str, Any], libfuse: int | str | None) -> None:
+    """What ``-o overlay`` cannot be combined with (see :mod:`blobfs.fuse.overlay`)."""
+    if not parsed.get("allow_other"):
+        # overlayfs reaches the FUSE layer with the mounter's credentials, so the FUSE mount's
+        # own "only the mounting user" check no longer applies: say so instead of implying it.
+        raise MountUsageError("mount option 'overlay' makes the files readable by every user the file modes "
+                              "allow (overlayfs has no allow_other); say -o overlay,allow_other")
+    if parsed.get("auto_unmount"):
+        raise MountUsageError("mount options 'overlay' and 'auto_unmount' cannot be combined: fusermount3 "
+                              "watches the FUSE mount, which the overlay hides")
+    if str(libfuse if libfuse is not None else parsed.get("libfuse")) == "2" or parsed.get("fuse_api") == "highlevel":
+        raise MountUsageError("mount option 'overlay' needs the low-level driver (libfuse 3, fuse_api=lowlevel)")
+
+
 def build_options(
     source: str | os.PathLike[str],
     mountpoint: str | os.PathLike[str],
@@ -185,6 +203,8 @@ def build_options(
         threads = bool(parsed.get("threads"))
     if parsed.get("uring") and parsed.get("nouring"):
         raise MountUsageError("mount options 'uring' and 'nouring' contradict each other")
+    if parsed.get("overlay"):
+        _check_overlay(parsed, libfuse)
     lib = libfuse if libfuse is not None else parsed.get("libfuse")
     if lib is not None:
         if str(lib) not in ("2", "3"):
@@ -230,6 +250,7 @@ def build_options(
         spin_us=spin,
         workers=workers,
         uring=True if parsed.get("uring") else (False if parsed.get("nouring") else None),
+        overlay=bool(parsed.get("overlay")),
         allow_other=bool(parsed.get("allow_other")),
         auto_unmount=bool(parsed.get("auto_unmount")),
         debug=debug or bool(parsed.get("debug")),

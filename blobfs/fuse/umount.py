@@ -31,6 +31,10 @@ class BusyError(UnmountError):
 #: (fs/fuse/dev_uring.c ``fuse_uring_abort_end_queue_requests``); both mean "stale".
 STALE_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 
+#: The source (in /proc/self/mountinfo) of the overlay ``-o overlay`` stacks on a mount point
+#: (:mod:`blobfs.fuse.overlay`) starts with this: the fstype alone, "overlay", is Docker's too.
+OVERLAY_SOURCE_PREFIX = "blobfs:"
+
 
 def _unescape_mountinfo(field: str) -> str:
     # /proc/self/mountinfo octal-escapes space, tab, newline and backslash (fs/proc_namespace.c).
@@ -62,6 +66,11 @@ def mount_entry(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
     return found  # the last entry wins: it is the one on top
 
 
+def is_blobfs_overlay(entry: tuple[str, str] | None) -> bool:
+    """Whether a :func:`mount_entry` is the overlay of a ``-o overlay`` mount."""
+    return entry is not None and entry[0] == "overlay" and entry[1].startswith(OVERLAY_SOURCE_PREFIX)
+
+
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
     """True when ``mountpoint`` is a FUSE mount whose daemon is gone (:data:`STALE_ERRNOS`)."""
     # stat() alone can succeed from the kernel's attribute cache after the daemon died;
@@ -74,9 +83,9 @@ def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
     return False
 
 
-def _commands(mountpoint: str, lazy: bool) -> list[list[str]]:
+def _commands(mountpoint: str, lazy: bool, fuse: bool = True) -> list[list[str]]:
     cmds = []
-    for prog in ("fusermount3", "fusermount"):
+    for prog in ("fusermount3", "fusermount") if fuse else ():
         exe = shutil.which(prog)
         if exe:
             cmds.append([exe, "-u", "-q"] + (["-z"] if lazy else []) + [mountpoint])
@@ -99,12 +108,13 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False, timeout: 
         if not os.path.lexists(mp):
             raise InputError(f"{mp}: no such mount point")
         raise UnmountError(f"{mp}: not mounted")
-    if not entry[0].startswith("fuse"):
+    fuse = entry[0].startswith("fuse")
+    if not fuse and not is_blobfs_overlay(entry):
         # umount(8), the last fallback below, would unmount anything, a tmpfs or /home alike.
         raise InputError(f"{mp}: not a FUSE mount ({entry[0]}); blobfs umount only unmounts FUSE mounts")
     errors: list[str] = []
     busy = False
-    for cmd in _commands(mp, lazy):
+    for cmd in _commands(mp, lazy, fuse):
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as e:

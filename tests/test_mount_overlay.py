@@ -1,0 +1,159 @@
+"""``-o overlay``: overlayfs stacked on the FUSE mount so the kernel answers ioctls itself.
+
+Every mount test of the suite also runs under it (``mount_helpers.LIBFUSE_VERSIONS``,
+``libfuse3-overlay``); these cover what is particular to it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from blobfs.fuse import wire
+from blobfs.fuse.options import MountUsageError, build_options
+from blobfs.fuse.umount import mount_entry
+from mount_helpers import (BLOBFS, Libfuse, cleanup_mountpoint, daemon_pids, is_mounted, mount_cmd, mounted,
+                           overlay_unavailable, requires_fuse, uring_unavailable, wait_gone)
+
+_mount_test = pytest.mark.mount, pytest.mark.timeout(120), requires_fuse
+URING = Libfuse(3, "uring")
+OVERLAY = ("-o", "overlay,allow_other")
+
+
+def _mount_test_overlay(f):  # type: ignore[no-untyped-def]
+    why = overlay_unavailable()
+    for mark in (*_mount_test, pytest.mark.skipif(why is not None, reason=why or "")):
+        f = mark(f)
+    return f
+
+
+def _blobfs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*BLOBFS, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _private_dirs() -> set[str]:
+    return {n for n in os.listdir("/run") if n.startswith("blobfs-overlay-")} if os.path.isdir("/run") else set()
+
+
+# -- options ---------------------------------------------------------------------------------
+def test_overlay_option_and_what_it_cannot_be_combined_with(tmp_path):
+    assert build_options("s", "m", o=["overlay,allow_other"]).overlay is True
+    assert build_options("s", "m").overlay is False
+    for o, word in [
+        ("overlay", "allow_other"),  # overlayfs would let every user in: it must be asked for
+        ("overlay,allow_other,auto_unmount", "auto_unmount"),
+        ("overlay,allow_other,libfuse=2", "low-level"),
+        ("overlay,allow_other,fuse_api=highlevel", "low-level"),
+    ]:
+        with pytest.raises(MountUsageError, match=word):
+            build_options("s", "m", o=[o])
+    with pytest.raises(MountUsageError, match="low-level"):
+        build_options("s", "m", o=["overlay,allow_other"], libfuse=2)
+
+
+def test_cli_overlay_usage_errors_exit_2_before_anything_changes(blob_project, tmp_path):
+    before = _private_dirs()
+    r = _blobfs("mount", "-o", "overlay", str(blob_project), str(tmp_path))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "allow_other" in r.stderr, r.stderr
+    assert not is_mounted(tmp_path) and _private_dirs() == before
+
+
+# -- real mounts -----------------------------------------------------------------------------
+@_mount_test_overlay
+@pytest.mark.skipif(uring_unavailable() is not None, reason=uring_unavailable() or "")
+@pytest.mark.parametrize("overlay", [True, False], ids=["overlay", "plain"])
+def test_python_open_sends_no_ioctl_through_the_overlay(blob_project, fixtures_dir, tmp_path, overlay):
+    # -o debug logs every request the daemon answers; Python's open() asks isatty() per file
+    args = ("-o", "workers=1,debug", *(OVERLAY if overlay else ()))
+    with mounted(blob_project, tmp_path, libfuse=URING, args=args) as m:
+        files = sorted(p for p in m.mountpoint.rglob("*") if p.is_file())
+        for p in files:
+            with open(p, "rb") as f:
+                assert len(f.read()) == p.stat().st_size
+        err = m.stderr()
+    ioctls = err.count(f"opcode {wire.IOCTL}, nodeid")
+    reads = err.count(f"opcode {wire.READ}, nodeid")
+    assert reads >= len(files) > 30, err[-2000:]  # the log saw the reads either way
+    assert ioctls == (0 if overlay else len(files)), (ioctls, len(files))
+
+
+@_mount_test_overlay
+def test_the_mount_table_shows_the_overlay_only(blob_project, fixtures_dir, tmp_path):
+    before = _private_dirs()
+    with mounted(blob_project, tmp_path, libfuse=Libfuse(3), args=OVERLAY) as m:
+        entry = mount_entry(m.mountpoint)
+        assert entry == ("overlay", f"blobfs:{blob_project.resolve()}"), entry
+        with open("/proc/self/mountinfo") as f:
+            fuse_lines = [ln for ln in f if "fuse.blobfs" in ln]
+        assert fuse_lines == []  # the FUSE mount under it is detached
+        assert _private_dirs() == before  # and its private directories are gone
+        with pytest.raises(OSError) as e:
+            (m.mountpoint / "x").write_bytes(b"")
+        assert e.value.errno == 30  # EROFS
+        assert "under overlayfs" in m.stderr()
+
+
+@_mount_test_overlay
+@pytest.mark.parametrize("how", ["blobfs umount", "umount"])
+def test_unmounting_the_overlay_ends_the_daemon(blob_project, tmp_path, how):
+    with cleanup_mountpoint(tmp_path):
+        r = subprocess.run(mount_cmd(blob_project, tmp_path, *OVERLAY), capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        pids = daemon_pids(tmp_path)
+        assert pids and sorted(os.listdir(tmp_path)) == ["ds1", "ds2", "meta.json"]
+        cmd = [*BLOBFS, "umount"] if how == "blobfs umount" else ["umount"]
+        r = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(tmp_path)
+        assert wait_gone(pids)
+
+
+@_mount_test_overlay
+def test_blobfs_umount_still_refuses_a_foreign_overlay(tmp_path):
+    lower, mp = tmp_path / "lower", tmp_path / "mp"
+    (lower / "a").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    mp.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}:{tmp_path / 'b'}", str(mp)],
+                   check=True, timeout=30)
+    try:
+        r = _blobfs("umount", str(mp))
+        assert r.returncode == 2 and "not a FUSE mount (overlay)" in r.stderr, r.stderr
+        assert is_mounted(mp)
+    finally:
+        subprocess.run(["umount", str(mp)], timeout=30)
+    assert not is_mounted(mp)
+
+
+@_mount_test_overlay
+def test_foreground_sigkill_leaves_a_stale_overlay_that_umount_clears(blob_project, tmp_path):
+    # -f -o overlay runs the daemon as a child of the process the user started; killing that
+    # process must not leave a live daemon behind (it dies with its parent)
+    with cleanup_mountpoint(tmp_path):
+        with mounted(blob_project, tmp_path, libfuse=Libfuse(3), args=OVERLAY, expect_exit=None) as m:
+            pids = daemon_pids(tmp_path)
+            assert len(pids) >= 2
+            assert m.stop(signal.SIGKILL) == -signal.SIGKILL
+            assert wait_gone(pids)
+            with pytest.raises(OSError):
+                os.listdir(tmp_path)
+            r = _blobfs("umount", str(tmp_path))
+            assert r.returncode == 0, r.stderr
+        assert not is_mounted(tmp_path)
+
+
+def test_overlay_mount_without_root_is_a_usage_error(blob_project, tmp_path):
+    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs root to drop to nobody")
+    tmp_path.chmod(0o777)
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *BLOBFS, "mount", *OVERLAY,
+                        str(blob_project), str(tmp_path)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(repo), "HOME": "/tmp"}, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert "needs root" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
