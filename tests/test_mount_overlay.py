@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -88,8 +90,8 @@ def test_the_mount_table_shows_the_overlay_only(blob_project, fixtures_dir, tmp_
         entry = mount_entry(m.mountpoint)
         assert entry == ("overlay", f"blobfs:{blob_project.resolve()}"), entry
         with open("/proc/self/mountinfo") as f:
-            fuse_lines = [ln for ln in f if "fuse.blobfs" in ln]
-        assert fuse_lines == []  # the FUSE mount under it is detached
+            private = [ln for ln in f if "/blobfs-overlay-" in ln.split(" - ")[0].split()[4]]
+        assert private == []  # the FUSE mount under it is detached
         assert _private_dirs() == before  # and its private directories are gone
         with pytest.raises(OSError) as e:
             (m.mountpoint / "x").write_bytes(b"")
@@ -157,3 +159,27 @@ def test_overlay_mount_without_root_is_a_usage_error(blob_project, tmp_path):
                        env={**os.environ, "PYTHONPATH": str(repo), "HOME": "/tmp"}, stdin=subprocess.DEVNULL)
     assert r.returncode == 2, r.stderr
     assert "needs root" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@_mount_test_overlay
+def test_foreground_overlay_hands_systemd_the_daemon_pid_from_the_main_process(blob_project, tmp_path):
+    # blobfs@.service runs `blobfs mount -f` with NotifyAccess=main: the message must come from
+    # the process systemd started, and name the daemon it forked as the new main pid
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    addr = str(tmp_path / "notify.sock")
+    sock.bind(addr)
+    sock.settimeout(20)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with sock, mounted(blob_project, mp, libfuse=Libfuse(3), args=OVERLAY, env={"NOTIFY_SOCKET": addr}) as m:
+        msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        creds = [struct.unpack("iII", data[:12]) for level, kind, data in anc
+                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+        assert creds and creds[0][0] == m.proc.pid, (creds, m.proc.pid)
+        fields = dict(line.split("=", 1) for line in msg.decode().split("\n") if line)
+        assert fields.get("READY") == "1", msg
+        daemon = int(fields["MAINPID"])
+        assert daemon != m.proc.pid and daemon in daemon_pids(mp)
+        with open(f"/proc/{daemon}/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == m.proc.pid  # its parent stays
