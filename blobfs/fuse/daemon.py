@@ -26,7 +26,6 @@ import logging.handlers
 import os
 import select
 import signal
-import socket
 import stat as _stat
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from blobfs.fuse.cpuworkers import WorkerLost, die_with_parent, plan as worker_p
 from blobfs.fuse.ops import make_operations
 from blobfs.fuse.uring import compiled_loop, kernel_offers as uring_offered
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
+from blobfs.fuse.sdnotify import sd_notify
 from blobfs.fuse.umount import STALE_ERRNOS, is_stale, mount_entry, unmount
 
 log = logging.getLogger(__name__)
@@ -91,28 +91,6 @@ def check_mountpoint(opts: MountOptions) -> None:
             raise MountUsageError(f"{mp}: cannot list mount point: {e.strerror}") from None
         if nonempty:
             raise MountUsageError(f"{mp}: mount point is not empty (use -o nonempty to mount over it)")
-
-
-# -- systemd ---------------------------------------------------------------------------------
-def sd_notify(state: str) -> bool:
-    """Send ``state`` (e.g. ``"READY=1"``) to ``$NOTIFY_SOCKET``; False when not under systemd.
-
-    The protocol is one datagram on an AF_UNIX socket; a leading ``@`` names an abstract
-    socket (sd_notify(3)). Done by hand to avoid a dependency on libsystemd.
-    """
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr or addr[0] not in "/@":
-        return False
-    if addr[0] == "@":
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError as e:
-        log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), e)
-        return False
-    return True
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -300,37 +278,43 @@ def _background(project: Any, fb: _binding.Binding, opts: MountOptions) -> int:
         finally:
             os._exit(code)
     os.close(w)
+    if opts.foreground:  # from here on a stop signal is the daemon's, mounted or not yet
+        _forward_stop_signals(pid)
+    failure = None  # why a daemon that reported a mount must be stopped
     try:
-        status = _read_status(r, READY_TIMEOUT)
-    finally:
-        os.close(r)
-    if status == "OK":
         try:
-            if layers is not None:
-                overlay.stack(layers, opts.mountpoint, opts.fsname or str(opts.source))
-            os.listdir(opts.mountpoint)
-        except (OSError, BlobfsError) as e:
-            if layers is not None:
-                overlay.release(layers)  # ends the FUSE connection, and so the daemon
-            _stop_child(pid, opts)
-            raise e if isinstance(e, BlobfsError) else MountError(
-                f"{opts.mountpoint}: mounted but cannot be listed: {e.strerror}") from None
-        if layers is not None:
+            status = _read_status(r, READY_TIMEOUT)
+        finally:
+            os.close(r)
+        if status == "OK":
+            try:
+                if layers is not None:
+                    overlay.stack(layers, opts.mountpoint, opts.fsname or str(opts.source))
+                os.listdir(opts.mountpoint)
+            except overlay.OverlayError as e:
+                failure = str(e)
+            except OSError as e:
+                failure = f"{opts.mountpoint}: mounted but cannot be listed: {e.strerror}"
+    except BaseException:  # Ctrl-C while mounting: leave no daemon and no mount behind
+        _stop_child(pid, opts)
+        raise
+    finally:
+        if layers is not None:  # detaches the FUSE mount: the overlay holds it, or nothing does
             overlay.release(layers)
+    if status is None:
+        failure = f"{opts.mountpoint}: the daemon did not report a mount within {READY_TIMEOUT:.0f} s"
+    if failure is not None:
+        _stop_child(pid, opts)
+        raise MountError(failure)
+    if status == "OK":
         sd_notify(f"MAINPID={pid}\nREADY=1")
         return _wait_attached(pid) if opts.foreground else 0
-    if status is None:
-        _stop_child(pid, opts)
-        raise MountError(f"{opts.mountpoint}: the daemon did not report a mount within {READY_TIMEOUT:.0f} s")
     _reap(pid, 5.0)
-    if layers is not None:
-        overlay.release(layers)
-    msg = status[4:] if status.startswith("ERR ") else status
-    raise MountError(msg)
+    raise MountError(status[4:] if status.startswith("ERR ") else status)
 
 
-def _wait_attached(pid: int) -> int:
-    """``-f -o overlay``: pass stop signals on to the daemon and exit with its status."""
+def _forward_stop_signals(pid: int) -> None:
+    """``-f -o overlay``: SIGTERM, SIGINT and SIGHUP to this process go to the daemon ``pid``."""
     def forward(signum: int, _frame: Any) -> None:
         try:
             os.kill(pid, signum)
@@ -339,6 +323,10 @@ def _wait_attached(pid: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+
+
+def _wait_attached(pid: int) -> int:
+    """``-f -o overlay``: wait for the daemon and exit with its status."""
     while True:
         try:
             return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -399,4 +387,4 @@ def run(opts: MountOptions) -> int:
     return serve(project, fb, opts, lambda: sd_notify("READY=1"))
 
 
-__all__ = ["MountError", "check_mountpoint", "run", "sd_notify", "serve"]
+__all__ = ["MountError", "check_mountpoint", "run", "serve"]
