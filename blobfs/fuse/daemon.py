@@ -168,7 +168,7 @@ def _serve_lowlevel(project: Any, fb: _binding.Binding, opts: MountOptions, on_i
     # Under the overlay the FUSE mount is detached once stacked: when a signal ends the loop,
     # the daemon's unmount is the overlay's (libfuse's would find nothing at the private path).
     unmount = (lambda: overlay.unstack(opts.mountpoint)) if opts.overlay else None
-    status = run_session(fs, str(at or opts.mountpoint), opts, opts.fsname or str(opts.source), unmount)
+    status = run_session(fs, str(at or opts.mountpoint), opts, opts.source_name, unmount)
     if status != 0:
         # Like mfusepy's FUSE: a non-zero loop status is reported as RuntimeError (libfuse >= 3.10
         # returns the signal number after SIGTERM; serve() treats that as a clean stop).
@@ -289,7 +289,7 @@ def _background(project: Any, fb: _binding.Binding, opts: MountOptions) -> int:
         if status == "OK":
             try:
                 if layers is not None:
-                    overlay.stack(layers, opts.mountpoint, opts.fsname or str(opts.source))
+                    overlay.stack(layers, opts.mountpoint, opts.source_name)
                 os.listdir(opts.mountpoint)
             except overlay.OverlayError as e:
                 failure = str(e)

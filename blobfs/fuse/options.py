@@ -104,6 +104,11 @@ class MountOptions:
     fsname: str | None = None
     ignored: tuple[str, ...] = field(default=())  #: generic options accepted and ignored
 
+    @property
+    def source_name(self) -> str:
+        """What the mount table shows as the mount's source: ``fsname``, else the source path."""
+        return self.fsname or str(self.source)
+
     def spin_window(self, workers: int) -> int:
         """The polling window for a daemon of ``workers`` processes. With pinned workers the
         default is 0: a worker polling on the reader's CPU would keep the reader, whose reply
@@ -127,7 +132,7 @@ class MountOptions:
             "entry_timeout": CACHE_TIMEOUT,
             "negative_timeout": CACHE_TIMEOUT,
             "use_ino": True,
-            "fsname": self.fsname or str(self.source),
+            "fsname": self.source_name,
             "subtype": "blobfs",
         }
         if self.allow_other:

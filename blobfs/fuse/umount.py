@@ -72,7 +72,8 @@ def is_blobfs_overlay(entry: tuple[str, str] | None) -> bool:
 
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
-    """True when ``mountpoint`` is a FUSE mount whose daemon is gone (:data:`STALE_ERRNOS`)."""
+    """True when ``mountpoint`` is a FUSE mount (or blobfs's overlay on one) whose daemon is
+    gone (:data:`STALE_ERRNOS`)."""
     # stat() alone can succeed from the kernel's attribute cache after the daemon died;
     # listing needs the daemon.
     try:
