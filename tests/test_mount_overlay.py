@@ -10,6 +10,7 @@ import signal
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,88 @@ def test_foreground_overlay_hands_systemd_the_daemon_pid_from_the_main_process(b
         assert daemon != m.proc.pid and daemon in daemon_pids(mp)
         with open(f"/proc/{daemon}/stat") as f:
             assert int(f.read().rsplit(")", 1)[1].split()[1]) == m.proc.pid  # its parent stays
+
+
+# -- failure paths -----------------------------------------------------------------------------
+# mount(2) of overlayfs refused, the way a kernel without overlayfs (ENODEV) or without data-only
+# layers (EINVAL, Linux < 6.5) refuses it: an LD_PRELOAD shim in front of libc's mount() that
+# fails only for the "overlay" type. The FUSE mount (libfuse's mount() call) goes through.
+_REFUSE_OVERLAY_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+int mount(const char *src, const char *target, const char *type, unsigned long flags, const void *data) {
+    static int (*real)(const char *, const char *, const char *, unsigned long, const void *);
+    if (type && strcmp(type, "overlay") == 0) {
+        errno = atoi(getenv("REFUSE_OVERLAY_ERRNO"));
+        return -1;
+    }
+    if (!real) real = dlsym(RTLD_NEXT, "mount");
+    return real(src, target, type, flags, data);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def refuse_overlay_shim(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("shim")
+    (d / "refuse.c").write_text(_REFUSE_OVERLAY_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(d / "refuse.so"), str(d / "refuse.c"), "-ldl"],
+                   check=True, timeout=60)
+    return d / "refuse.so"
+
+
+@_mount_test_overlay
+@pytest.mark.parametrize("err, why", [("19", "this kernel has no overlayfs"), ("22", "Linux >= 6.5")],
+                         ids=["ENODEV", "EINVAL"])
+def test_a_refused_overlay_stops_the_daemon_and_leaves_nothing(blob_project, tmp_path, refuse_overlay_shim, err, why):
+    before = _private_dirs()
+    with cleanup_mountpoint(tmp_path):
+        env = {**os.environ, "LD_PRELOAD": str(refuse_overlay_shim), "REFUSE_OVERLAY_ERRNO": err}
+        r = subprocess.run(mount_cmd(blob_project, tmp_path, *OVERLAY), capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL, env=env)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot stack overlayfs" in lines[0] and why in lines[0], r.stderr
+        assert not is_mounted(tmp_path)
+        assert daemon_pids(tmp_path) == [] or wait_gone(daemon_pids(tmp_path))
+        with open("/proc/self/mountinfo") as f:
+            assert not [ln for ln in f if "/blobfs-overlay-" in ln.split()[4]]  # the private FUSE mount is gone
+        assert _private_dirs() <= before  # nothing new (a sweep may have removed older leftovers)
+
+
+@_mount_test_overlay
+def test_the_next_overlay_mount_releases_what_a_killed_one_left(blob_project, tmp_path):
+    # SIGKILL of `blobfs mount` while its daemon mounts leaves the private directories (and,
+    # killed after the daemon reported, its private FUSE mount): nothing could remove them then
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with cleanup_mountpoint(first), cleanup_mountpoint(second):
+        proc = subprocess.Popen(mount_cmd(blob_project, first, *OVERLAY), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        mine = f"blobfs-overlay-{proc.pid}-"
+        try:
+            deadline = time.monotonic() + 30
+            while not any(n.startswith(mine) for n in _private_dirs()):
+                assert proc.poll() is None and time.monotonic() < deadline, "no private directory appeared"
+                time.sleep(0.002)
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+        left = [n for n in _private_dirs() if n.startswith(mine)]
+        assert left  # what the killed mount left behind
+        pids = daemon_pids(first)
+        r = subprocess.run(mount_cmd(blob_project, second, *OVERLAY), capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        assert not [n for n in _private_dirs() if n.startswith(mine)]
+        with open("/proc/self/mountinfo") as f:
+            assert not [ln for ln in f if "/blobfs-overlay-" in ln.split()[4]]
+        if is_mounted(first):  # killed after stacking: the overlay holds the file system and works
+            assert sorted(os.listdir(first)) == ["ds1", "ds2", "meta.json"]
+        else:  # killed before: its daemon is gone (it could not report, or lost its mount)
+            assert wait_gone(pids)
+        assert sorted(os.listdir(second)) == ["ds1", "ds2", "meta.json"]

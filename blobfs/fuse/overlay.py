@@ -31,6 +31,7 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 # include/uapi/linux/mount.h
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 MNT_DETACH = 2
+_PREFIX = "blobfs-overlay-"
+#: ``blobfs-overlay-PID-RANDOM``: :func:`prepare`'s directories (older names hold no pid).
+_STALE_NAME = re.compile(re.escape(_PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")
 #: Characters overlayfs's option parser splits on; the private directories never hold them.
 _SEPARATORS = (",", ":", "\\", "=")
 
@@ -69,16 +73,58 @@ def _libc() -> ctypes.CDLL:
 
 
 def prepare() -> Layers:
-    """Make the private directories (under /run when it is writable, the root's tmpfs)."""
+    """Make the private directories (under /run when it is writable, the root's tmpfs).
+
+    The name carries this process's pid: a mount whose parent was killed between here and
+    :func:`release` leaves its directories (and perhaps a daemon serving the private mount)
+    behind, and the next ``-o overlay`` mount finishes that release (:func:`sweep`)."""
     parent = "/run" if os.access("/run", os.W_OK) else None
-    base = Path(tempfile.mkdtemp(prefix="blobfs-overlay-", dir=parent))
-    layers = Layers(base, base / "fuse", base / "empty")
+    sweep(Path(parent or tempfile.gettempdir()))
+    base = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent))
+    layers = _layers(base)
     if any(c in str(base) for c in _SEPARATORS):
         shutil.rmtree(base, ignore_errors=True)
         raise OverlayError(f"{base}: private directory name holds an overlayfs separator")
     layers.lower.mkdir()
     layers.empty.mkdir()
     return layers
+
+
+def sweep(parent: Path) -> None:
+    """Release the private directories of mounts whose process is gone (never raises).
+
+    Only names with a dead pid are touched, so a mount being set up by a live process is
+    left alone; :func:`release` only detaches a FUSE mount and removes empty directories.
+    After a stacked overlay its clone keeps the file system alive (the mount still works);
+    before one, detaching ends the orphaned daemon (its loop sees ENODEV)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = _STALE_NAME.fullmatch(name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        layers = _layers(parent / name)
+        entry = mount_entry(layers.lower)
+        if entry is not None and not entry[0].startswith("fuse"):
+            continue  # not ours to detach
+        log.info("%s: releasing what an interrupted -o overlay mount left behind", layers.base)
+        release(layers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _layers(base: Path) -> Layers:
+    return Layers(base, base / "fuse", base / "empty")
 
 
 def stack(layers: Layers, mountpoint: Path, fsname: str) -> None:
@@ -115,6 +161,8 @@ def release(layers: Layers) -> None:
     for d in (layers.lower, layers.empty, layers.base):
         try:
             d.rmdir()
+        except FileNotFoundError:  # a sweep of a mount that was killed while making them
+            pass
         except OSError as e:
             log.warning("%s: cannot remove private directory: %s", d, e.strerror)
 
@@ -130,4 +178,4 @@ def unstack(mountpoint: Path) -> None:
         log.debug("detached the overlay from %s", mountpoint)
 
 
-__all__ = ["Layers", "OverlayError", "prepare", "release", "stack", "unstack"]
+__all__ = ["Layers", "OverlayError", "prepare", "release", "stack", "sweep", "unstack"]
