@@ -17,31 +17,50 @@ from blobfs.model.items import BlobSource
 Progress = Callable[[int], None]
 
 
-def _member_ranges(src: BlobSource, problems: list[str]) -> set[tuple[int, int]] | None:
+def _member_ranges(src: BlobSource, problems: list[str]
+                   ) -> tuple[dict[tuple[int, int], str], set[str]] | None:
+    """(data range → member base name, every member base name) of the tar."""
     from blobfs.format.tarheaders import regular_members
 
     try:
-        return {(m.offset_data, m.offset_data + m.size) for m in regular_members(src.path)}
+        members = regular_members(src.path)
     except BlobfsError as e:
         problems.append(str(e))
         return None
+    ranges = {(m.offset_data, m.offset_data + m.size): m.name.rpartition("/")[2] for m in members}
+    return ranges, set(ranges.values())
 
 
 def check_ranges(project: Project, problems: list[str]) -> None:
     """Each blob item's range must be exactly one regular member's data in its tar: a range
-    that covers headers or other members' bytes is served as given but reported here."""
-    ranges = {id(s): _member_ranges(s, problems) for s in project.sources}
+    that covers headers or other members' bytes is served as given but reported here.
+
+    Names are not required to match members (a platform download names items freely,
+    FORMAT.md §4), but an item whose range is the data of member ``b.png`` while the tar also
+    has a member ``a.png`` of the item's own name is reported: the offsets file was written
+    for another tar with the same layout (members moved between folders), and every such
+    item would be served another image's bytes."""
+    tars = {id(s): _member_ranges(s, problems) for s in project.sources}
     for ds in project.datasets:
         items = ds.items
         for i in range(len(items)):
             src = items.source(i)
             if src is None:
                 continue
-            members = ranges.get(id(src))
-            if members is not None and items.range(i) not in members:
-                start, end = items.range(i)
-                problems.append(f"{src.path}: item {ds.relpath}/img/{items.name(i)} range "
+            tar = tars.get(id(src))
+            if tar is None:
+                continue
+            ranges, bases = tar
+            start, end = items.range(i)
+            name = items.name(i)
+            member = ranges.get((start, end))
+            if member is None:
+                problems.append(f"{src.path}: item {ds.relpath}/img/{name} range "
                                 f"[{start}, {end}) is not the data of a member of this tar")
+            elif member != name and name in bases:
+                problems.append(f"{src.path}: item {ds.relpath}/img/{name} range [{start}, {end}) "
+                                f"is the data of member {member!r}, though the tar has a member "
+                                f"{name!r} (an offsets file written for another tar?)")
 
 
 def check_annotations(ds: Dataset, decode: bool, problems: list[str],
