@@ -47,6 +47,63 @@ def served(out: Path) -> dict[str, bytes]:
         return {items.name(i): items.read(i) for i in range(len(items))}
 
 
+def test_pack_into_an_output_being_written_fails_at_once(tmp_path: Path) -> None:
+    """The lock held here stands for another pack writing the same output."""
+    src, src2 = tmp_path / "one", tmp_path / "two"
+    write_images(src, {"a.png": b"a" * 100})
+    second = write_images(src2, {"a.png": b"b" * 300, "c.png": b"c" * 10})
+    out = tmp_path / "out" / "o.tar"
+    out.parent.mkdir()
+    assert run_pack(src, "-o", out).exit_code == 0
+    before = (out.read_bytes(), (out.parent / "o_offsets.pkl").read_bytes())
+    lock = out.parent / ".o.tar.blobfs-lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        res = run_pack(src2, "-o", out, "--force")
+        assert res.exit_code == 2
+        assert res.output.strip() == (f"blobfs: {out}: another blobfs pack is writing this output; "
+                                      "run again when it has finished")
+        assert (out.read_bytes(), (out.parent / "o_offsets.pkl").read_bytes()) == before
+        assert lock.exists()  # the holder's lock file is not removed by the refused run
+    finally:
+        os.close(fd)
+    # The lock file left behind (as after a SIGKILL) is reused and removed.
+    res = run_pack(src2, "-o", out, "--force")
+    assert res.exit_code == 0, res.output
+    assert served(out) == second
+    assert sorted(os.listdir(out.parent)) == ["o.tar", "o_offsets.pkl"]
+
+
+def test_concurrent_packs_into_one_output_leave_a_matching_pair(tmp_path: Path) -> None:
+    """Two ``pack --force`` started together, repeatedly: one may be refused (exit 2), and the
+    tar and offsets file left are always one run's pair. The two sources put the same names
+    at different places, so a mixed pair would read wrong bytes and fail verify."""
+    runs = {
+        "A": write_images(tmp_path / "A", {f"{i:03d}.png": bytes([i]) * (100 + i) for i in range(120)}),
+        "B": write_images(tmp_path / "B", {f"{i:03d}.png": bytes([i + 1]) * (700 - i) for i in range(120)}),
+    }
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.tar"
+    ann = annotations(tmp_path / "ann", list(runs["A"]))
+    for _round in range(6):
+        procs = [subprocess.Popen([*BLOBFS, "pack", str(tmp_path / name), "-o", str(out), "--force"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in runs]
+        results = [(p.communicate(timeout=60)[1], p.returncode)[::-1] for p in procs]
+        for rc, stderr in results:
+            assert rc in (0, 2), stderr
+            if rc == 2:
+                assert "another blobfs pack is writing this output" in stderr, stderr
+        assert 0 in (rc for rc, _ in results)
+        got = served(out)
+        assert got in (runs["A"], runs["B"])
+        res = verify(out, ann)
+        assert res.exit_code == 0, res.output
+        assert sorted(os.listdir(out_dir)) == ["o.tar", "o_offsets.pkl"]  # no lock, no temporaries
+
+
 def test_verify_names_a_tar_beside_the_offsets_of_its_previous_version(tmp_path: Path) -> None:
     """The state a crash between the renames left before the offsets file was renamed last:
     the new tar beside the old offsets. Sizes changed, so ranges miss the member data."""
@@ -87,3 +144,29 @@ def test_verify_names_offsets_of_another_tar_with_the_same_layout(tmp_path: Path
     assert "item o/img/b.png" in res.output
 
 
+def test_offsets_that_appear_while_packing_stop_the_tar_too(many_files: Path, tmp_path: Path) -> None:
+    """Without --force an offsets file that appears while packing refuses the publish before
+    the tar is renamed: no new tar beside a foreign offsets file (the tar used to go first)."""
+    out = tmp_path / "out.tar"
+    proc = _start_and_stop(many_files, out)
+    (tmp_path / "out_offsets.pkl").write_bytes(b"someone else's")
+    proc.send_signal(signal.SIGCONT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert f"{tmp_path / 'out_offsets.pkl'}: appeared while writing" in stderr
+    assert not out.exists()
+    assert (tmp_path / "out_offsets.pkl").read_bytes() == b"someone else's"
+    assert leftovers(tmp_path) == []
+
+
+def test_force_replaces_the_pair_and_leaves_no_old_offsets(tmp_path: Path) -> None:
+    """The old offsets file is moved aside before the tar is replaced, and removed after."""
+    src = tmp_path / "images"
+    write_images(src, {"a.png": b"a" * 100})
+    out = tmp_path / "o.tar"
+    assert run_pack(src, "-o", out, "--fsync").exit_code == 0
+    new = write_images(src, {"b.png": b"b" * 5000})
+    res = run_pack(src, "-o", out, "--force", "--fsync")
+    assert res.exit_code == 0, res.output
+    assert served(out) == {"a.png": b"a" * 100, **new}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "o.tar", "o_offsets.pkl"]

@@ -2,7 +2,8 @@
 
 Thin: parse options into one frozen dataclass, run ``blobfs.write``, report. Exit codes:
 0 done; 1 for ``unpack`` when the source had problems (skipped entries, as the mount skips
-them: the output is written and equals the mount, each problem is printed); 2 bad input, refused output (exists, no ``--force``) or usage; 1 the output could not
+them: the output is written and equals the mount, each problem is printed); 2 bad input, refused
+output (exists, no ``--force``; another ``pack`` writing it) or usage; 1 the output could not
 be written (full disk, permissions); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every
 failure case nothing is left under the final output name.
 """
@@ -137,7 +138,12 @@ def _seconds(t0: float) -> str:
 def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tuple[str, ...],
              recursive: bool, rename: bool, mtime: int | None, force: bool, fsync: bool,
              jobs: int | None) -> None:
-    """Pack the images of IMAGES_DIR into one tar plus its SDK offsets file."""
+    """Pack the images of IMAGES_DIR into one tar plus its SDK offsets file.
+
+    One pack at a time per output: a second pack into an OUTPUT being written exits 2 at once
+    ("another blobfs pack is writing this output"). The offsets file is renamed into place
+    after the tar, so an interrupted replace never leaves the new tar beside the old offsets.
+    """
     from blobfs.write.pack import pack
 
     opts = PackOptions(include=include, exclude=exclude, recursive=recursive, rename=rename,

@@ -7,6 +7,13 @@ the SIGTERM/SIGHUP that ``interrupt_guard`` turns into one — removes the tempo
 interrupted run never leaves a half-written file under a final name. A SIGKILL can leave a
 hidden ``.NAME.blobfs-tmp-*`` behind, never a final-named file.
 
+Several outputs cannot be renamed in one step. When one of them tells readers how to use the
+others (``pack``'s offsets file locates the images in its tar) it is the *marker*: an existing
+one is moved aside before anything is replaced and the new one is renamed last, so between two
+renames the folder holds the other outputs without a marker (blobfs then indexes the tar's own
+headers), never new outputs beside an old marker (wrong bytes for every item). SIGINT, SIGTERM
+and SIGHUP are held back during the renames, so only a crash or SIGKILL can stop them half way.
+
 Without ``force`` the rename must not replace anything: ``renameat2(RENAME_NOREPLACE)``
 (Linux >= 3.15, glibc >= 2.28) closes the race with another writer; where it is missing we
 fall back to a check just before ``rename``.
@@ -99,10 +106,13 @@ class AtomicOutputs:
     for a directory output an existing *empty* directory is fine (nothing to clobber).
     """
 
-    def __init__(self, finals: list[Path], *, force: bool = False, fsync: bool = False) -> None:
+    def __init__(self, finals: list[Path], *, force: bool = False, fsync: bool = False,
+                 marker: Path | None = None) -> None:
         self.finals = [Path(p) for p in finals]
         self.force = force
         self.fsync = fsync
+        # One of finals, published last (see the module doc).
+        self.marker = Path(marker) if marker is not None else None
         self._temps: dict[Path, Path] = {}
         self._committed = False
 
@@ -148,18 +158,58 @@ class AtomicOutputs:
         return tmp
 
     def commit(self) -> None:
-        """Rename every temporary into place (in the order the finals were given)."""
+        """Rename every temporary into place (in the order the finals were given, the marker
+        last)."""
         if self.fsync:
             for tmp in self._temps.values():
                 _fsync_tree(tmp)
-        for final in self.finals:
-            tmp = self._temps.get(final)
-            if tmp is not None:
-                self._publish(tmp, final)
-        self._committed = True
+        marker = self.marker
+        others = [f for f in self.finals if f != marker and f in self._temps]
+        with _signals_held():
+            retired = self._retire(marker) if marker in self._temps and others else None
+            published = False
+            try:
+                if retired is not None and self.fsync:
+                    _fsync_path(marker.parent)  # on disk, the old marker goes before anything else
+                for final in others:
+                    self._publish(self._temps[final], final)
+                    published = True
+                if marker in self._temps:
+                    if self.fsync and others:
+                        for parent in {f.parent for f in others}:
+                            _fsync_path(parent)
+                    self._publish(self._temps[marker], marker)
+            except BaseException:
+                if retired is not None:
+                    if published:  # it belongs to the outputs just replaced: never put it back
+                        _remove(retired)
+                    else:
+                        with contextlib.suppress(OSError):
+                            _rename_noreplace(retired, marker)
+                raise
+            if retired is not None:
+                _remove(retired)
+            self._committed = True
         if self.fsync:
             for parent in {f.parent for f in self.finals}:
                 _fsync_path(parent)
+
+    def _retire(self, marker: Path) -> Path | None:
+        """Move an existing marker aside (its hidden name is returned) before the others are
+        replaced; without ``force`` an existing marker refuses the commit before anything is
+        published."""
+        if not os.path.lexists(marker):
+            return None
+        if not self.force:
+            if _is_empty_dir(marker) and os.path.isdir(self._temps[marker]):
+                return None  # _publish replaces an empty folder with a folder, as without a marker
+            raise OutputExistsError(f"{marker}: appeared while writing (use --force to replace it)")
+        trash = temp_name(marker, "old")
+        try:
+            os.rename(marker, trash)
+        except OSError as e:
+            raise output_failed(marker, e) from None
+        return trash
 
     def _publish(self, tmp: Path, final: Path) -> None:
         try:
@@ -200,6 +250,24 @@ def _fsync_tree(path: Path) -> None:
             _fsync_path(Path(dirpath))
     else:
         _fsync_path(path)
+
+
+_HELD = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP}) if os.name == "posix" else frozenset()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay SIGINT, SIGTERM and SIGHUP until the block is done: an interrupt between two
+    renames would leave a publish half done. The signal is delivered right after. (The mask is
+    per thread; the write side runs none besides the main one.)"""
+    if not _HELD or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:

@@ -34,6 +34,7 @@ from blobfs.write.atomic import AtomicOutputs
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed
 from blobfs.write.options import PackOptions
+from blobfs.write.outlock import output_lock
 from blobfs.write.tarwriter import flat_chunks
 from blobfs.write.workers import run_chunks
 
@@ -232,6 +233,10 @@ def pack(folder: Path, out_tar: Path, opts: PackOptions,
          progress_start: Callable[[int], Progress | None] | None = None) -> PackResult:
     """Pack the images of ``folder`` into ``out_tar`` and ``STEM_offsets.pkl`` beside it.
 
+    One pack at a time per output: another one already writing ``out_tar`` makes this one fail
+    at once (``OutputBusyError``, see ``blobfs.write.outlock``). The offsets file is renamed
+    into place after the tar (see ``blobfs.write.atomic``).
+
     ``progress_start(total)`` is called once the files are known and may return a callback
     that receives counts of files done.
     """
@@ -250,8 +255,12 @@ def _pack(folder: Path, out_tar: Path, opts: PackOptions,
           progress_start: Callable[[int], Progress | None] | None) -> PackResult:
     check_tar_name(out_tar)
     offsets = Path(offsets_path_for_tar(out_tar))
-    with AtomicOutputs([out_tar, offsets], force=opts.force, fsync=opts.fsync) as outputs:
-        skip = frozenset(os.path.realpath(p) for p in (out_tar, offsets))
+    # The lock spans the existence check, the write and both renames: another pack into the
+    # same output could otherwise publish its tar between ours and our offsets file.
+    with output_lock(out_tar, "blobfs pack") as lock, \
+            AtomicOutputs([out_tar, offsets], force=opts.force, fsync=opts.fsync,
+                          marker=offsets) as outputs:
+        skip = frozenset(os.path.realpath(p) for p in (out_tar, offsets, lock))
         files = scan_images(folder, opts, skip)
         if not files:
             raise InputError(f"{folder}: no files to pack (no image extensions or globs matched)")
