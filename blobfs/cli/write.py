@@ -5,7 +5,8 @@ Thin: parse options into one frozen dataclass, run ``blobfs.write``, report. Exi
 them: the output is written and equals the mount, each problem is printed); 2 bad input, refused
 output (exists, no ``--force``; another ``pack`` writing it) or usage; 1 the output could not
 be written (full disk, permissions); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every
-failure case nothing is left under the final output name.
+failure case before the output is renamed into place nothing is left under its name; an
+interrupt after that says the new output is in place (blobfs.cli.reporting).
 """
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import click
 
 from blobfs.cli.params import NonEmptyPath
-from blobfs.errors import BlobfsError, InputError, one_line
-from blobfs.write.atomic import interrupt_guard
+from blobfs.cli.reporting import reporting
+from blobfs.errors import one_line
 from blobfs.write.options import PackOptions, PackProjectOptions, UnpackOptions
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -96,23 +97,6 @@ class _Progress:
         return f"{pos / elapsed:,.0f} files/s" if elapsed > 0 else ""
 
 
-@contextlib.contextmanager
-def _reporting() -> Iterator[None]:
-    """One line on stderr and the documented exit code for every failure."""
-    try:
-        with interrupt_guard():
-            yield
-    except KeyboardInterrupt:
-        click.echo("\nblobfs: interrupted; no output written", err=True)
-        sys.exit(130)
-    except InputError as e:
-        click.echo(f"blobfs: {one_line(str(e))}", err=True)
-        sys.exit(2)
-    except BlobfsError as e:
-        click.echo(f"blobfs: {one_line(str(e))}", err=True)
-        sys.exit(1)
-
-
 def _seconds(t0: float) -> str:
     return f"{time.monotonic() - t0:.1f} s"
 
@@ -149,7 +133,7 @@ def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tup
     opts = PackOptions(include=include, exclude=exclude, recursive=recursive, rename=rename,
                        mtime=mtime, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
-    with _reporting(), contextlib.ExitStack() as stack:
+    with reporting(), contextlib.ExitStack() as stack:
         result = pack(images_dir, out, opts, _Progress("packing", stack).start)
     click.echo(f"{result.tar}: {result.count} images, {result.tar_size:,} bytes; "
                f"{result.offsets.name} beside it ({_seconds(t0)})", err=True)
@@ -175,7 +159,7 @@ def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None
     opts = PackProjectOptions(max_blob_size=max_blob_size, min_size=min_size, max_size=max_size,
                               mtime=mtime, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
-    with _reporting(), contextlib.ExitStack() as stack:
+    with reporting(), contextlib.ExitStack() as stack:
         result = pack_project(classic_dir, out_dir, opts, _Progress("packing", stack).start)
     click.echo(f"{result.out_dir}: {result.datasets} datasets, {result.blob_items} images in "
                f"{result.tars} tars, {result.plain_images} left in img/, {result.copied} other "
@@ -197,7 +181,7 @@ def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: b
 
     opts = UnpackOptions(synthesize_ann=synthesize_ann, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
-    with _reporting(), contextlib.ExitStack() as stack:
+    with reporting(), contextlib.ExitStack() as stack:
         result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
     for problem in result.problems:
         click.echo(f"blobfs: warning: {one_line(problem)}", err=True)

@@ -14,6 +14,12 @@ renames the folder holds the other outputs without a marker (blobfs then indexes
 headers), never new outputs beside an old marker (wrong bytes for every item). SIGINT, SIGTERM
 and SIGHUP are held back during the renames, so only a crash or SIGKILL can stop them half way.
 
+``commit()`` renames with SIGINT/SIGTERM/SIGHUP held, so an interrupt lands before every
+output is in place or after all of them are; after, it is an ``InterruptedAfterPublish`` that
+says so. Replacing a tree (``force``) moves the old one aside as ``.NAME.blobfs-old-PID-*``
+and then deletes it; when that deletion is cut short, the next ``AtomicOutputs`` for the same
+name removes the rest (once process PID is gone), with one warning.
+
 Without ``force`` the rename must not replace anything: ``renameat2(RENAME_NOREPLACE)``
 (Linux >= 3.15, glibc >= 2.28) closes the race with another writer; where it is missing we
 fall back to a check just before ``rename``.
@@ -30,11 +36,12 @@ import secrets
 import shutil
 import signal
 import stat
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from blobfs.errors import InputError
-from blobfs.write.errors import OutputExistsError, WriteFailedError, output_failed
+from blobfs.write.errors import InterruptedAfterPublish, OutputExistsError, WriteFailedError, output_failed
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,36 @@ def temp_name(final: Path, tag: str = "tmp") -> Path:
     return final.parent / f".{final.name}.blobfs-{tag}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process, alive
+        return True
+    return True
+
+
+def remove_stale_old(final: Path) -> None:
+    """Delete the ``.NAME.blobfs-old-PID-*`` trees beside ``final`` whose process is gone: the
+    rest of an old output that an interrupted ``--force`` replacement had started to delete
+    (the new output was already in place). A live PID's tree is left to its owner."""
+    prefix = f".{final.name}.blobfs-old-"
+    try:
+        with os.scandir(final.parent) as it:
+            names = [e.name for e in it if e.name.startswith(prefix)]
+    except OSError:
+        return
+    stale = [final.parent / n for n in sorted(names)
+             if n[len(prefix):].partition("-")[0].isdigit()
+             and not _alive(int(n[len(prefix):].partition("-")[0]))]
+    if stale:
+        log.warning("%s: removing what an interrupted --force run left of the output it replaced",
+                    ", ".join(map(os.fspath, stale)))
+        for path in stale:
+            _remove(path)
+
+
 def _remove(path: Path) -> None:
     try:
         st = os.lstat(path)
@@ -114,10 +151,12 @@ class AtomicOutputs:
         # One of finals, published last (see the module doc).
         self.marker = Path(marker) if marker is not None else None
         self._temps: dict[Path, Path] = {}
+        self._old: dict[Path, Path] = {}  # final -> its replaced tree, until that is deleted
         self._committed = False
 
     def __enter__(self) -> "AtomicOutputs":
         for final in self.finals:
+            remove_stale_old(final)
             self._check(final)
         return self
 
@@ -125,6 +164,18 @@ class AtomicOutputs:
         if not self._committed:
             for tmp in self._temps.values():
                 _remove(tmp)
+        elif isinstance(exc, KeyboardInterrupt) and not isinstance(exc, InterruptedAfterPublish):
+            # Ctrl-C after commit() but before the block ended: the outputs are whole and in
+            # place, and the message must not say otherwise.
+            raise self._interrupted() from None
+
+    def _interrupted(self) -> InterruptedAfterPublish:
+        done = [os.fspath(f) for f in self.finals if f in self._temps]
+        text = f"the new {', '.join(done)} {'is' if len(done) == 1 else 'are'} in place"
+        for final, old in self._old.items():
+            if os.path.lexists(old):
+                text += f"; the rest of the old one, {old}, is removed by the next run that writes {final}"
+        return InterruptedAfterPublish(text)
 
     def _check(self, final: Path) -> None:
         if not final.parent.is_dir():
@@ -165,31 +216,40 @@ class AtomicOutputs:
                 _fsync_tree(tmp)
         marker = self.marker
         others = [f for f in self.finals if f != marker and f in self._temps]
-        with _signals_held():
-            retired = self._retire(marker) if marker in self._temps and others else None
-            published = False
-            try:
-                if retired is not None and self.fsync:
-                    _fsync_path(marker.parent)  # on disk, the old marker goes before anything else
-                for final in others:
-                    self._publish(self._temps[final], final)
-                    published = True
-                if marker in self._temps:
-                    if self.fsync and others:
-                        for parent in {f.parent for f in others}:
-                            _fsync_path(parent)
-                    self._publish(self._temps[marker], marker)
-            except BaseException:
+        try:
+            with _signals_held():
+                retired = self._retire(marker) if marker in self._temps and others else None
+                published = False
+                try:
+                    if retired is not None and self.fsync:
+                        _fsync_path(marker.parent)  # on disk, the old marker goes before anything else
+                    for final in others:
+                        self._publish(self._temps[final], final)
+                        published = True
+                    if marker in self._temps:
+                        if self.fsync and others:
+                            for parent in {f.parent for f in others}:
+                                _fsync_path(parent)
+                        self._publish(self._temps[marker], marker)
+                except BaseException:
+                    if retired is not None:
+                        if published:  # it belongs to the outputs just replaced: never put it back
+                            _remove(retired)
+                        else:
+                            with contextlib.suppress(OSError):
+                                _rename_noreplace(retired, marker)
+                    raise
                 if retired is not None:
-                    if published:  # it belongs to the outputs just replaced: never put it back
-                        _remove(retired)
-                    else:
-                        with contextlib.suppress(OSError):
-                            _rename_noreplace(retired, marker)
+                    _remove(retired)
+                self._committed = True
+            # A held signal is raised here at the latest, before any old tree is deleted.
+            for final, old in list(self._old.items()):
+                _remove(old)
+                del self._old[final]
+        except KeyboardInterrupt:
+            if not self._committed:
                 raise
-            if retired is not None:
-                _remove(retired)
-            self._committed = True
+            raise self._interrupted() from None
         if self.fsync:
             for parent in {f.parent for f in self.finals}:
                 _fsync_path(parent)
@@ -224,8 +284,12 @@ class AtomicOutputs:
                 # so at every instant the final name holds a complete output.
                 trash = temp_name(final, "old")
                 os.rename(final, trash)
-                os.rename(tmp, final)
-                _remove(trash)
+                try:
+                    os.rename(tmp, final)
+                except BaseException:
+                    os.rename(trash, final)  # the old output back under its name
+                    raise
+                self._old[final] = trash  # deleted by commit() once every output is in place
             else:
                 os.replace(tmp, final)
         except FileExistsError:
@@ -257,11 +321,10 @@ _HELD = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP}) if os.name == 
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Delay SIGINT, SIGTERM and SIGHUP until the block is done: an interrupt between two
-    renames would leave a publish half done. The signal is delivered right after. (The mask is
-    per thread; the write side runs none besides the main one.)"""
-    if not _HELD or not hasattr(signal, "pthread_sigmask"):
-        yield
+    """Delay SIGINT, SIGTERM and SIGHUP until the block is done (the kernel delivers them when
+    it ends): an interrupt between two renames would leave a publish half done."""
+    if not _HELD or threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread runs Python's handlers; another thread's mask is moot
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     try:

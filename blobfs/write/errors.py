@@ -19,6 +19,11 @@ class WriteFailedError(BlobfsError):
     """Writing the output failed; nothing was left under the final name."""
 
 
+class InterruptedAfterPublish(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM/SIGHUP) after the outputs were renamed into place: they are whole and
+    final. ``str()`` names them, and the rest of a replaced tree whose deletion was cut short."""
+
+
 def input_failed(path: str | os.PathLike[str], e: OSError, during: str = "") -> InputError:
     """One-line error for an input file that could not be read (vanished, unreadable)."""
     what = e.strerror or type(e).__name__

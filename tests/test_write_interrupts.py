@@ -1,0 +1,98 @@
+"""Interrupts and failures of the commands that write, in real processes: ``--force`` stopped
+after the old tree was moved aside."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from blobfs.cli.write import unpack_cmd
+
+BLOBFS = [sys.executable, "-m", "blobfs"]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def hidden(parent: Path, prefix: str) -> list[Path]:
+    return [p for p in parent.iterdir() if p.name.startswith(prefix)]
+
+
+def stop_when(args: list[str], parent: Path, prefix: str, **kw) -> subprocess.Popen:
+    """Start ``blobfs ARGS`` and SIGSTOP it as soon as a name starting with ``prefix``
+    appears in ``parent`` (the process is then interrupted at a known point)."""
+    proc = subprocess.Popen([*BLOBFS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+    deadline = time.monotonic() + 60
+    while not hidden(parent, prefix):
+        assert proc.poll() is None, f"ended before it could be stopped: {proc.communicate()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.0005)
+    proc.send_signal(signal.SIGSTOP)
+    return proc
+
+
+def interrupt(proc: subprocess.Popen, sig: int = signal.SIGINT) -> str:
+    """Send ``sig`` to the stopped ``proc``, let it go on; its stderr once it ended."""
+    proc.send_signal(sig)
+    proc.send_signal(signal.SIGCONT)
+    _out, err = proc.communicate(timeout=120)
+    return err
+
+
+# -- --force: stopped while the replaced tree is being deleted ------------------------------
+
+@pytest.mark.parametrize("cmd", ["unpack", "pack-project"])
+def test_interrupted_force_replacement(cmd: str, blob_project: Path, classic_project: Path,
+                                       tmp_path: Path) -> None:
+    src = blob_project if cmd == "unpack" else classic_project
+    ref = tmp_path / "ref"
+    subprocess.run([*BLOBFS, cmd, str(src), str(ref)], check=True, capture_output=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(20_000):  # enough that deleting the old tree takes a while
+        (out / f"old_{i:05d}").touch()
+
+    proc = stop_when([cmd, "--force", str(src), str(out)], tmp_path, ".out.blobfs-old-")
+    err = interrupt(proc)
+
+    assert proc.returncode == 130, err
+    assert "no output written" not in err and "Traceback" not in err
+    [old] = hidden(tmp_path, ".out.blobfs-old-")  # its deletion was cut short
+    assert err.strip() == (f"blobfs: interrupted; the new {out} is in place; the rest of the old "
+                           f"one, {old}, is removed by the next run that writes {out}")
+    assert tree(out) == tree(ref)
+
+    again = subprocess.run([*BLOBFS, cmd, "--force", str(src), str(out)], capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and str(old) in warnings[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ref"]
+    assert tree(out) == tree(ref)
+
+
+def test_leftover_of_a_live_process_is_kept(blob_project: Path, tmp_path: Path, caplog) -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = tmp_path / f".out.blobfs-old-{ended.pid}-0badc0de"
+    live = tmp_path / f".out.blobfs-old-{os.getpid()}-0badc0de"  # still being deleted
+    other = tmp_path / f".other.blobfs-old-{ended.pid}-0badc0de"  # another output's
+    for d in (dead, live, other):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "f").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING):
+        res = CliRunner().invoke(unpack_cmd, [str(blob_project), str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert not dead.exists() and live.is_dir() and other.is_dir()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"{dead}: removing what an interrupted --force run left of the output it replaced"]
