@@ -197,16 +197,41 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
 
 
 def make_demo(root: str | Path, seed: int = 0, streets: int = 24, rainy: int = 12) -> DemoProject:
-    """Write the demo project into ``root`` (created; must be absent or empty)."""
+    """Write the demo project into ``root`` (created; must be absent or empty).
+
+    Whole or not at all: built in a temporary folder beside ``root`` and renamed into place at
+    the end (``blobfs.write.atomic``), so a full disk or Ctrl-C never leaves a partial project
+    that looks like a good one. A failure while writing is a ``WriteFailedError``.
+    """
+    from blobfs.write.atomic import AtomicOutputs
+    from blobfs.write.errors import output_failed
+
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise InputError(f"{root}: exists and is not an empty folder")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_failed(e.filename or root.parent, e) from None
+    with AtomicOutputs([root]) as outputs:
+        tmp = outputs.directory(root)
+        try:
+            datasets = _write_demo(tmp, seed, streets, rainy)
+        except OSError as e:
+            raise output_failed(root, e) from None
+        outputs.commit()
+    log.info("demo project written to %s (%d items)", root, sum(d.item_count for d in datasets))
+    return DemoProject(root, datasets, root / "blob" / f"{TAR_STEM}.tar")
+
+
+def _write_demo(root: Path, seed: int, streets: int, rainy: int) -> list[DemoDataset]:
+    """Every file of the demo project, into the existing empty folder ``root``."""
     from blobfs.format.offsets_write import write_offsets  # written by the format layer
     from blobfs.format.tarindex import index_tar
 
     rng = random.Random(seed)
     plan = [DemoDataset("streets", "streets", []), DemoDataset("streets/rainy", "streets/datasets/rainy", [])]
-    (root / "blob").mkdir(parents=True, exist_ok=True)
+    (root / "blob").mkdir()
     (root / "meta.json").write_bytes(_dump(meta_json()))
     tar_path = root / "blob" / f"{TAR_STEM}.tar"
     with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -230,5 +255,4 @@ def make_demo(root: str | Path, seed: int = 0, streets: int = 24, rainy: int = 1
     (root / "streets" / "img" / "extra_photo.jpg").write_bytes(_encode(im, "JPEG"))
     (root / "streets" / "ann" / "extra_photo.jpg.json").write_bytes(_annotation(200, 150, objects, rng, False))
     plan[0].extra_files.append("extra_photo.jpg")
-    log.info("demo project written to %s (%d items)", root, sum(d.item_count for d in plan))
-    return DemoProject(root, plan, tar_path)
+    return plan

@@ -1,9 +1,10 @@
 """Interrupts and failures of the commands that write, in real processes: ``--force`` stopped
-after the old tree was moved aside."""
+after the old tree was moved aside, ``demo`` and ``preview`` stopped or failing mid-way."""
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from blobfs.cli.write import unpack_cmd
+from blobfs.demo import make_demo
 
 BLOBFS = [sys.executable, "-m", "blobfs"]
 
@@ -96,3 +98,49 @@ def test_leftover_of_a_live_process_is_kept(blob_project: Path, tmp_path: Path, 
     assert not dead.exists() and live.is_dir() and other.is_dir()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         f"{dead}: removing what an interrupted --force run left of the output it replaced"]
+
+
+# -- demo: whole or not at all --------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_leaves_nothing(tmp_path: Path, sig: int) -> None:
+    proc = stop_when(["demo", str(tmp_path / "d")], tmp_path, ".d.blobfs-tmp-")
+    err = interrupt(proc, sig)
+    assert proc.returncode == 130, err
+    assert err.strip() == "blobfs: interrupted; no output written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def _limit_file_size() -> None:
+    # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG: a full disk,
+    # without mounting one.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+
+def test_demo_that_cannot_be_written_leaves_nothing(tmp_path: Path) -> None:
+    res = subprocess.run([*BLOBFS, "demo", str(tmp_path / "d")], capture_output=True, text=True,
+                         preexec_fn=_limit_file_size)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip() == f"blobfs: {tmp_path / 'd'}: File too large; nothing written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_into_an_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    made = make_demo(tmp_path / "d")
+    assert made.tar == tmp_path / "d" / "blob" / "demo.tar" and made.tar.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+# -- preview: Ctrl-C is exit 130 with one line, as for the write commands --------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_preview(tmp_path: Path, sig: int) -> None:
+    make_demo(tmp_path / "d")
+    sheet = tmp_path / "sheet.png"
+    proc = stop_when(["preview", str(tmp_path / "d"), "-o", str(sheet), "--thumb", "1024"],
+                     tmp_path, ".sheet.png.blobfs-tmp-")
+    err = interrupt(proc, sig)
+    assert proc.returncode == 130, err
+    assert err.strip() == "blobfs: interrupted; no output written"
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]

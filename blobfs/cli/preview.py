@@ -9,7 +9,8 @@ import click
 
 from blobfs.cli.inspect import warn_left_out
 from blobfs.cli.params import NonEmptyPath
-from blobfs.errors import InputError, one_line
+from blobfs.cli.reporting import interrupts, reporting
+from blobfs.errors import one_line
 from blobfs.preview.options import PreviewOptions
 from blobfs.preview.report import format_images_report, images_report
 from blobfs.write.atomic import check_apart
@@ -50,8 +51,10 @@ def preview_cmd(source: Path, dataset: str | None, output: Path, limit: int, sam
     options = PreviewOptions(limit=limit, sample=sample, seed=seed, columns=columns, thumb=thumb,  # type: ignore[arg-type]
                              no_ann=no_ann, labels=not no_labels, output=output)
     check_apart(source, output)  # never over one of the source's own files
+    # Input problems go on to the group (exit 2, as before); Ctrl-C is exit 130 as for the
+    # write commands.
     try:
-        with open_project(source) as project:
+        with interrupts(), open_project(source) as project:
             warn_left_out(source, project.problems)
             layout = write_sheet(project, dataset, options, output)
     except (OSError, WriteFailedError) as e:
@@ -70,14 +73,13 @@ def demo_cmd(directory: Path, seed: int) -> None:
     """Write a small demo blob project into DIRECTORY (created; must be absent or empty).
 
     Two datasets (one nested), a tar in blob/ with offsets files, one ordinary img/ file,
-    and annotations with every geometry blobfs draws.
+    and annotations with every geometry blobfs draws. Whole or not at all: exit 2 when
+    DIRECTORY is not empty, 1 when it could not be written, 130 interrupted.
     """
     from blobfs.demo import make_demo
 
-    try:
+    with reporting():
         demo = make_demo(directory, seed=seed)
-    except OSError as e:
-        raise InputError(f"{e.filename or directory}: {e.strerror or e}") from None
     for ds in demo.datasets:
         click.echo(f"{ds.name}: {ds.item_count} items in {directory / ds.dir}")
     click.echo(f"try: blobfs preview {directory} -o demo-preview.png")
