@@ -144,3 +144,49 @@ def test_interrupted_preview(tmp_path: Path, sig: int) -> None:
     assert proc.returncode == 130, err
     assert err.strip() == "blobfs: interrupted; no output written"
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+# -- --force: the replaced tree's name is never empty ---------------------------------------
+
+_WATCH = r"""
+import os, sys
+path, stop = sys.argv[1], sys.argv[2]
+missing = looks = 0
+print("ready", flush=True)
+while not os.path.exists(stop):
+    looks += 1
+    try:
+        os.stat(os.path.join(path, "marker"))
+    except FileNotFoundError:
+        missing += 1
+print(missing, looks)
+"""
+
+
+def test_force_replacement_of_a_tree_is_one_step_for_readers(tmp_path: Path) -> None:
+    # Another process stats OUT/marker in a loop while OUT is replaced again and again: with
+    # rename-aside-then-rename it finds the name empty now and then, with RENAME_EXCHANGE never.
+    from blobfs.write.atomic import AtomicOutputs
+
+    out, stop = tmp_path / "out", tmp_path / "stop"
+    out.mkdir()
+    (out / "marker").write_bytes(b"0")
+    watcher = subprocess.Popen([sys.executable, "-c", _WATCH, str(out), str(stop)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None and watcher.stdout.readline().strip() == "ready"
+        for i in range(1, 301):
+            with AtomicOutputs([out], force=True) as outputs:
+                tmp = outputs.directory(out)
+                (tmp / "marker").write_bytes(str(i).encode())
+                outputs.commit()
+        stop.touch()
+        missing, looks = map(int, watcher.communicate(timeout=60)[0].split())
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert (out / "marker").read_bytes() == b"300"
+    assert looks > 300  # it watched the whole time
+    assert missing == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # old trees deleted

@@ -46,7 +46,7 @@ from blobfs.write.errors import InterruptedAfterPublish, OutputExistsError, Writ
 log = logging.getLogger(__name__)
 
 _AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _libc = None
 try:  # renameat2 is Linux-only; the fallback below keeps other systems working
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -68,6 +68,19 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
     os.rename(src, dst)
+
+
+def _rename_exchange(src: Path, dst: Path) -> bool:
+    """Swap ``src`` and ``dst`` in one step (both must exist); False where the system or the
+    filesystem cannot (no renameat2, or EINVAL: e.g. some network and FUSE filesystems)."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(dst))
 
 
 def check_apart(src: Path, out: Path) -> None:
@@ -280,15 +293,20 @@ class AtomicOutputs:
             elif not self.force:
                 raise FileExistsError(errno.EEXIST, "exists", os.fspath(final))
             elif (os.path.isdir(final) and not os.path.islink(final)) or os.path.isdir(tmp):
-                # A tree cannot be swapped in one rename: move the old one aside first,
-                # so at every instant the final name holds a complete output.
+                # rename(2) cannot replace a non-empty tree. RENAME_EXCHANGE swaps the two in
+                # one step, so a reader of the final name sees the old output or the new one,
+                # never nothing (rename(2), RENAME_EXCHANGE, Linux >= 3.15); elsewhere the
+                # old one is moved aside first and the name is empty for a moment.
                 trash = temp_name(final, "old")
-                os.rename(final, trash)
-                try:
-                    os.rename(tmp, final)
-                except BaseException:
-                    os.rename(trash, final)  # the old output back under its name
-                    raise
+                if _rename_exchange(tmp, final):
+                    os.rename(tmp, trash)  # the old tree, under the name a later run sweeps
+                else:
+                    os.rename(final, trash)
+                    try:
+                        os.rename(tmp, final)
+                    except BaseException:
+                        os.rename(trash, final)  # the old output back under its name
+                        raise
                 self._old[final] = trash  # deleted by commit() once every output is in place
             else:
                 os.replace(tmp, final)
