@@ -210,3 +210,38 @@ def test_project_with_many_folders_round_trips_through_forked_workers(
     assert plans == [2]  # forked: two workers, each with whole folders
     assert tree(out) == tree(classic)
 
+
+
+@pytest.mark.timeout(90)
+def test_entries_the_view_hides_are_reported_not_dropped_silently(
+        blob_project: Path, tmp_path: Path) -> None:
+    """A FIFO annotation, a FIFO or sub-folder in img/, a file without image extension and
+    links leading out or nowhere: none of them is written (a FIFO is never opened: it would
+    block), each gets one warning line, everything else is written and the exit code is 1."""
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    ds1 = proj / "ds1"
+    (ds1 / "ann" / "img_023.jpg.json").unlink()
+    odd = [ds1 / "ann" / "img_023.jpg.json", ds1 / "ann" / "extra.json", ds1 / "img" / "pipe.png",
+           ds1 / "meta" / "pipe.json"]
+    for p in odd:
+        os.mkfifo(p)
+    (ds1 / "img" / "sub").mkdir()
+    (ds1 / "img" / "sub" / "deep.png").write_bytes(b"x")
+    (ds1 / "img" / "notes.txt").write_bytes(b"x")
+    (ds1 / "meta" / "out.json").symlink_to("/etc/hostname")
+    (ds1 / "meta" / "dangling.json").symlink_to("nowhere.json")
+    odd += [ds1 / "img" / "sub", ds1 / "img" / "notes.txt", ds1 / "meta" / "out.json",
+            ds1 / "meta" / "dangling.json"]
+    out = tmp_path / "out"
+    proc = subprocess.run([*BLOBFS, "unpack", str(proj), str(out)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    for p in odd:
+        assert sum(line.startswith(f"blobfs: warning: {p}:") for line in warnings) == 1, (p, proc.stderr)
+    assert "FIFO" in proc.stderr and "outside the project" in proc.stderr
+    assert invoke(blob_project, tmp_path / "plain").exit_code == 0
+    expected = tree(tmp_path / "plain")
+    del expected["ds1/ann/img_023.jpg.json"]
+    assert tree(out) == expected

@@ -1,9 +1,10 @@
 """Click commands of the write side: ``pack``, ``pack-project``, ``unpack``.
 
 Thin: parse options into one frozen dataclass, run ``blobfs.write``, report. Exit codes:
-0 done; 1 for ``unpack`` when the source had problems (skipped entries, as the mount skips
-them: the output is written and equals the mount, each problem is printed); 2 bad input, refused
-output (exists, no ``--force``; another ``pack`` writing it) or usage; 1 the output could not
+0 done; 1 for ``unpack`` when the source had problems (entries skipped as the mount skips
+them, or hidden files such as FIFOs: the output is written and equals the mount, each problem
+is printed); 2 bad input, refused output (exists, no ``--force``; another ``pack`` writing it)
+or usage; 1 the output could not
 be written (full disk, permissions); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every
 failure case before the output is renamed into place nothing is left under its name; an
 interrupt after that says the new output is in place (blobfs.cli.reporting).

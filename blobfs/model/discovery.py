@@ -10,6 +10,7 @@ purpose: a folder called ``train_img`` is ignored by the SDK, so blobfs ignores 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,15 +84,48 @@ def find_datasets(root: Path) -> list[FoundDataset]:
     return found
 
 
-def list_image_files(img_dir: Path) -> list[tuple[str, int]]:
-    """(name, size) of the image files directly inside ``img_dir`` (sub-folders ignored)."""
+def list_image_files(img_dir: Path,
+                     skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, int]]:
+    """(name, size) of the image files directly inside ``img_dir`` (sub-folders ignored).
+    An entry with an image name that is no regular file (a FIFO, socket, device, folder or
+    dangling symlink: reading a FIFO would block) is no image either; it is appended to
+    ``skipped`` as (name, why) so that the caller can report it instead of dropping it."""
     out: list[tuple[str, int]] = []
     try:
         with os.scandir(img_dir) as it:
             for entry in it:
-                if is_image_name(entry.name) and entry.is_file():
+                if not is_image_name(entry.name):
+                    continue
+                if entry.is_file():
                     out.append((entry.name, entry.stat().st_size))
+                elif skipped is not None:
+                    skipped.append((entry.name, not_regular_why(entry)))
     except FileNotFoundError:
         pass
     out.sort()
+    if skipped:
+        skipped.sort()
     return out
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is no regular file is, in words."""
+    for test, kind in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "symlink")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def not_regular_why(entry: os.DirEntry) -> str:
+    """Why ``entry`` (symlinks followed) is not read as a regular file."""
+    try:
+        mode = entry.stat().st_mode
+    except FileNotFoundError:
+        return "symlink leads nowhere"
+    except OSError as e:
+        return f"cannot stat: {e.strerror or e}"
+    if stat.S_ISREG(mode):  # replaced by a regular file since it was listed
+        return "changed while listed"
+    return f"not a regular file ({file_kind(mode)})"

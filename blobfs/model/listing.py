@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterator
 
+from blobfs.model.discovery import not_regular_why
 from blobfs.model.numbering import real_ino
 
 DIR_MODE = st.S_IFDIR | 0o555
@@ -68,6 +69,25 @@ class RealLister:
                         yield e
         except OSError:
             return
+
+    def dropped(self, real: Path, hide: Hide | None = None) -> list[tuple[str, str]]:
+        """(name, why) of the entries of ``real`` that :meth:`scan` leaves out by the view's
+        rules (not by ``hide``): FIFOs, sockets, devices, symlinks leading outside the project
+        or nowhere; ("", why) when the folder cannot be listed at all. The mount can only
+        hide them; ``unpack`` must say that it did not write them."""
+        out: list[tuple[str, str]] = []
+        try:
+            with os.scandir(real) as it:
+                for entry in it:
+                    if (hide is not None and hide(entry.name)) or self._entry(entry) is not None:
+                        continue
+                    if entry.is_symlink() and not self.inside(entry.path):
+                        out.append((entry.name, "symlink leads outside the project"))
+                    else:
+                        out.append((entry.name, not_regular_why(entry)))
+        except OSError as e:
+            out.append(("", f"cannot list: {e.strerror or e}"))
+        return sorted(out)
 
     def entries(self, key: str, real: Path, hide: Hide | None, offset: int,
                 base: int) -> Iterator[tuple[str, int, int, int]]:

@@ -263,8 +263,9 @@ class _Opener:
         return table
 
     def disk_images(self, img_dir: Path, root_real: str) -> list[tuple[str, int]]:
-        files = []
-        for name, size in list_image_files(img_dir):
+        files: list[tuple[str, int]] = []
+        skipped: list[tuple[str, str]] = []
+        for name, size in list_image_files(img_dir, skipped):
             why = name_problem(name)
             real = os.path.realpath(img_dir / name)
             if why:
@@ -273,6 +274,7 @@ class _Opener:
                 self.problems.append(f"{img_dir / name}: symlink leads outside the project (skipped)")
             else:
                 files.append((name, size))
+        self.problems.extend(f"{img_dir / name}: {why} (skipped)" for name, why in skipped)
         return files
 
     def dataset(self, name: str, relpath: str, path: Path, offsets: tuple[str, ...],
@@ -289,6 +291,8 @@ class _Opener:
                 parts.append((got[0], list(self.sources.values()).index(tar), pkl_name))
                 hashed, store_key = got[1], got[2]
         img_dir = path / "img"
+        # The cache keeps the offsets file's problems only: those of img/ change without it.
+        offsets_problems = self.problems[store_problems:]
         disk = self.disk_images(img_dir, root_real) if img_dir.is_dir() else []
         items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
         # Not with duplicates: ``items.hashed`` then describes the deduplicated index, not
@@ -296,7 +300,7 @@ class _Opener:
         if store_key and len(parts) == 1 and not disk and not dups:
             from blobfs.model import cache
 
-            cache.store(store_key, parts[0][0], self.problems[store_problems:], items.hashed)
+            cache.store(store_key, parts[0][0], offsets_problems, items.hashed)
         self.problems.extend(f"{path}: {d}" for d in dups)
         ann_dir = path / "ann"
         return Dataset(name, relpath, path, items, ann_dir if ann_dir.is_dir() else None,

@@ -12,6 +12,10 @@ exactly what the view's read returns); the files of a folder the view passes thr
 unchanged (``ClassicView.real_folder``: ``ann/``, ``meta/``, ...) are copied straight from the
 real folder; the rest (virtual files, images stored as files in ``img/``, synthesized
 annotations) through the view.
+
+Nothing the source holds is left out silently: what the view hides by no rule of the format
+(a FIFO, socket or device, a symlink leading out of the project or nowhere, a sub-folder or
+non-image file of ``img/``) is reported, one line per entry, with the model's own problems.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ class UnpackResult:
     out_dir: Path
     files: int
     bytes: int
-    problems: tuple[str, ...] = ()   # what the source's model reported (entries skipped, ...)
+    problems: tuple[str, ...] = ()   # one line per source entry skipped or not written
 
 
 def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
@@ -139,6 +143,10 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
         view = project.view
         item_dirs = {f"{ds.relpath}/img": ds for ds in project.datasets}
         folders, chunks = _walk(view, item_dirs)
+        # What the view hides by no rule of the format (a FIFO in ann/, a sub-folder of img/)
+        # is not written either; the mount can only hide it, unpack says so.
+        left_out = [f"{path}: {why}; not unpacked"
+                    for rel in folders for path, why in view.dropped(rel)]
         for rel, ds in item_dirs.items():
             chunks.extend(_item_chunks(rel, ds))
         n_files = sum(len(c[-1]) if c[0] != "items" else c[4] - c[3] for c in chunks)
@@ -198,5 +206,5 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
         n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress,
                                       jobs=opts.jobs, key=itemgetter(1))
         outputs.commit()
-        problems = tuple(project.problems)
+        problems = (*project.problems, *left_out)
     return UnpackResult(out_dir, n_files, n_bytes, problems)
