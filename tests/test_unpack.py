@@ -245,3 +245,40 @@ def test_entries_the_view_hides_are_reported_not_dropped_silently(
     expected = tree(tmp_path / "plain")
     del expected["ds1/ann/img_023.jpg.json"]
     assert tree(out) == expected
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_undecodable_image_skips_only_its_synthesized_annotation(tmp_path: Path, jobs: str) -> None:
+    """--synthesize-ann with images whose header does not decode: their bytes are still
+    unpacked, their annotations are not written, one warning each, exit 1; every other
+    annotation is written (also through forked workers, whose warnings reach the parent)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2)).save(buf, "PNG")
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = {"bad_0007.png", "bad_1500.jpg", "bad_2999.png"}
+    for i in range(3000):
+        (src / f"ok_{i:04d}.png").write_bytes(buf.getvalue())
+    for name in bad:
+        (src / name).write_bytes(b"not an image")
+    tar = tmp_path / "x.tar"
+    assert CliRunner().invoke(pack_cmd, [str(src), "-o", str(tar)]).exit_code == 0
+    out = tmp_path / "out"
+    proc = subprocess.run([*BLOBFS, "unpack", "--synthesize-ann", "-j", jobs, str(tar), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == len(bad), proc.stderr
+    for name in bad:
+        assert sum(f"/x/ann/{name}.json: not written" in line for line in warnings) == 1
+        assert (out / "x" / "img" / name).read_bytes() == b"not an image"
+        assert not (out / "x" / "ann" / f"{name}.json").exists()
+    anns = sorted(p.name for p in (out / "x" / "ann").iterdir())
+    assert anns == [f"ok_{i:04d}.png.json" for i in range(3000)]
+    assert json.loads((out / "x" / "ann" / "ok_0000.png.json").read_text())["size"] == \
+        {"height": 2, "width": 3}
+    assert "Traceback" not in proc.stderr and "Input/output error" not in proc.stderr

@@ -72,3 +72,28 @@ def test_keyed_chunks_of_one_folder_run_in_one_process():
     by_folder = {f: {pid_of[k] for k in range(12) if k % 3 == f} for f in range(3)}
     assert all(len(p) == 1 for p in by_folder.values())
     assert len(set().union(*by_folder.values())) == 2 and os.getpid() not in pid_of
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_problem_lines_of_every_worker_reach_the_caller(jobs):
+    """Work that skips files returns lines about them; from forked workers they come through
+    the pipe, more than a pipe holds (the parent drains it while waiting), each one line."""
+    def work(k: int):
+        lines = [f"chunk {k} file {j}\nwith a newline" for j in range(400)]
+        return 1, 0, lines if k % 2 else []
+
+    problems: list[str] = []
+    assert workers.run_chunks(list(range(12)), work, "test", jobs=jobs,
+                               problems=problems) == (12, 0)
+    assert sorted(problems) == sorted(f"chunk {k} file {j}\\nwith a newline"
+                                      for k in range(1, 12, 2) for j in range(400))
+
+
+def test_a_failure_among_problem_lines_is_raised():
+    def work(k: int):
+        if k == 5:
+            raise workers.InputError("chunk 5: broken")
+        return 1, 0, [f"chunk {k}: skipped one"]
+
+    with pytest.raises(workers.InputError, match="chunk 5: broken"):
+        workers.run_chunks(list(range(12)), work, "test", jobs=3, problems=[])

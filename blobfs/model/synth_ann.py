@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class SynthError(OSError):
+    """EIO for a synthesized annotation whose image header does not decode; ``reason`` says
+    why (one line), so that ``unpack`` can skip that one file and name the cause."""
+
+    def __init__(self, ann_name: str, reason: str) -> None:
+        super().__init__(errno.EIO, os.strerror(errno.EIO), ann_name)
+        self.reason = reason
+
+
 class AnnSynthesizer:
     def __init__(self, datasets: list["Dataset"]) -> None:
         self._datasets = datasets
@@ -49,7 +58,8 @@ class AnnSynthesizer:
         return self._datasets[k].items.find(ann_name[: -len(".json")])
 
     def data(self, k: int, ann_name: str) -> bytes:
-        """The JSON for ``ann/<ann_name>``; ``OSError(EIO)`` when the image header is unreadable."""
+        """The JSON for ``ann/<ann_name>``; ``SynthError`` (EIO) when the image header is
+        unreadable."""
         with self._lock:
             data = self._cache.get((k, ann_name))
         if data is not None:
@@ -64,7 +74,7 @@ class AnnSynthesizer:
                                       items.name(i))
         except BlobfsError as e:
             log.warning("cannot synthesize %s: %s", ann_name, e)
-            raise OSError(errno.EIO, os.strerror(errno.EIO), ann_name) from None
+            raise SynthError(ann_name, str(e)) from None
         data = synthesize_ann(facts.width, facts.height)
         with self._lock:
             self._cache[(k, ann_name)] = data

@@ -20,6 +20,7 @@ non-image file of ``img/``) is reported, one line per entry, with the model's ow
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterator
 
-from blobfs.errors import InputError
+from blobfs.errors import InputError, one_line
 from blobfs.model.items import DISK
 from blobfs.model.project import Dataset, open_project
+from blobfs.model.synth_ann import SynthError
 from blobfs.write.atomic import AtomicOutputs, check_apart
 from blobfs.write.blobwriter import Progress, write_all
 from blobfs.write.errors import output_failed
@@ -52,9 +54,12 @@ class UnpackResult:
 
 
 def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
-    """Write one view file to ``dst``; returns its size."""
+    """Write one view file to ``dst``; returns its size. ``SynthError`` (an annotation to
+    synthesize for an image that does not decode) before anything is created."""
     try:
         st = view.getattr(vpath)
+    except SynthError:
+        raise
     except OSError as e:
         raise InputError(f"{src_label}: {e.strerror or e}") from None
     try:
@@ -82,11 +87,20 @@ def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
            progress_start: Callable[[int], Progress | None] | None = None) -> UnpackResult:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # 300k small objects, none of them cyclic: collections would only cost time
+    # An annotation that cannot be synthesized is reported among the problems, with its path;
+    # the synthesizer's own warning (for the mount's log) would say it twice.
+    synth_log = logging.getLogger(SynthError.__module__)
+    synth_log.addFilter(_drop)
     try:
         return _unpack(Path(src), Path(out_dir), opts, progress_start)
     finally:
+        synth_log.removeFilter(_drop)
         if gc_was_enabled:
             gc.enable()
+
+
+def _drop(_record: logging.LogRecord) -> bool:
+    return False
 
 
 def _walk(view, item_dirs: dict[str, Dataset]) -> tuple[list[str], list[tuple]]:
@@ -160,12 +174,17 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
         base, label = os.fspath(tmp), os.fspath(src)
         bufs: dict[int, bytearray] = {}
 
-        def copy(chunk: tuple) -> tuple[int, int]:
+        def copy(chunk: tuple) -> tuple[int, int] | tuple[int, int, list[str]]:
             if chunk[0] == "files":
                 nbytes = 0
+                skipped: list[str] = []
                 for rel in chunk[2]:
-                    nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
-                return len(chunk[2]), nbytes
+                    try:
+                        nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
+                    except SynthError as e:  # one image's problem: skip its annotation, go on
+                        skipped.append(f"{label}/{rel}: not written, the image header does not "
+                                       f"decode ({one_line(e.reason)})")
+                return len(chunk[2]) - len(skipped), nbytes, skipped
             if chunk[0] == "real":
                 _kind, rel, real, names = chunk
                 try:
@@ -203,8 +222,9 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
             return hi - lo, nbytes
 
         # Every chunk names the folder it creates files in (its [1]): one worker per folder.
+        not_written: list[str] = []
         n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress,
-                                      jobs=opts.jobs, key=itemgetter(1))
+                                      jobs=opts.jobs, key=itemgetter(1), problems=not_written)
         outputs.commit()
-        problems = (*project.problems, *left_out)
+        problems = (*project.problems, *left_out, *sorted(not_written))
     return UnpackResult(out_dir, n_files, n_bytes, problems)

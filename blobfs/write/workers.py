@@ -18,7 +18,9 @@ ext4 more wall time too. A project has several folders (``img/`` and ``ann/`` of
 dataset), so it still gets one worker per folder.
 
 Failure handling: a child that fails writes one line ("I:" input / "W:" output problem) to a
-pipe and exits 1; the parent stops the others and raises the matching error. Children ignore
+pipe and exits 1; the parent stops the others and raises the matching error. Problems with
+single files that the work skips and goes on ("P:" lines, see ``run_chunks``) travel through
+the same pipe, which the parent drains while it waits. Children ignore
 SIGINT/SIGTERM/SIGHUP (Ctrl-C reaches the whole process group: the parent alone handles it,
 kills its children and removes the temporaries) and get SIGKILL when the parent dies
 (``prctl(PR_SET_PDEATHSIG)``), so a killed pack leaves no writer behind.
@@ -32,12 +34,14 @@ import os
 import signal
 import struct
 import time
-from typing import Callable, Hashable, Sequence, TypeVar
+from typing import Callable, Hashable, Sequence, TypeVar, Union
 
-from blobfs.errors import BlobfsError, InputError
+from blobfs.errors import BlobfsError, InputError, one_line
 from blobfs.write.errors import WriteFailedError
 
 T = TypeVar("T")
+#: What ``work`` returns: (units done, bytes done), optionally followed by problem lines.
+Done = Union[tuple[int, int], tuple[int, int, Sequence[str]]]
 #: Below this many chunks, forking costs more than it saves.
 FORK_MIN_CHUNKS = 4
 _PR_SET_PDEATHSIG = 1
@@ -52,27 +56,34 @@ def worker_count() -> int:
     return max(1, min(n, 4))
 
 
-def run_chunks(chunks: Sequence[T], work: Callable[[T], tuple[int, int]], label: str, *,
+def run_chunks(chunks: Sequence[T], work: Callable[[T], Done], label: str, *,
                progress: Callable[[int], None] | None = None,
                parent_work: Callable[[], None] | None = None,
                jobs: int | None = None,
-               key: Callable[[T], Hashable] | None = None) -> tuple[int, int]:
-    """Call ``work(chunk)`` for every chunk; it returns (units done, bytes done). Meanwhile the
-    parent runs ``parent_work()``. ``jobs``: worker processes (None: :func:`worker_count`; 1:
-    everything in this process). ``key``: chunks with equal keys (the folder they create files
-    in) go to one worker, in their order. Returns the summed (units, bytes)."""
+               key: Callable[[T], Hashable] | None = None,
+               problems: list[str] | None = None) -> tuple[int, int]:
+    """Call ``work(chunk)`` for every chunk; it returns (units done, bytes done), and a third
+    element, lines about files it skipped, when there were any: they are appended to
+    ``problems`` (in no particular order across workers). Meanwhile the parent runs
+    ``parent_work()``. ``jobs``: worker processes (None: :func:`worker_count`; 1: everything in
+    this process). ``key``: chunks with equal keys (the folder they create files in) go to one
+    worker, in their order. Returns the summed (units, bytes)."""
+    found: list[str] = problems if problems is not None else []
     plan = deal(chunks, jobs if jobs is not None else worker_count(), key)
     if len(plan) < 2 or len(chunks) < FORK_MIN_CHUNKS or not hasattr(os, "fork"):
         if parent_work is not None:
             parent_work()
         units = nbytes = 0
         for chunk in chunks:
-            u, b = work(chunk)
+            done = work(chunk)
+            u, b = done[0], done[1]
             units, nbytes = units + u, nbytes + b
+            if len(done) > 2:
+                found.extend(map(one_line, done[2]))  # as the forked path must (line protocol)
             if progress is not None:
                 progress(u)
         return units, nbytes
-    return _forked(plan, work, label, progress, parent_work)
+    return _forked(plan, work, label, progress, parent_work, found)
 
 
 def deal(chunks: Sequence[T], w: int, key: Callable[[T], Hashable] | None = None) -> list[list[T]]:
@@ -90,12 +101,14 @@ def deal(chunks: Sequence[T], w: int, key: Callable[[T], Hashable] | None = None
     return plan
 
 
-def _forked(plan: list[list[T]], work: Callable[[T], tuple[int, int]], label: str,
+def _forked(plan: list[list[T]], work: Callable[[T], Done], label: str,
             progress: Callable[[int], None] | None,
-            parent_work: Callable[[], None] | None) -> tuple[int, int]:
+            parent_work: Callable[[], None] | None, problems: list[str]) -> tuple[int, int]:
     w = len(plan)
     counters = mmap.mmap(-1, 16 * w)          # per worker: units done, bytes done
     rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)               # drained while waiting: children block on a full pipe
+    lines = _Lines(rfd, problems)
     pids: list[int] = []
     try:
         for k in range(w):
@@ -111,6 +124,7 @@ def _forked(plan: list[list[T]], work: Callable[[T], tuple[int, int]], label: st
         failed = False
         while pids and not failed:
             time.sleep(0.02)
+            lines.drain()
             for pid in list(pids):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
@@ -121,9 +135,9 @@ def _forked(plan: list[list[T]], work: Callable[[T], tuple[int, int]], label: st
                 if units > reported:
                     progress(units - reported)
                     reported = units
+        lines.drain()
         if failed:
-            message = os.read(rfd, 4096).decode("utf-8", "replace").strip().partition("\n")[0]
-            kind, _, text = message.partition(":")
+            kind, text = lines.failure or ("I", "")
             if kind == "W":
                 raise WriteFailedError(text)
             raise InputError(text or f"{label}: a worker process died")
@@ -162,8 +176,11 @@ def _child(k: int, chunks: list[T], work: Callable[[T], tuple[int, int]],
             os._exit(1)
         units = nbytes = 0
         for chunk in chunks:
-            u, b = work(chunk)
-            units, nbytes = units + u, nbytes + b
+            done = work(chunk)
+            units, nbytes = units + done[0], nbytes + done[1]
+            for line in done[2] if len(done) > 2 else ():
+                # One write per line, under PIPE_BUF: lines of several children never mix.
+                os.write(wfd, f"P:{one_line(line)}\n".encode("utf-8", "backslashreplace")[:4000])
             struct.pack_into("qq", counters, 16 * k, units, nbytes)
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent as one line
         code = 1
@@ -175,3 +192,30 @@ def _child(k: int, chunks: list[T], work: Callable[[T], tuple[int, int]],
             pass
     finally:
         os._exit(code)
+
+
+class _Lines:
+    """Lines the children write to the pipe: "P:" problems are collected, the first "I:"/"W:"
+    line is the failure to raise."""
+
+    def __init__(self, rfd: int, problems: list[str]) -> None:
+        self.rfd = rfd
+        self.problems = problems
+        self.failure: tuple[str, str] | None = None
+        self._rest = b""
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.rfd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            *complete, self._rest = (self._rest + data).split(b"\n")
+            for raw in complete:
+                kind, _, text = raw.decode("utf-8", "replace").partition(":")
+                if kind == "P":
+                    self.problems.append(text)
+                elif self.failure is None:
+                    self.failure = (kind, text.strip())
