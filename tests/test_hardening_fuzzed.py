@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from mount_helpers import BLOBFS, is_mounted
+from offsets_helpers import pickle_offsets
 from test_hardening_input import copy_project, info_json, one_line, run
 
 #: Deeper than any recursion limit CPython's json decoder can take (it recurses per level).
@@ -235,10 +236,24 @@ def test_pack_project_never_walks_into_its_own_output(classic_project, tmp_path)
     assert depth < 10
 
 
-def test_verify_says_each_problem_once(tmp_path):
-    """A bare file that is no tar was reported twice: when opened and by the header check."""
+def test_a_bare_file_that_is_no_tar_is_unreadable_input_for_every_command(tmp_path):
+    """A bare file that is no tar was reported twice by verify (when opened and by the header
+    check), and verify and info exited 1 where index exited 2: nothing of such a source can be
+    read or checked, so all three exit 2 with one line naming the file."""
     notar = tmp_path / "x.tar"
     notar.write_bytes(b"hello\n" * 200)
-    r = run("verify", str(notar))
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(str(notar))]
-    assert r.returncode == 1 and len(lines) == 1 and "not a tar file" in lines[0], r.stdout
+    for cmd in ("verify", "info", "index", "ls"):
+        r = run(cmd, str(notar))
+        line = one_line(r)
+        assert r.returncode == 2 and line.startswith(f"blobfs: {notar}:"), (cmd, r.stderr)
+        assert "not a tar file" in line and r.stdout == "", cmd
+    # In a project the same tar is one problem among the others, found by reading the project
+    # (its offsets file still serves the items: info, which reads no headers, has no problem).
+    proj = tmp_path / "proj"
+    (proj / "blob").mkdir(parents=True)
+    (proj / "ds" / "ann").mkdir(parents=True)
+    (proj / "meta.json").write_text("{}")
+    (proj / "blob" / "x.tar").write_bytes(notar.read_bytes())
+    (proj / "ds" / "x_offsets.pkl").write_bytes(pickle_offsets([("a.png", 512, 600)]))
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and "not a tar file" in r.stdout, (r.stdout, r.stderr)

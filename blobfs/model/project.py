@@ -6,7 +6,8 @@ everything up front (so a mount fails before its mount point appears) and return
 
 Fatal input (a missing, unreadable or compressed tar; an offsets file refused as a whole) raises
 ``InputError`` unless ``lenient=True``, which turns it into a problem line and skips that part —
-what ``info`` and ``verify`` use to report everything at once. Entry-level faults (bad names,
+what ``info`` and ``verify`` use to report everything at once (not for a bare tar, which is
+the whole source: refusing it leaves nothing to check). Entry-level faults (bad names,
 ranges outside the tar, duplicates) never stop anything: the entry is skipped or shadowed and
 one problem line says so.
 """
@@ -369,9 +370,12 @@ def _open_dataset(op: _Opener, path: Path, own_offsets: tuple[str, ...],
 
 def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
               ann: str | os.PathLike | None, synthesize_ann: bool) -> Project:
+    # A bare tar is the whole source: what refuses it (no tar, compressed, its offsets file
+    # refused) leaves nothing to read or check, so it is unreadable input for every command
+    # (exit 2), lenient ones too. In a project the same tar is one problem among its datasets.
+    op.lenient = False
     tar = op.tar(tar_path)
-    if tar is None:  # only reachable when lenient
-        return Project(None, [], None, [], op.problems, kind="tar", virtual_root=True)
+    assert tar is not None  # refused tars raise
     pkl = Path(offsets) if offsets is not None else tar_path.with_name(tar_path.stem + OFFSETS_SUFFIX)
     if offsets is not None and not pkl.is_file():
         raise ProjectError(f"{pkl}: offsets file is not a regular file" if os.path.lexists(pkl)
