@@ -163,3 +163,33 @@ def test_ls_and_preview_say_in_one_line_what_they_leave_out(blob_project: Path, 
         assert any("bad\\nname.png" in ln for ln in r.stdout.splitlines()), r.stdout
     clean = real("ls", str(blob_project))
     assert clean.returncode == 0 and clean.stderr == ""
+
+
+def test_index_leaves_out_names_no_reader_can_use(runner: CliRunner, tmp_path: Path) -> None:
+    """'.', '..', a newline, bytes that are not UTF-8: every reader skips such an entry, so
+    index does not write it (it would be dead); one warning line with the count, exit 1."""
+    import tarfile
+
+    from blobfs.format.offsets_read import read_offsets
+    from tar_helpers import members_tar
+
+    bad = ["d/.", "d/..", "new\nline.png", b"bad\xff.png".decode("utf-8", "surrogateescape")]
+    tar = members_tar(tmp_path / "w.tar", [(n, b"abc") for n in ["a.png", *bad, "b.png"]],
+                      tarfile.GNU_FORMAT)
+    r = subprocess.run([sys.executable, "-m", "blobfs", "index", str(tar)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1 and "not indexed; 3 more" in warnings[0], r.stderr
+    assert "2 entries, 4 member(s) not indexed" in r.stdout
+    result = read_offsets(tmp_path / "w_offsets.pkl")
+    assert [n for n, _, _ in result.table] == ["a.png", "b.png"] and not result.problems
+
+
+def test_index_refuses_to_write_an_empty_offsets_file(runner: CliRunner, blob_project: Path,
+                                                      tmp_path: Path) -> None:
+    tar = blob_project / "blob" / "small_images.tar"
+    r = run(runner, "index", str(tar), "-o", str(tmp_path), "--include", "*.gif")
+    assert r.exit_code == 2 and "no member matches --include/--exclude; nothing written" in r.output
+    assert list(tmp_path.iterdir()) == []
+

@@ -149,21 +149,35 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     """Write TAR's offsets file, byte-identical to the SDK's save_blob_offsets_pkl.
 
     Every regular member in archive order, named by its base name. Globs match the full
-    member name or its base name.
+    member name or its base name. A member whose name no reader can use (".", "..", control
+    characters, not UTF-8) is left out with a warning (exit 1); no member left to index at
+    all is refused (exit 2): an empty dataset is a mistake, not a result.
     """
     from blobfs.format.offsets_write import offsets_path_for_tar, write_offsets
-    from blobfs.format.tarindex import index_tar
+    from blobfs.format.tarindex import index_tar, split_unusable
 
     out = offsets_path_for_tar(tar, output_dir)
     if out.exists() and not force:
         raise InputError(f"{out}: exists (use --force to replace it)")
-    entries = index_tar(tar, include, exclude)
+    entries, unusable = split_unusable(index_tar(tar, include, exclude))
+    if unusable:
+        name, why = unusable[0]
+        more = f"; {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
+        log.warning("%s", one_line(f"{tar}: member {name!r}: {why}; not indexed{more}"))
+    if not entries:
+        what = ("no regular member with a usable name" if unusable
+                else "no member matches --include/--exclude" if include or exclude
+                else "no regular member")
+        raise InputError(f"{tar}: {what}; nothing written")
     try:
         write_offsets(out, entries)
     except OSError as e:  # full disk, read-only or missing folder: exit 1, as the write commands
         click.echo(f"blobfs: {one_line(f'{out}: cannot write: {e.strerror or e}')}", err=True)
         sys.exit(1)
-    click.echo(f"{out}: {len(entries)} entries")
+    click.echo(f"{out}: {len(entries)} entries" + (f", {len(unusable)} member(s) not indexed"
+                                                   if unusable else ""))
+    if unusable:
+        sys.exit(1)
 
 
 @click.command("verify")

@@ -10,6 +10,7 @@ import fnmatch
 import os
 from collections.abc import Sequence
 
+from blobfs.format.names import name_problem
 from blobfs.format.tarheaders import iter_members
 
 
@@ -40,3 +41,19 @@ def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
             continue
         append((base, m.offset_data, m.offset_data + m.size))
     return out
+
+
+def split_unusable(entries: list[tuple[str, int, int]]
+                   ) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    """(the entries blobfs can serve, (name, why) of the others). Every reader skips a name
+    that cannot be an item name (``.``, ``..``, control characters, not UTF-8, too long:
+    ``names.name_problem``), so written to an offsets file it would only be a dead entry."""
+    kept: list[tuple[str, int, int]] = []
+    bad: list[tuple[str, str]] = []
+    for entry in entries:
+        why = name_problem(entry[0])
+        if why:
+            bad.append((entry[0], why))
+        else:
+            kept.append(entry)
+    return kept, bad
