@@ -193,3 +193,13 @@ def test_index_refuses_to_write_an_empty_offsets_file(runner: CliRunner, blob_pr
     assert r.exit_code == 2 and "no member matches --include/--exclude; nothing written" in r.output
     assert list(tmp_path.iterdir()) == []
 
+
+def test_index_refuses_a_dangling_symlink_at_the_output_name(runner: CliRunner, blob_project: Path,
+                                                             tmp_path: Path) -> None:
+    link = tmp_path / "small_images_offsets.pkl"
+    link.symlink_to(tmp_path / "nowhere")
+    tar = blob_project / "blob" / "small_images.tar"
+    r = run(runner, "index", str(tar), "-o", str(tmp_path))
+    assert r.exit_code == 2 and "exists" in r.output and link.is_symlink()
+    assert run(runner, "index", str(tar), "-o", str(tmp_path), "--force").exit_code == 0
+    assert not link.is_symlink() and link.stat().st_size > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import stat as st
 import sys
 from pathlib import Path
@@ -157,7 +158,7 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     from blobfs.format.tarindex import index_tar, split_unusable
 
     out = offsets_path_for_tar(tar, output_dir)
-    if out.exists() and not force:
+    if os.path.lexists(out) and not force:  # a dangling symlink is an existing name too
         raise InputError(f"{out}: exists (use --force to replace it)")
     entries, unusable = split_unusable(index_tar(tar, include, exclude))
     if unusable:
