@@ -203,3 +203,13 @@ def test_index_refuses_a_dangling_symlink_at_the_output_name(runner: CliRunner, 
     assert r.exit_code == 2 and "exists" in r.output and link.is_symlink()
     assert run(runner, "index", str(tar), "-o", str(tmp_path), "--force").exit_code == 0
     assert not link.is_symlink() and link.stat().st_size > 0
+
+
+def test_a_trailing_slash_on_a_file_is_not_a_directory(runner: CliRunner, blob_project: Path) -> None:
+    """``cat PROJ ds1/img/x.png/`` printed the image: a trailing slash names a folder."""
+    for path in ("ds1/img/img_040.png/", "meta.json/", "ds1/ann/img_040.png.json/"):
+        for cmd in ("cat", "ls"):
+            r = run(runner, cmd, str(blob_project), path)
+            assert r.exit_code == 2 and "Not a directory" in r.output, (cmd, path, r.output)
+    r = run(runner, "ls", str(blob_project), "ds1/img/")  # on a folder it changes nothing
+    assert r.exit_code == 0 and "img_040.png" in r.output.splitlines()

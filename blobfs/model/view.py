@@ -184,10 +184,19 @@ class ClassicView:
     def _rel(path: str) -> str:
         return path.strip("/")
 
-    # -- attributes ---------------------------------------------------------------------
-    def getattr(self, path: str) -> Stat:
+    def _lookup(self, path: str) -> tuple[str, tuple]:
+        """(rel, node) of view path ``path``. A trailing slash names a folder, as in any file
+        system: ``x.png/`` is ENOTDIR (``cat``, ``ls`` and the API get user paths)."""
         rel = self._rel(path)
         node = self._resolve(rel)
+        if path.endswith("/") and node[0] != "dir" and not (
+                node[0] == "real" and st.S_ISDIR(node[2].st_mode)):
+            raise _err(errno.ENOTDIR, rel)
+        return rel, node
+
+    # -- attributes ---------------------------------------------------------------------
+    def getattr(self, path: str) -> Stat:
+        rel, node = self._lookup(path)
         kind = node[0]
         if kind == "item":
             ds, i, k = node[1], node[2], node[3]
@@ -356,8 +365,7 @@ class ClassicView:
 
     # -- data ---------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int) -> bytes:
-        rel = self._rel(path)
-        node = self._resolve(rel)
+        rel, node = self._lookup(path)
         kind = node[0]
         if kind == "item":
             return node[1].items.read(node[2], size, offset)
@@ -375,8 +383,7 @@ class ClassicView:
         return data[offset : offset + size]
 
     def read_all(self, path: str) -> bytes:
-        rel = self._rel(path)
-        node = self._resolve(rel)
+        rel, node = self._lookup(path)
         if node[0] == "item":  # the API's hot path: one lookup, one pread
             return node[1].items.read(node[2])
         return self.read(path, self.getattr(path).size, 0)
