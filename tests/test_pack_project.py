@@ -195,3 +195,24 @@ def test_subprocess(classic_project: Path, tmp_path: Path) -> None:
     assert "2 datasets" in proc.stderr
     with open_project(out) as p:
         assert sorted(p.files()) == sorted(tree(classic_project))
+
+
+def test_sub_folder_of_img_is_copied_with_a_warning(classic_project: Path, tmp_path: Path) -> None:
+    """Files in img/sub/ are no items (the SDK reads only the files of img/): they are not
+    packed, but copied as they are, and a warning says so (it said nothing)."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(classic_project, src)
+    sub = src / "ds1" / "img" / "sub"
+    sub.mkdir()
+    (sub / "deep.png").write_bytes((src / "ds1" / "img" / "img_000.png").read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.run([*BLOBFS, "pack-project", str(src), str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1 and f"{sub}: sub-folder of img/" in warnings[0], proc.stderr
+    assert (out / "ds1" / "img" / "sub" / "deep.png").read_bytes() == (sub / "deep.png").read_bytes()
+    with open_project(out) as p:
+        assert p.datasets[0].items.find("deep.png") < 0

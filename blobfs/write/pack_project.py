@@ -73,6 +73,9 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
     for ds in datasets:
         img_rel = f"{ds.relpath}/img"
         chosen: list[Member] = []
+        for sub in _subfolders(src / img_rel):
+            log.warning("%s: sub-folder of img/: its files are no items (only the files directly "
+                        "in img/ are); copied as they are, not packed", sub)
         for name, size in list_image_files(src / img_rel):
             if size < opts.min_size or (opts.max_size is not None and size > opts.max_size):
                 continue
@@ -89,6 +92,14 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
             blobs.append(_Blob(part_stem, ds.relpath, members))
         packed.update(m[1] for m in chosen)
     return blobs, packed, len(datasets)
+
+
+def _subfolders(img_dir: Path) -> list[Path]:
+    try:
+        with os.scandir(img_dir) as it:
+            return sorted(img_dir / e.name for e in it if e.is_dir())
+    except OSError:
+        return []  # no img/ (or unreadable: the copy walk reports it)
 
 
 def _split(members: list[Member], limit: int | None) -> list[list[Member]]:
