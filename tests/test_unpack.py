@@ -241,6 +241,7 @@ def test_entries_the_view_hides_are_reported_not_dropped_silently(
     for p in odd:
         assert sum(line.startswith(f"blobfs: warning: {p}:") for line in warnings) == 1, (p, proc.stderr)
     assert "FIFO" in proc.stderr and "outside the project" in proc.stderr
+    assert "2 non-items of img/ left behind; 6 problems in the source" in proc.stderr
     assert invoke(blob_project, tmp_path / "plain").exit_code == 0
     expected = tree(tmp_path / "plain")
     del expected["ds1/ann/img_023.jpg.json"]
@@ -282,3 +283,18 @@ def test_undecodable_image_skips_only_its_synthesized_annotation(tmp_path: Path,
     assert json.loads((out / "x" / "ann" / "ok_0000.png.json").read_text())["size"] == \
         {"height": 2, "width": 3}
     assert "Traceback" not in proc.stderr and "Input/output error" not in proc.stderr
+
+
+def test_non_items_of_img_are_named_but_no_problem(blob_project: Path, tmp_path: Path) -> None:
+    """A sub-folder or a non-image file of img/ is no item by the format's rule (the SDK
+    ignores it too): unpack leaves it behind with a warning line, but exits 0."""
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    (proj / "ds1" / "img" / "sub").mkdir()
+    (proj / "ds1" / "img" / "notes.txt").write_bytes(b"x")
+    proc = subprocess.run([*BLOBFS, "unpack", str(proj), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and all("no item" in line for line in warnings), proc.stderr
+    assert not (tmp_path / "out" / "ds1" / "img" / "notes.txt").exists()

@@ -184,10 +184,11 @@ def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: b
     t0 = time.monotonic()
     with reporting(), contextlib.ExitStack() as stack:
         result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
-    for problem in result.problems:
-        click.echo(f"blobfs: warning: {one_line(problem)}", err=True)
+    for line in (*result.notes, *result.problems):
+        click.echo(f"blobfs: warning: {one_line(line)}", err=True)
     click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})"
-               + (f"; {len(result.problems)} problems in the source, see above" if result.problems else ""),
-               err=True)
+               + (f"; {len(result.notes)} non-items of img/ left behind" if result.notes else "")
+               + (f"; {len(result.problems)} problems in the source" if result.problems else "")
+               + (", see above" if result.notes or result.problems else ""), err=True)
     if result.problems:
         sys.exit(1)

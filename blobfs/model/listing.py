@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterator
 
+from blobfs.format.names import is_image_name
 from blobfs.model.discovery import not_regular_why
 from blobfs.model.numbering import real_ino
 
@@ -116,3 +117,29 @@ class RealLister:
             with self._lock:
                 self._scans.pop(key, None)
             pos += 1
+
+
+def not_items(img: Path | None) -> list[tuple[Path, str, bool]]:
+    """(path, why, is a problem) of the entries of a dataset's real ``img/`` that are no items
+    by the format's rule (FORMAT.md §1: the image files directly inside): sub-folders and names
+    without an image extension; the SDK ignores them too, so they are no problem of the source,
+    only worth saying when they are left behind. Image-named entries that are no items are
+    the project's problems already (``Project.problems``)."""
+    if img is None or not img.is_dir():
+        return []
+    out = []
+    try:
+        with os.scandir(img) as it:
+            for entry in it:
+                if is_image_name(entry.name):
+                    continue
+                if entry.is_dir():
+                    why = "sub-folder of img/, no item (only the files of img/ are)"
+                elif entry.is_file():
+                    why = "no image file extension, no item"
+                else:
+                    why = f"{not_regular_why(entry)}, no item"
+                out.append((img / entry.name, why, False))
+    except OSError as e:
+        out.append((img, f"cannot list: {e.strerror or e}", True))
+    return sorted(out)

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from blobfs.format.names import is_image_name
-from blobfs.model.discovery import OFFSETS_SUFFIX, not_regular_why
-from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister
+from blobfs.model.discovery import OFFSETS_SUFFIX
+from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister, not_items
 from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
 from blobfs.model.synth_ann import AnnSynthesizer
 
@@ -320,12 +319,11 @@ class ClassicView:
         node = self._resolve(rel)
         return node[1] if node[0] == "real" and st.S_ISDIR(node[2].st_mode) else None
 
-    def dropped(self, path: str) -> list[tuple[Path, str]]:
-        """(real path, why) of what the real folder behind folder ``path`` holds but the view
-        does not show, beyond the format's own rules (``blob/`` and offsets files hidden, the
-        items of ``img/`` instead of its files): see ``RealLister.dropped``; in ``img/``,
-        sub-folders and files without an image extension (image-named entries that are no
-        items are the project's problems already)."""
+    def dropped(self, path: str) -> list[tuple[Path, str, bool]]:
+        """(real path, why, whether it is a problem of the source) of what the real folder
+        behind folder ``path`` holds but the view does not show, beyond the format's hiding of
+        ``blob/`` and offsets files: ``RealLister.dropped`` (problems), and in ``img/`` what is
+        no item by the format's rule (``listing.not_items``)."""
         rel = self._rel(path)
         node = self._resolve(rel)
         if node[0] == "real" and st.S_ISDIR(node[2].st_mode):
@@ -333,35 +331,14 @@ class ClassicView:
         elif node[0] == "dir":
             d = self._dirs[node[1]]
             if d.items_of is not None:
-                return self._dropped_img(d.items_of.items.img_dir)
+                return not_items(d.items_of.items.img_dir)
             real, hide = d.real, d.hides
         else:
             return []
         if real is None:
             return []
-        return [(real / name if name else real, why)
+        return [(real / name if name else real, why, True)
                 for name, why in self._lister.dropped(real, hide)]
-
-    @staticmethod
-    def _dropped_img(img: Path | None) -> list[tuple[Path, str]]:
-        if img is None or not img.is_dir():
-            return []
-        out = []
-        try:
-            with os.scandir(img) as it:
-                for entry in it:
-                    if is_image_name(entry.name):
-                        continue
-                    if entry.is_dir():
-                        why = "sub-folder of img/ (only its files are items)"
-                    elif entry.is_file():
-                        why = "no image file extension (not an item)"
-                    else:
-                        why = not_regular_why(entry)
-                    out.append((img / entry.name, why))
-        except OSError as e:
-            out.append((img, f"cannot list: {e.strerror or e}"))
-        return sorted(out)
 
     # -- data ---------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int) -> bytes:

@@ -14,8 +14,9 @@ real folder; the rest (virtual files, images stored as files in ``img/``, synthe
 annotations) through the view.
 
 Nothing the source holds is left out silently: what the view hides by no rule of the format
-(a FIFO, socket or device, a symlink leading out of the project or nowhere, a sub-folder or
-non-image file of ``img/``) is reported, one line per entry, with the model's own problems.
+(a FIFO, socket or device, a symlink leading out of the project or nowhere) is reported, one
+line per entry, with the model's own problems; a sub-folder or non-image file of ``img/``,
+which is no item by the format's rule, gets a line as well, but is no problem.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class UnpackResult:
     files: int
     bytes: int
     problems: tuple[str, ...] = ()   # one line per source entry skipped or not written
+    notes: tuple[str, ...] = ()      # entries no item by the format's rule, left behind
 
 
 def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
@@ -157,10 +159,12 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
         view = project.view
         item_dirs = {f"{ds.relpath}/img": ds for ds in project.datasets}
         folders, chunks = _walk(view, item_dirs)
-        # What the view hides by no rule of the format (a FIFO in ann/, a sub-folder of img/)
-        # is not written either; the mount can only hide it, unpack says so.
-        left_out = [f"{path}: {why}; not unpacked"
-                    for rel in folders for path, why in view.dropped(rel)]
+        # What the view does not show is not written either; the mount can only hide it,
+        # unpack says so: a problem (a FIFO in ann/), or a note (a sub-folder of img/).
+        left_out: tuple[list[str], list[str]] = ([], [])
+        for rel in folders:
+            for path, why, problem in view.dropped(rel):
+                left_out[problem].append(f"{path}: {why}; not unpacked")
         for rel, ds in item_dirs.items():
             chunks.extend(_item_chunks(rel, ds))
         n_files = sum(len(c[-1]) if c[0] != "items" else c[4] - c[3] for c in chunks)
@@ -226,5 +230,5 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
         n_files, n_bytes = run_chunks(chunks, copy, os.fspath(out_dir), progress=progress,
                                       jobs=opts.jobs, key=itemgetter(1), problems=not_written)
         outputs.commit()
-        problems = (*project.problems, *left_out, *sorted(not_written))
-    return UnpackResult(out_dir, n_files, n_bytes, problems)
+        problems = (*project.problems, *left_out[True], *sorted(not_written))
+    return UnpackResult(out_dir, n_files, n_bytes, problems, tuple(left_out[False]))
