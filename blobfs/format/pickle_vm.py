@@ -19,6 +19,7 @@ values: dict keys are restricted to scalars), so nesting depth is a sanity limit
 from __future__ import annotations
 
 import struct
+from array import array
 from bisect import bisect_right
 
 from blobfs.format.entries import EntryTable
@@ -28,7 +29,7 @@ ALLOWED_GLOBAL = ("supervisely.api.image_api", "BlobImageInfo")
 MAX_STR = 64 * 1024  # any single str/bytes; names are at most 250 bytes
 MAX_INT_BYTES = 9  # LONG1/LONG4 payload; offsets must fit int64 anyway
 MAX_ITEMS = 50_000_000  # opcodes (each adds at most one reference) per pickle
-MAX_MEMO = 10_000_000  # distinct memo keys per pickle (a dict entry costs ~100 bytes)
+MAX_MEMO = 10_000_000  # distinct memo keys per pickle (stored ones: not fast-path slots)
 MAX_DEPTH = 64  # container nesting; entries sit at depth <= 3
 MAX_LINE = 256  # GLOBAL module/name lines
 #: The SDK pickles a list of distinct entries, so an entry is never fetched again (memo get) or
@@ -105,8 +106,20 @@ class PickleVM:
                  name_base: int = 0) -> None:
         self.stack: list = []
         self.metastack: list[list] = []
+        # The memo lives in three places, each key in exactly one. A key that is new when it
+        # is stored and equals memo_count (every MEMOIZE, and PUTs that count up like it)
+        # gets a slot in memo_list: 8 bytes, where a dict entry with its int key costs ~65, so
+        # a file of nothing but MEMOIZE opcodes stays small. Runs of consecutive such keys are
+        # segments (first key, first slot), found by bisect; they skip the fast-path ranges,
+        # whose values are synthesized from the stage table and never stored. Any other key
+        # (a PUT out of order, or one overwriting a fast-path slot) goes to the dict.
         self.memo: dict[int, object] = {}
-        self.memo_count = 0  # distinct memo keys = index MEMOIZE uses next (len(memo))
+        self.memo_list: list = []
+        self.seg_keys = array("q")
+        self.seg_slots = array("q")
+        self.seg_next = -1  # the key that extends the last segment
+        self.prefix = 0  # keys below it sit at their own index in memo_list (the common case)
+        self.memo_count = 0  # distinct memo keys = index MEMOIZE uses next (pickle's len(memo))
         self.dense = True  # memo keys are exactly range(memo_count)
         self.fast_ranges: list[tuple[int, int, int]] = []  # (memo_lo, stage_lo, n)
         self.items = 0
@@ -174,10 +187,10 @@ class PickleVM:
 
     # -- fast path -----------------------------------------------------------------------
     def _try_fast(self, data, pos, limit, base) -> int:
-        memo = self.memo
-        ok = (self.dense and memo.get(3) is BLOB_CLASS and memo.get(6) == "name"
-              and memo.get(8) == "offset_start" and memo.get(9) == "offset_end"
-              and all(type(memo.get(k)) is str for k in (6, 8, 9)))
+        stored = self.memo_stored
+        ok = (self.dense and stored(3) is BLOB_CLASS and stored(6) == "name"
+              and stored(8) == "offset_start" and stored(9) == "offset_end"
+              and all(type(stored(k)) is str for k in (6, 8, 9)))
         if not ok:
             self.fast_off = base + pos
             return pos
@@ -206,17 +219,45 @@ class PickleVM:
     def run_objs(self, r: Run) -> list:
         return [self.entry_obj(i) for i in range(r.lo, r.hi)]
 
-    def _fast_memo(self, key: int):
+    def _fast_slot(self, key: int) -> int:
+        """``3 * stage index + kind`` of a fast-path memo key (kind 0 obj, 1 dict, 2 name),
+        or -1 when ``key`` is in no fast range."""
         ranges = self.fast_ranges
         k = bisect_right(ranges, (key, 1 << 62)) - 1
         if k < 0:
-            return None
+            return -1
         mlo, slo, n = ranges[k]
         if key >= mlo + 3 * n:
+            return -1
+        return 3 * slo + key - mlo
+
+    def _fast_memo(self, key: int):
+        slot = self._fast_slot(key)
+        if slot < 0:
             return None
-        e, kind = divmod(key - mlo, 3)
-        o = self.entry_obj(slo + e)
+        e, kind = divmod(slot, 3)
+        o = self.entry_obj(e)
         return (o, o.state, o.state["name"])[kind]
+
+    def _list_slot(self, key: int) -> int:
+        """Index of ``key`` in memo_list, or -1."""
+        keys = self.seg_keys
+        k = bisect_right(keys, key) - 1
+        if k < 0:
+            return -1
+        slots = self.seg_slots
+        i = slots[k] + key - keys[k]
+        end = slots[k + 1] if k + 1 < len(slots) else len(self.memo_list)
+        return i if i < end else -1
+
+    def memo_stored(self, key: int):
+        """The value stored under ``key`` (fast-path slots are not), or _MISSING."""
+        if key < self.prefix:
+            return self.memo_list[key]
+        i = self._list_slot(key)
+        if i >= 0:
+            return self.memo_list[i]
+        return self.memo.get(key, _MISSING)
 
     # -- helpers used by handlers ---------------------------------------------------------
     def expand(self, items: list) -> list:
@@ -254,17 +295,32 @@ class PickleVM:
         return items
 
     def memo_put(self, key: int, value, pos: int) -> None:
-        new = key not in self.memo and self._fast_memo(key) is None
-        self.memo[key] = value
-        if new:
-            if key != self.memo_count:
-                self.dense = False
-            self.memo_count += 1
-            if len(self.memo) > MAX_MEMO:
-                raise Refused(f"more than {MAX_MEMO} memo entries", pos)
+        memo, lst = self.memo, self.memo_list
+        if key == self.memo_count and key not in memo:
+            # New: list and fast keys are all below memo_count, so only the dict could hold it.
+            if key != self.seg_next:
+                self.seg_keys.append(key)
+                self.seg_slots.append(len(lst))
+            self.seg_next = key + 1
+            if key == len(lst):
+                self.prefix = key + 1
+            lst.append(value)
+        else:
+            i = key if key < self.prefix else self._list_slot(key)
+            if i >= 0:
+                lst[i] = value
+                return
+            new = key not in memo and self._fast_slot(key) < 0
+            memo[key] = value
+            if not new:
+                return
+            self.dense = False  # a new key other than memo_count
+        self.memo_count += 1
+        if len(lst) + len(memo) > MAX_MEMO:
+            raise Refused(f"more than {MAX_MEMO} memo entries", pos)
 
     def memo_get(self, key: int, pos: int):
-        v = self.memo.get(key, _MISSING)
+        v = self.memo_list[key] if key < self.prefix else self.memo_stored(key)
         if v is _MISSING:
             v = self._fast_memo(key)
             if v is None:
