@@ -170,3 +170,64 @@ def test_force_replaces_the_pair_and_leaves_no_old_offsets(tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     assert served(out) == {"a.png": b"a" * 100, **new}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "o.tar", "o_offsets.pkl"]
+
+
+# -- the offsets file's rename fails after the tar's ---------------------------------------
+# An LD_PRELOAD shim in front of libc's rename functions fails every rename onto a name ending
+# in "_offsets.pkl" with EIO, the way a dying disk or a network filesystem can fail one rename
+# and not the one before it.
+_FAIL_OFFSETS_RENAME_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <string.h>
+static int hit(const char *to) {
+    size_t n = strlen(to), k = strlen("_offsets.pkl");
+    return n >= k && strcmp(to + n - k, "_offsets.pkl") == 0;
+}
+int rename(const char *a, const char *b) {
+    static int (*real)(const char *, const char *);
+    if (hit(b)) { errno = EIO; return -1; }
+    if (!real) real = dlsym(RTLD_NEXT, "rename");
+    return real(a, b);
+}
+int renameat(int fa, const char *a, int fb, const char *b) {
+    static int (*real)(int, const char *, int, const char *);
+    if (hit(b)) { errno = EIO; return -1; }
+    if (!real) real = dlsym(RTLD_NEXT, "renameat");
+    return real(fa, a, fb, b);
+}
+int renameat2(int fa, const char *a, int fb, const char *b, unsigned flags) {
+    static int (*real)(int, const char *, int, const char *, unsigned);
+    if (hit(b)) { errno = EIO; return -1; }
+    if (!real) real = dlsym(RTLD_NEXT, "renameat2");
+    return real(fa, a, fb, b, flags);
+}
+"""
+
+
+def test_a_failed_offsets_rename_says_the_tar_is_in_place(tmp_path: Path) -> None:
+    (tmp_path / "fail.c").write_text(_FAIL_OFFSETS_RENAME_C)
+    shim = tmp_path / "fail.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(tmp_path / "fail.c"), "-ldl"],
+                   check=True, timeout=60)
+    src, out = tmp_path / "images", tmp_path / "out" / "b.tar"
+    out.parent.mkdir()
+    write_images(src, {"a.png": b"A" * 900, "b.jpg": b"B" * 1100})
+    assert run_pack(src, "-o", out).exit_code == 0
+    old_tar = out.read_bytes()
+    write_images(src, {"c.png": b"C" * 700})
+    r = subprocess.run([*BLOBFS, "pack", str(src), "-o", str(out), "--force"], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "LD_PRELOAD": str(shim)})
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.strip().splitlines()
+    assert len(line) == 1 and "nothing written" not in line[0], r.stderr
+    assert "b_offsets.pkl" in line[0] and f"the new {out} is in place without b_offsets.pkl" in line[0]
+    # what it says is what is there: the new tar, no offsets file (never the old one beside it),
+    # and the tar's own headers serve every image right
+    assert out.read_bytes() != old_tar and not (out.parent / "b_offsets.pkl").exists()
+    project = open_project(out)
+    items = project.datasets[0].items
+    assert {items.name(i): items.read(i) for i in range(len(items))} == {
+        "a.png": b"A" * 900, "b.jpg": b"B" * 1100, "c.png": b"C" * 700}
+    assert leftovers(out.parent) == []

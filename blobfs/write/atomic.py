@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -49,7 +48,9 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _libc = None
 try:  # renameat2 is Linux-only; the fallback below keeps other systems working
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The process's own symbols (dlopen(NULL)), as blobfs.fuse.overlay: the libc in use, and
+    # an LD_PRELOAD interposer sees these calls as it sees os.rename's.
+    _libc = ctypes.CDLL(None, use_errno=True)
     _renameat2 = _libc.renameat2
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 except (OSError, AttributeError):
@@ -244,13 +245,15 @@ class AtomicOutputs:
                             for parent in {f.parent for f in others}:
                                 _fsync_path(parent)
                         self._publish(self._temps[marker], marker)
-                except BaseException:
+                except BaseException as e:
                     if retired is not None:
                         if published:  # it belongs to the outputs just replaced: never put it back
                             _remove(retired)
                         else:
                             with contextlib.suppress(OSError):
                                 _rename_noreplace(retired, marker)
+                    if published and isinstance(e, (WriteFailedError, OutputExistsError)):
+                        raise _partly_published(e, others, marker) from None
                     raise
                 if retired is not None:
                     _remove(retired)
@@ -314,6 +317,16 @@ class AtomicOutputs:
             raise OutputExistsError(f"{final}: appeared while writing (use --force to replace it)") from None
         except OSError as e:
             raise output_failed(final, e) from None
+
+
+def _partly_published(e: WriteFailedError | OutputExistsError, done: list[Path],
+                      marker: Path) -> WriteFailedError | OutputExistsError:
+    """The same error, saying what is in place: the marker's rename failed after the others'
+    ("nothing written" would be wrong, and the user must know the marker is missing)."""
+    why = str(e).removesuffix("; nothing written")
+    names = ", ".join(os.fspath(f) for f in done)
+    return type(e)(f"{why}; the new {names} {'is' if len(done) == 1 else 'are'} in place "
+                   f"without {marker.name} (run the command again with --force to write both)")
 
 
 def _fsync_path(path: Path) -> None:
