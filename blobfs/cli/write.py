@@ -98,6 +98,10 @@ class _Progress:
         return f"{pos / elapsed:,.0f} files/s" if elapsed > 0 else ""
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _seconds(t0: float) -> str:
     return f"{time.monotonic() - t0:.1f} s"
 
@@ -187,8 +191,8 @@ def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: b
     for line in (*result.notes, *result.problems):
         click.echo(f"blobfs: warning: {one_line(line)}", err=True)
     click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})"
-               + (f"; {len(result.notes)} non-items of img/ left behind" if result.notes else "")
-               + (f"; {len(result.problems)} problems in the source" if result.problems else "")
+               + (f"; {_count(len(result.notes), 'non-item')} of img/ left behind" if result.notes else "")
+               + (f"; {_count(len(result.problems), 'problem')} in the source" if result.problems else "")
                + (", see above" if result.notes or result.problems else ""), err=True)
     if result.problems:
         sys.exit(1)
