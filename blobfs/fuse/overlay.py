@@ -39,6 +39,7 @@ from pathlib import Path
 
 from blobfs.errors import BlobfsError
 from blobfs.fuse.umount import OVERLAY_SOURCE_PREFIX, is_blobfs_overlay, mount_entry
+from blobfs.pids import alive
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def sweep(parent: Path) -> None:
         return
     for name in names:
         m = _STALE_NAME.fullmatch(name)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or alive(int(m.group(1))):
             continue
         layers = _layers(parent / name)
         entry = mount_entry(layers.lower)
@@ -111,16 +112,6 @@ def sweep(parent: Path) -> None:
             continue  # not ours to detach
         log.info("%s: releasing what an interrupted -o overlay mount left behind", layers.base)
         release(layers)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _layers(base: Path) -> Layers:

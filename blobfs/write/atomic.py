@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 from blobfs.errors import InputError
+from blobfs.pids import alive
 from blobfs.write.errors import InterruptedAfterPublish, OutputExistsError, WriteFailedError, output_failed
 
 log = logging.getLogger(__name__)
@@ -107,16 +108,6 @@ def temp_name(final: Path, tag: str = "tmp") -> Path:
     return final.parent / f".{final.name}.blobfs-{tag}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: someone else's process, alive
-        return True
-    return True
-
-
 def remove_stale_old(final: Path) -> None:
     """Delete the ``.NAME.blobfs-old-PID-*`` trees beside ``final`` whose process is gone: the
     rest of an old output that an interrupted ``--force`` replacement had started to delete
@@ -129,7 +120,7 @@ def remove_stale_old(final: Path) -> None:
         return
     stale = [final.parent / n for n in sorted(names)
              if n[len(prefix):].partition("-")[0].isdigit()
-             and not _alive(int(n[len(prefix):].partition("-")[0]))]
+             and not alive(int(n[len(prefix):].partition("-")[0]))]
     if stale:
         log.warning("%s: removing what an interrupted --force run left of the output it replaced",
                     ", ".join(map(os.fspath, stale)))
