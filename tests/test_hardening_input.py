@@ -465,6 +465,25 @@ def _bad_ann_project(blob_project: Path, dst: Path, outside: Path) -> Path:
     return proj
 
 
+def test_verify_reports_what_the_mount_hides_in_ann_also_when_no_item_owns_it(blob_project, tmp_path):
+    # unpack leaves these out and says so (exit 1); verify must not call the source clean
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ann = proj / "ds2" / "ann"
+    os.mkfifo(ann / "stray.json")
+    (ann / "out.json").symlink_to("/etc/hostname")
+    (ann / "scan 03.png.json").unlink()
+    os.mkfifo(ann / "scan 03.png.json")  # an item's annotation: reported once, as before
+    r = run("verify", str(proj), timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln for ln in lines if ln.startswith(f"{ann / 'stray.json'}:")] == [
+        f"{ann / 'stray.json'}: not a regular file (FIFO); the mount hides it"]
+    assert [ln for ln in lines if ln.startswith(f"{ann / 'out.json'}:")] == [
+        f"{ann / 'out.json'}: symlink leads outside the project; the mount hides it"]
+    assert len([ln for ln in lines if ln.startswith(f"{ann / 'scan 03.png.json'}:")]) == 1
+    assert "3 problem(s)" in r.stdout
+
+
 def test_bad_annotations_and_meta_are_reported_by_verify(blob_project, tmp_path):
     proj = _bad_ann_project(blob_project, tmp_path / "proj", tmp_path / "outside.json")
     ann = proj / "ds2" / "ann"

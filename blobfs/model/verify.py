@@ -99,6 +99,18 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
             progress(1)
 
 
+def check_hidden_annotations(project: Project, ds: Dataset, problems: list[str]) -> None:
+    """What ``ann/`` holds that the mount hides and ``unpack`` leaves out (a FIFO, socket or
+    device, a link leading out of the project or nowhere), also when it is no item's
+    annotation: a client of the mount never sees it, ``unpack`` reports it (exit 1)."""
+    if ds.ann_dir is None:
+        return
+    named = {line.partition(": ")[0] for line in problems}  # e.g. an item's annotation: "missing"
+    for path, why, problem in project.view.dropped(f"{ds.relpath}/ann"):
+        if problem and str(path) not in named:
+            problems.append(f"{path}: {why}; the mount hides it")
+
+
 def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[str]) -> None:
     from PIL import Image
 
@@ -143,6 +155,7 @@ def verify(project: Project, *, decode: bool = False,
     check_ranges(project, problems)
     for ds in project.datasets:
         check_annotations(ds, decode, problems, progress)
+        check_hidden_annotations(project, ds, problems)
     # Opening and the header check can find the same damage (a bare file that is no tar): once.
     return list(dict.fromkeys(problems))
 
