@@ -33,8 +33,10 @@ class SynthError(OSError):
 
 
 class AnnSynthesizer:
-    def __init__(self, datasets: list["Dataset"]) -> None:
+    def __init__(self, datasets: list["Dataset"], *, log_failures: bool = True) -> None:
         self._datasets = datasets
+        # The mount's log line for an EIO; off where the caller reports SynthError itself.
+        self._log_failures = log_failures
         self._lock = threading.Lock()
         self._missing: dict[int, set[str]] = {}
         self._cache: dict[tuple[int, str], bytes] = {}
@@ -73,7 +75,8 @@ class AnnSynthesizer:
             facts = facts_from_prefix(items.read(i, HEADER_PREFIX), lambda: items.read(i),
                                       items.name(i))
         except BlobfsError as e:
-            log.warning("cannot synthesize %s: %s", ann_name, e)
+            if self._log_failures:
+                log.warning("cannot synthesize %s: %s", ann_name, e)
             raise SynthError(ann_name, str(e)) from None
         data = synthesize_ann(facts.width, facts.height)
         with self._lock:

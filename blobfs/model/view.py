@@ -86,12 +86,12 @@ class _DirNode:
 class ClassicView:
     """Path-level read-only view; every method is thread-safe."""
 
-    def __init__(self, project: "Project") -> None:
+    def __init__(self, project: "Project", *, log_synth_failures: bool = True) -> None:
         self.project = project
         self._root_real = os.path.realpath(project.root) if project.root else None
         self._dirs: dict[str, _DirNode] = {}
         self._lister = RealLister(self._root_real)
-        self._synth = AnnSynthesizer(project.datasets)
+        self._synth = AnnSynthesizer(project.datasets, log_failures=log_synth_failures)
         self.ids = NodeIds(project.datasets)  #: node ids that need no table (FUSE driver)
         self._build()
 

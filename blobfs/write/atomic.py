@@ -118,9 +118,8 @@ def remove_stale_old(final: Path) -> None:
             names = [e.name for e in it if e.name.startswith(prefix)]
     except OSError:
         return
-    stale = [final.parent / n for n in sorted(names)
-             if n[len(prefix):].partition("-")[0].isdigit()
-             and not alive(int(n[len(prefix):].partition("-")[0]))]
+    pids = {n: n[len(prefix):].partition("-")[0] for n in sorted(names)}
+    stale = [final.parent / n for n, pid in pids.items() if pid.isdigit() and not alive(int(pid))]
     if stale:
         log.warning("%s: removing what an interrupted --force run left of the output it replaced",
                     ", ".join(map(os.fspath, stale)))

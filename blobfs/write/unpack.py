@@ -21,7 +21,6 @@ which is no item by the format's rule, gets a line as well, but is no problem.
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from blobfs.errors import InputError, one_line
 from blobfs.model.items import DISK
 from blobfs.model.project import Dataset, open_project
 from blobfs.model.synth_ann import SynthError
+from blobfs.model.view import ClassicView
 from blobfs.write.atomic import AtomicOutputs, check_apart
 from blobfs.write.blobwriter import Progress, write_all
 from blobfs.write.errors import output_failed
@@ -89,20 +89,11 @@ def unpack(src: Path, out_dir: Path, opts: UnpackOptions,
            progress_start: Callable[[int], Progress | None] | None = None) -> UnpackResult:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # 300k small objects, none of them cyclic: collections would only cost time
-    # An annotation that cannot be synthesized is reported among the problems, with its path;
-    # the synthesizer's own warning (for the mount's log) would say it twice.
-    synth_log = logging.getLogger(SynthError.__module__)
-    synth_log.addFilter(_drop)
     try:
         return _unpack(Path(src), Path(out_dir), opts, progress_start)
     finally:
-        synth_log.removeFilter(_drop)
         if gc_was_enabled:
             gc.enable()
-
-
-def _drop(_record: logging.LogRecord) -> bool:
-    return False
 
 
 def _walk(view, item_dirs: dict[str, Dataset]) -> tuple[list[str], list[tuple]]:
@@ -156,7 +147,9 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
     check_apart(src, out_dir)
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs, \
             open_project(src, synthesize_ann=opts.synthesize_ann) as project:
-        view = project.view
+        # An annotation that cannot be synthesized is reported among the problems, with its
+        # path; the synthesizer's own warning (the mount's log line) would say it twice.
+        view = ClassicView(project, log_synth_failures=False)
         item_dirs = {f"{ds.relpath}/img": ds for ds in project.datasets}
         folders, chunks = _walk(view, item_dirs)
         # What the view does not show is not written either; the mount can only hide it,
