@@ -13,8 +13,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blobfs.format.names import is_image_name
+
+if TYPE_CHECKING:
+    from blobfs.model.hidden import Tally
 
 NOT_DATASET_SUFFIXES = ("img", "ann", "img_info", "seg", "meta", "blob", "datasets")
 NO_DESCEND_SUFFIXES = ("img", "ann", "img_info", "seg", "meta", "blob")
@@ -84,22 +88,28 @@ def find_datasets(root: Path) -> list[FoundDataset]:
     return found
 
 
-def list_image_files(img_dir: Path,
-                     skipped: list[tuple[str, str]] | None = None) -> list[tuple[str, int]]:
+def list_image_files(img_dir: Path, skipped: list[tuple[str, str]] | None = None,
+                     no_items: Tally | None = None) -> list[tuple[str, int]]:
     """(name, size) of the image files directly inside ``img_dir`` (sub-folders ignored).
     An entry with an image name that is no regular file (a FIFO, socket, device, folder or
     dangling symlink: reading a FIFO would block) is no image either; it is appended to
-    ``skipped`` as (name, why) so that the caller can report it instead of dropping it."""
+    ``skipped`` as (name, why) so that the caller can report it instead of dropping it.
+    ``no_items`` counts every entry that is no image file (for the view's log line)."""
     out: list[tuple[str, int]] = []
     try:
         with os.scandir(img_dir) as it:
             for entry in it:
                 if not is_image_name(entry.name):
+                    if no_items is not None:
+                        no_items.add(entry.name, lambda: img_entry_kind(entry))
                     continue
                 if entry.is_file():
                     out.append((entry.name, entry.stat().st_size))
-                elif skipped is not None:
+                    continue
+                if skipped is not None:
                     skipped.append((entry.name, not_regular_why(entry)))
+                if no_items is not None:
+                    no_items.add(entry.name, lambda: img_entry_kind(entry))
     except FileNotFoundError:
         pass
     out.sort()
@@ -116,6 +126,27 @@ def file_kind(mode: int) -> str:
         if test(mode):
             return kind
     return "special file"
+
+
+def entry_kind(entry: os.DirEntry) -> str:
+    """What ``entry``, no regular file, is in a word or two (symlinks followed): "FIFO",
+    "socket", "link leading nowhere", "link to a character device"."""
+    try:
+        kind = file_kind(entry.stat().st_mode)
+    except FileNotFoundError:
+        return "link leading nowhere"
+    except OSError as e:
+        return f"cannot stat: {e.strerror or e}"
+    return f"link to a {kind}" if entry.is_symlink() else kind
+
+
+def img_entry_kind(entry: os.DirEntry) -> str:
+    """What an entry of a real ``img/`` that is no item is, in a word or two."""
+    if entry.is_dir():
+        return "folder in img/"
+    if entry.is_file():
+        return "no image file name"
+    return entry_kind(entry)
 
 
 def not_regular_why(entry: os.DirEntry) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from blobfs.format.names import is_image_name
-from blobfs.model.discovery import not_regular_why
+from blobfs.model.discovery import entry_kind, file_kind, not_regular_why
+from blobfs.model.hidden import Tally
 from blobfs.model.numbering import real_ino
 
 DIR_MODE = st.S_IFDIR | 0o555
@@ -59,7 +60,39 @@ class RealLister:
             pass
         return None
 
-    def scan(self, real: Path, hide: Hide | None = None) -> Iterator[Entry]:
+    def kind(self, entry: os.DirEntry) -> str:
+        """What an entry :meth:`_entry` hides is, in a word or two (for the view's log line)."""
+        if entry.is_symlink() and not self.inside(entry.path):
+            return "link leading out of the project"
+        return entry_kind(entry)
+
+    def img_kind(self, img: Path, name: str) -> str | None:
+        """What entry ``name`` of a real ``img/``, no item, is in a word or two (for the view's
+        log line), or None when there is no such entry."""
+        path = img / name
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return None
+        link = st.S_ISLNK(mode)
+        if link and not self.inside(str(path)):
+            return "link leading out of the project"
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return "link leading nowhere"
+        if st.S_ISDIR(mode):
+            return "folder in img/"
+        if st.S_ISREG(mode):
+            # an image name: one no reader can use, or a file added since the project opened
+            return "no item" if is_image_name(name) else "no image file name"
+        return ("link to a " if link else "") + file_kind(mode)
+
+    def scan(self, real: Path, hide: Hide | None = None,
+             hidden: Callable[[Tally], None] | None = None) -> Iterator[Entry]:
+        """The entries of ``real`` the view shows. With ``hidden``, a scan that lists the whole
+        folder reports to it what it left out by the view's rules, if anything."""
+        tally = None
         try:
             with os.scandir(real) as it:
                 for entry in it:
@@ -68,8 +101,14 @@ class RealLister:
                     e = self._entry(entry)
                     if e is not None:
                         yield e
+                    elif hidden is not None:  # only what is dropped anyway costs anything
+                        if tally is None:
+                            tally = Tally()
+                        tally.add(entry.name, lambda: self.kind(entry))
         except OSError:
             return
+        if tally is not None and hidden is not None:
+            hidden(tally)
 
     def dropped(self, real: Path, hide: Hide | None = None) -> list[tuple[str, str]]:
         """(name, why) of the entries of ``real`` that :meth:`scan` leaves out by the view's
@@ -90,16 +129,17 @@ class RealLister:
             out.append(("", f"cannot list: {e.strerror or e}"))
         return sorted(out)
 
-    def entries(self, key: str, real: Path, hide: Hide | None, offset: int,
-                base: int) -> Iterator[tuple[str, int, int, int]]:
+    def entries(self, key: str, real: Path, hide: Hide | None, offset: int, base: int,
+                hidden: Callable[[Tally], None] | None = None,
+                ) -> Iterator[tuple[str, int, int, int]]:
         """(name, mode, ino, next offset) of ``real``'s entries numbered from ``base`` + 1,
-        starting after ``offset``."""
+        starting after ``offset``; ``hidden`` as in :meth:`scan`, for a scan started here."""
         with self._lock:
             cached = self._scans.pop(key, None)
         if cached is not None and cached[0] == offset:
             pos, it, pending = cached
         else:
-            it, pos, pending = self.scan(real, hide), base, None
+            it, pos, pending = self.scan(real, hide, hidden), base, None
             while pos < offset:
                 if next(it, None) is None:
                     return

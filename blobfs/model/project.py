@@ -27,6 +27,7 @@ from blobfs.format.entries import EntryTable
 from blobfs.format.names import ann_names, name_problem
 from blobfs.format.tarfields import COMPRESSED_MAGIC
 from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
+from blobfs.model.hidden import Tally
 from blobfs.model.items import BlobSource, ItemIndex
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Dataset:
     #: Symlinked annotations count only when they resolve inside this folder (the project),
     #: the same rule the view applies.
     confine: str | None = None
+    img_hidden: Tally | None = None  #: entries of the real img/ that are no item
 
     def ann_path(self, name: str) -> Path | None:
         """The annotation file of item ``name``: ``NAME.json``, else ``STEM.json`` (FORMAT §7)."""
@@ -263,16 +265,18 @@ class _Opener:
                 table.append(name.encode("utf-8"), start, end)
         return table
 
-    def disk_images(self, img_dir: Path, root_real: str) -> list[tuple[str, int]]:
+    def disk_images(self, img_dir: Path, root_real: str, no_items: Tally) -> list[tuple[str, int]]:
         files: list[tuple[str, int]] = []
         skipped: list[tuple[str, str]] = []
-        for name, size in list_image_files(img_dir, skipped):
+        for name, size in list_image_files(img_dir, skipped, no_items):
             why = name_problem(name)
             real = os.path.realpath(img_dir / name)
             if why:
                 self.problems.append(f"{img_dir / name}: {why} (skipped)")
+                no_items.add(name, lambda: "unusable name")
             elif not real.startswith(root_real + "/"):
                 self.problems.append(f"{img_dir / name}: symlink leads outside the project (skipped)")
+                no_items.add(name, lambda: "link leading out of the project")
             else:
                 files.append((name, size))
         self.problems.extend(f"{img_dir / name}: {why} (skipped)" for name, why in skipped)
@@ -294,7 +298,8 @@ class _Opener:
         img_dir = path / "img"
         # The cache keeps the offsets file's problems only: those of img/ change without it.
         offsets_problems = self.problems[store_problems:]
-        disk = self.disk_images(img_dir, root_real) if img_dir.is_dir() else []
+        no_items = Tally()  # what the view's img/ hides, for its log line
+        disk = self.disk_images(img_dir, root_real, no_items) if img_dir.is_dir() else []
         items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
         # Not with duplicates: ``items.hashed`` then describes the deduplicated index, not
         # ``parts[0][0]``, and such a cache file could never be loaded back.
@@ -305,7 +310,7 @@ class _Opener:
         self.problems.extend(f"{path}: {d}" for d in dups)
         ann_dir = path / "ann"
         return Dataset(name, relpath, path, items, ann_dir if ann_dir.is_dir() else None,
-                       list(offsets), root_real)
+                       list(offsets), root_real, no_items)
 
 
 def _find_root(dataset_dir: Path) -> Path:

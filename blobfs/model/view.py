@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from blobfs.model.discovery import OFFSETS_SUFFIX
+from blobfs.model.discovery import OFFSETS_SUFFIX, file_kind
+from blobfs.model.hidden import HiddenLog
 from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister, not_items
 from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
 from blobfs.model.synth_ann import AnnSynthesizer
@@ -86,8 +87,13 @@ class _DirNode:
 class ClassicView:
     """Path-level read-only view; every method is thread-safe."""
 
-    def __init__(self, project: "Project", *, log_synth_failures: bool = True) -> None:
+    def __init__(self, project: "Project", *, log_synth_failures: bool = True,
+                 log_hidden: bool | None = None) -> None:
+        """The mount's log lines for an annotation that cannot be synthesized and for what the
+        view hides (``log_hidden``: as ``log_synth_failures`` unless given) are off for a
+        caller that reports these itself (``unpack``)."""
         self.project = project
+        self._hidden = HiddenLog(log_synth_failures if log_hidden is None else log_hidden)
         self._root_real = os.path.realpath(project.root) if project.root else None
         self._dirs: dict[str, _DirNode] = {}
         self._lister = RealLister(self._root_real)
@@ -132,6 +138,7 @@ class ClassicView:
             i = parent.items_of.items.find_bytes(raw)
             if i >= 0:
                 return ("item", parent.items_of, i, parent.ds_index)
+            self._hidden.img_looked_up(parent_rel, parent.items_of, name, self._lister.img_kind)
             raise _err(errno.ENAMETOOLONG if len(raw) > 255 else errno.ENOENT, rel)
         if rel in self._dirs:
             return ("dir", rel)
@@ -163,21 +170,30 @@ class ClassicView:
         raise _err(errno.ENOENT, rel)
 
     def _real(self, path: Path, rel: str) -> tuple:
+        link = False
         try:
             s = os.lstat(path)
             if st.S_ISLNK(s.st_mode):
-                if not self._lister.inside(str(path)):
-                    raise _err(errno.ENOENT, rel)
-                s = os.stat(path)
+                link = True
+                if self._lister.inside(str(path)):
+                    s = os.stat(path)
         except FileNotFoundError:
-            raise _err(errno.ENOENT, rel) from None
+            raise (self._hides(rel, "link leading nowhere") if link
+                   else _err(errno.ENOENT, rel)) from None
         except NotADirectoryError:
             raise _err(errno.ENOTDIR, rel) from None
         except PermissionError:
             raise _err(errno.EACCES, rel) from None
+        if st.S_ISLNK(s.st_mode):  # not followed
+            raise self._hides(rel, "link leading out of the project")
         if not (st.S_ISREG(s.st_mode) or st.S_ISDIR(s.st_mode)):
-            raise _err(errno.ENOENT, rel)
+            raise self._hides(rel, ("link to a " if link else "") + file_kind(s.st_mode))
         return ("real", path, s)
+
+    def _hides(self, rel: str, kind: str) -> OSError:
+        """ENOENT for a real entry the view hides, said in its folder's log line if first."""
+        self._hidden.looked_up(rel, kind)
+        return _err(errno.ENOENT, rel)
 
     @staticmethod
     def _rel(path: str) -> str:
@@ -271,6 +287,7 @@ class ClassicView:
             yield "..", _DIR_MODE, 1, 2  # any non-zero inode: the kernel resolves ".." itself
         offset = max(offset, 2)
         if d is not None and d.items_of is not None:
+            self._hidden.img_listed(rel, d.items_of)
             items, base = d.items_of.items, number(ITEM, d.ds_index, -1)
             for i in range(offset - 2, len(items)):
                 yield items.name(i), _FILE_MODE, base | (i + 1), i + 3
@@ -282,7 +299,8 @@ class ClassicView:
                 a = self.getattr(f"{rel}/{name}" if rel else name)
                 yield name, a.mode, a.ino, pos
         if real is not None and offset < _SYNTH_OFF:
-            yield from self._lister.entries(rel, real, d.hides if d else None, offset, pos)
+            yield from self._lister.entries(rel, real, d.hides if d else None, offset, pos,
+                                            self._hidden.listing(rel))
         if d is not None and d.ann_of is not None:
             # Synthesized names get offsets of their own, far above any real entry's, so
             # resuming never has to count the real folder again.

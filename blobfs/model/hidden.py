@@ -1,0 +1,109 @@
+"""The view's log line for what it hides in a real folder: said once per folder, never per entry.
+
+The view hides, by rule, entries of the project's real folders that a reader could not use
+safely (FIFOs, sockets, devices, links leading out of the project or nowhere) and what the
+real ``img/`` holds that is no item (sub-folders, files without an image name). An operator
+whose file "is missing" in the mount needs one line saying so; a readdir that is repeated, or
+a folder of a million entries listed in chunks, must not repeat it nor pay for it per entry.
+So the scan only counts what it drops anyway (``Tally``; kinds for a few examples only), and
+``HiddenLog`` says each folder once per view.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from blobfs.errors import one_line
+
+if TYPE_CHECKING:
+    from blobfs.model.project import Dataset
+
+log = logging.getLogger(__name__)
+
+#: Example names in a line; the count says how many more.
+EXAMPLES = 3
+
+
+class Tally:
+    """How many entries a scan of one folder hid, with the name and kind of the first few."""
+
+    __slots__ = ("count", "examples")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[tuple[str, str]] = []
+
+    def add(self, name: str, kind: Callable[[], str]) -> None:
+        """Count ``name``; ``kind()`` (a stat, maybe) runs for the first few only."""
+        self.count += 1
+        if len(self.examples) < EXAMPLES:
+            self.examples.append((name, kind()))
+
+
+def _folder(rel: str) -> str:
+    return one_line(rel) if rel else "."
+
+
+def _named(examples: list[tuple[str, str]]) -> str:
+    return ", ".join(f"'{one_line(name)}' ({kind})" for name, kind in examples)
+
+
+class HiddenLog:
+    """At most one WARNING per view folder (``rel``, relative to the view's root), the first
+    time a listing or a lookup there hides something. Thread-safe."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._said: set[str] = set()
+        self._lock = threading.Lock()
+
+    def pending(self, rel: str) -> bool:
+        """Whether a line for ``rel`` may still come (a read without the lock: at worst the
+        caller counts once more, ``_say`` decides under the lock)."""
+        return self._enabled and rel not in self._said
+
+    def listing(self, rel: str) -> Callable[[Tally], None] | None:
+        """The callback a scan of ``rel`` reports its tally to when it has listed the whole
+        folder; None when nothing is to be said any more (the scan then counts nothing)."""
+        if not self.pending(rel):
+            return None
+        return lambda tally: self.listed(rel, tally)
+
+    def listed(self, rel: str, tally: Tally) -> None:
+        more = ", ..." if tally.count > len(tally.examples) else ""
+        entries = "entry" if tally.count == 1 else "entries"
+        self._say(rel, f"{_folder(rel)}: the mount hides {tally.count} {entries} of this folder: "
+                       f"{_named(tally.examples)}{more}")
+
+    def looked_up(self, rel: str, kind: str) -> None:
+        """A lookup of view path ``rel`` found a real entry of this ``kind`` and hides it."""
+        folder, _, name = rel.rpartition("/")
+        if self.pending(folder):
+            self._say(folder, f"{_folder(folder)}: the mount hides {_named([(name, kind)])} of "
+                              "this folder, looked up by name")
+
+    # The view's img/ lists the dataset's items, not the real folder: what the real img/
+    # holds that is no item was counted once, when the project was opened.
+    def img_listed(self, rel: str, ds: "Dataset") -> None:
+        no_items = ds.img_hidden
+        if no_items is not None and no_items.count and self.pending(rel):
+            self.listed(rel, no_items)
+
+    def img_looked_up(self, rel: str, ds: "Dataset", name: str,
+                      kind_of: Callable[[Path, str], str | None]) -> None:
+        """Name ``name``, no item of ``ds``: said if the real img/ has it (only while the
+        folder's line is to come, and only if its img/ holds anything that is no item)."""
+        no_items = ds.img_hidden
+        if no_items is not None and no_items.count and self.pending(rel):
+            kind = kind_of(ds.items.img_dir, name)
+            if kind is not None:
+                self.looked_up(f"{rel}/{name}", kind)
+
+    def _say(self, rel: str, line: str) -> None:
+        with self._lock:
+            if not self._enabled or rel in self._said:
+                return
+            self._said.add(rel)
+        log.warning("%s", line)
