@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from blobfs.model.project import open_project
 from blobfs.model.view import ClassicView
 from blobfs.write.options import UnpackOptions
 from blobfs.write.unpack import unpack
+from mount_helpers import BLOBFS
 
 LOGGER = "blobfs.model.hidden"
 
@@ -170,3 +172,46 @@ def test_callers_that_report_it_themselves_turn_the_line_off(
     result = unpack(odd_project, tmp_path / "out", UnpackOptions(jobs=1))
     assert any("s.sock" in line for line in result.problems)
     assert _lines(caplog) == []
+
+
+# -- verify -------------------------------------------------------------------------------------
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*BLOBFS, *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_verify_reports_what_the_mount_hides_in_every_pass_through_folder(
+        odd_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proj = odd_project
+    os.mkfifo(proj / "root.fifo")                    # the project's root
+    os.mkfifo(proj / "ds2/pipe")                     # a dataset's own folder
+    (proj / "ds1/ann/sub").mkdir()                   # below ann/
+    os.mkfifo(proj / "ds1/ann/sub/deep.json")
+    (proj / "ds1/img_info/up").symlink_to("..")      # a loop: checked once, not forever
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "WARNING" not in r.stderr  # verify says it, the view's log line does not repeat it
+    want = [
+        f"{proj / 'root.fifo'}: not a regular file (FIFO); the mount hides it",
+        f"{proj / 'ds2/pipe'}: not a regular file (FIFO); the mount hides it",
+        f"{proj / 'ds1/ann/sub/deep.json'}: not a regular file (FIFO); the mount hides it",
+        f"{proj / 'ds1/meta/s.sock'}: not a regular file (socket); the mount hides it",
+        f"{proj / 'ds1/meta/out.json'}: symlink leads outside the project; the mount hides it",
+        f"{proj / 'ds1/meta/dangling.json'}: symlink leads nowhere; the mount hides it",
+        f"{proj / 'ds1/meta/zz.json'}: not a regular file (FIFO); the mount hides it",
+        f"{proj / 'ds2/img_info'}/bad\\x1bname.json: not a regular file (FIFO); the mount hides it",
+        f"{proj / 'ds1/ann/pipe.json'}: not a regular file (FIFO); the mount hides it",
+    ]
+    lines = r.stdout.splitlines()
+    for line in want:
+        assert lines.count(line) == 1, (line, r.stdout)
+    # img/'s sub-folder is no item by the format's rule, no problem of the source
+    assert not any("/ds1/img/sub" in ln for ln in lines)
+    assert lines[-1].endswith(f", {len(want)} problem(s)")
+
+
+def test_verify_clean_project_stays_clean(blob_project: Path, tmp_path: Path) -> None:
+    proj = _copy(blob_project, tmp_path / "proj")
+    (proj / "ds1/img_info/inside.json").symlink_to("photo_a.png.json")  # inside: shown
+    r = run("verify", str(proj))
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -111,6 +112,36 @@ def check_hidden_annotations(project: Project, ds: Dataset, problems: list[str])
             problems.append(f"{path}: {why}; the mount hides it")
 
 
+def check_hidden_folders(project: Project, problems: list[str]) -> None:
+    """The same for every other folder the mount passes through (the project's root, a
+    dataset's own folder, ``meta/``, ``img_info/``, ``seg/``, what any of them holds, also
+    below ``ann/``): what the mount hides there is one problem line each. Item folders are
+    left out: what the real ``img/`` holds that is no item is no problem (FORMAT.md §1), and
+    an image-named entry that is none is among the project's problems already."""
+    from blobfs.model.view import ClassicView
+
+    view = ClassicView(project, log_hidden=False)  # its log line would say it twice
+    items = {f"{ds.relpath}/img" for ds in project.datasets}
+    anns = {f"{ds.relpath}/ann" for ds in project.datasets}  # check_hidden_annotations
+    seen: set[int] = set()  # a link to a folder above it would lead round in a circle
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            ino = view.getattr(rel).ino
+            if ino in seen:
+                continue
+            seen.add(ino)
+            if rel not in anns:
+                problems.extend(f"{path}: {why}; the mount hides it"
+                                for path, why, problem in view.dropped(rel) if problem)
+            subdirs = sorted(e[0] for e in view.readdir(rel, 2) if stat.S_ISDIR(e[1]))
+        except OSError:  # changed since it was listed: the mount would say so the same way
+            continue
+        children = (f"{rel}/{name}" if rel else name for name in reversed(subdirs))
+        stack.extend(c for c in children if c not in items)
+
+
 def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[str]) -> None:
     from PIL import Image
 
@@ -156,6 +187,7 @@ def verify(project: Project, *, decode: bool = False,
     for ds in project.datasets:
         check_annotations(ds, decode, problems, progress)
         check_hidden_annotations(project, ds, problems)
+    check_hidden_folders(project, problems)
     # Opening and the header check can find the same damage (a bare file that is no tar): once.
     return list(dict.fromkeys(problems))
 
