@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -162,6 +163,30 @@ def _dtypes(path: Path) -> dict[str, int]:
     finally:
         libc.closedir(d)
     return out
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_daemon_says_once_per_folder_what_it_hides(libfuse, blob_project: Path, tmp_path: Path):
+    """A FIFO in ann/ and a link leading out in meta/ are hidden, and the daemon's log has one
+    line per folder for them however often the folder is listed or the name looked up."""
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    os.mkfifo(proj / "ds1/ann/pipe.json")
+    (proj / "ds1/meta").mkdir(exist_ok=True)
+    (proj / "ds1/meta/out.json").symlink_to("/etc/hostname")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        for _ in range(3):
+            assert "pipe.json" not in os.listdir(m.path("ds1/ann"))
+            assert "out.json" not in os.listdir(m.path("ds1/meta"))
+            assert not m.path("ds1/ann/pipe.json").exists()
+        err = m.stderr()
+    lines = [x for x in err.splitlines() if "the mount hides" in x]
+    assert lines == ["blobfs: WARNING: ds1/ann: the mount hides 1 entry of this folder: "
+                     "'pipe.json' (FIFO)",
+                     "blobfs: WARNING: ds1/meta: the mount hides 1 entry of this folder: "
+                     "'out.json' (link leading out of the project)"], err
 
 
 def test_readdir_gives_types_without_stat(mnt):

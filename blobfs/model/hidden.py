@@ -10,8 +10,10 @@ So the scan only counts what it drops anyway (``Tally``; kinds for a few example
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-import threading
+import mmap
+import multiprocessing
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -50,19 +52,54 @@ def _named(examples: list[tuple[str, str]]) -> str:
     return ", ".join(f"'{one_line(name)}' ({kind})" for name, kind in examples)
 
 
+class _Said:
+    """The folders already said, shared by every process forked from the one that made it.
+
+    The mount's worker processes are forked after the view is built (blobfs.fuse.cpuworkers),
+    and the kernel sends a folder's READDIR to one worker and a LOOKUP in it to another: a set
+    per process would say a folder once per worker. So the set is a bitmap of folder-name
+    hashes in an anonymous shared mapping, changed under a process-shared lock, both made
+    before the fork. A hash collision can only keep a second folder's line back (one in 2**20
+    per pair of folders that hide something)."""
+
+    BITS = 1 << 20
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, self.BITS // 8)  # MAP_SHARED | MAP_ANONYMOUS
+        # The fork context's lock is unlinked at once: no resource tracker process.
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    def _bit(self, rel: str) -> tuple[int, int]:
+        h = int.from_bytes(hashlib.blake2b(rel.encode("utf-8", "surrogateescape"),
+                                           digest_size=8).digest(), "little") % self.BITS
+        return h >> 3, 1 << (h & 7)
+
+    def __contains__(self, rel: str) -> bool:
+        byte, bit = self._bit(rel)
+        return bool(self._map[byte] & bit)
+
+    def add(self, rel: str) -> bool:
+        """Mark ``rel``; False when it was marked already (by any process)."""
+        byte, bit = self._bit(rel)
+        with self._lock:
+            if self._map[byte] & bit:
+                return False
+            self._map[byte] |= bit
+        return True
+
+
 class HiddenLog:
     """At most one WARNING per view folder (``rel``, relative to the view's root), the first
-    time a listing or a lookup there hides something. Thread-safe."""
+    time a listing or a lookup there hides something. Thread-safe, and shared by processes
+    forked after it was made (see :class:`_Said`)."""
 
     def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled
-        self._said: set[str] = set()
-        self._lock = threading.Lock()
+        self._said = _Said() if enabled else None
 
     def pending(self, rel: str) -> bool:
         """Whether a line for ``rel`` may still come (a read without the lock: at worst the
         caller counts once more, ``_say`` decides under the lock)."""
-        return self._enabled and rel not in self._said
+        return self._said is not None and rel not in self._said
 
     def listing(self, rel: str) -> Callable[[Tally], None] | None:
         """The callback a scan of ``rel`` reports its tally to when it has listed the whole
@@ -102,8 +139,5 @@ class HiddenLog:
                 self.looked_up(f"{rel}/{name}", kind)
 
     def _say(self, rel: str, line: str) -> None:
-        with self._lock:
-            if not self._enabled or rel in self._said:
-                return
-            self._said.add(rel)
-        log.warning("%s", line)
+        if self._said is not None and self._said.add(rel):
+            log.warning("%s", line)
