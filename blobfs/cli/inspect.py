@@ -12,6 +12,7 @@ from typing import Iterator
 
 import click
 
+from blobfs.cli.main import end_interrupted
 from blobfs.cli.params import NonEmptyPath
 from blobfs.errors import InputError, one_line
 from blobfs.model.project import SourceSpec
@@ -175,8 +176,11 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     except OSError as e:  # full disk, read-only or missing folder: exit 1, as the write commands
         click.echo(f"blobfs: {one_line(f'{out}: cannot write: {e.strerror or e}')}", err=True)
         sys.exit(1)
-    click.echo(f"{out}: {len(entries)} entries" + (f", {len(unusable)} member(s) not indexed"
-                                                   if unusable else ""))
+    try:
+        click.echo(f"{out}: {len(entries)} entries" + (f", {len(unusable)} member(s) not indexed"
+                                                       if unusable else ""))
+    except KeyboardInterrupt:
+        end_interrupted(f"the new {out} is in place")
     if unusable:
         sys.exit(1)
 

@@ -1,14 +1,24 @@
-"""The ``blobfs`` command group: logging, version, and one-line errors instead of tracebacks."""
+"""The ``blobfs`` command group: logging, version, and one-line errors instead of tracebacks.
+
+Interrupts: Ctrl-C, SIGTERM and SIGHUP end every command with one line on stderr and exit 130
+(click alone says "Aborted!" and exits 1 on Ctrl-C; Python dies without cleanup on SIGTERM),
+wherever they land: parsing, the work, the summary, flushing stdout at the end. The commands
+that write say more precisely what was left (``blobfs.cli.reporting``); ``mount`` handles
+SIGTERM and SIGHUP itself (``OWN_STOP_SIGNALS``).
+"""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 import click
 
 from blobfs import __version__
 from blobfs.errors import BlobfsError, one_line
+from blobfs.signals import default_actions, interrupt_guard, release_stop_signals
 
 
 #: command name -> (module, attribute). Imported only when the command runs (or for --help),
@@ -27,6 +37,9 @@ COMMANDS = {
     "preview": ("blobfs.cli.preview", "preview_cmd"),
     "demo": ("blobfs.cli.preview", "demo_cmd"),
 }
+#: Commands whose SIGTERM and SIGHUP are their own: a foreground ``mount`` unmounts and exits 0
+#: (libfuse installs its handlers only where the default action is still set).
+OWN_STOP_SIGNALS = frozenset({"mount"})
 
 
 class _Group(click.Group):
@@ -47,13 +60,16 @@ class _Group(click.Group):
         except BlobfsError as e:
             click.echo(f"blobfs: {one_line(str(e))}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            end_interrupted()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="blobfs")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-def cli(verbose: int, quiet: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Mount, inspect, pack and preview Supervisely blob image projects.
 
     A blob project keeps its images in plain tars (project/blob/NAME.tar) and, per dataset,
@@ -62,6 +78,8 @@ def cli(verbose: int, quiet: bool) -> None:
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="blobfs: %(levelname)s: %(message)s", stream=sys.stderr)
+    if ctx.invoked_subcommand in OWN_STOP_SIGNALS:
+        release_stop_signals()
 
 
 def route_argv(argv: list[str]) -> list[str]:
@@ -73,5 +91,34 @@ def route_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def end_interrupted(state: str | None = None, *, newline: bool = True) -> NoReturn:
+    """The one line of an interrupted command (with ``state``: what it left), exit 130."""
+    default_actions()  # another Ctrl-C now ends the process, with no traceback over this line
+    # The newline ends a progress bar or a ^C echoed on the terminal's line.
+    click.echo(("\n" if newline else "") + "blobfs: interrupted"
+               + (f"; {one_line(state)}" if state else ""), err=True)
+    sys.exit(130)
+
+
 def main() -> None:
-    cli.main(args=route_argv(sys.argv[1:]), prog_name="blobfs")
+    # Not click's standalone mode: it turns Ctrl-C into "Aborted!" and exit 1 (also after the
+    # command, while the context closes); here every interrupt reaches end_interrupted.
+    try:
+        with interrupt_guard():
+            try:
+                code = cli.main(args=route_argv(sys.argv[1:]), prog_name="blobfs",
+                                standalone_mode=False)
+            except click.ClickException as e:
+                e.show()
+                code = e.exit_code
+            except SystemExit as e:
+                code = e.code
+            # Written here, not while Python shuts down, where an interrupt is a traceback.
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+    except click.Abort:  # click's KeyboardInterrupt, after the newline it writes
+        end_interrupted(newline=False)
+    except KeyboardInterrupt:
+        end_interrupted()
+    sys.exit(code)

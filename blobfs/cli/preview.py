@@ -53,17 +53,19 @@ def preview_cmd(source: Path, dataset: str | None, output: Path, limit: int, sam
     check_apart(source, output)  # never over one of the source's own files
     # Input problems go on to the group (exit 2, as before); Ctrl-C is exit 130 as for the
     # write commands.
-    try:
-        with interrupts(), open_project(source) as project:
-            warn_left_out(source, project.problems)
-            layout = write_sheet(project, dataset, options, output)
-    except (OSError, WriteFailedError) as e:
-        # The output could not be written (full disk, read-only): exit 1, as the write commands.
-        why = str(e) if isinstance(e, WriteFailedError) else f"{output}: {e.strerror or e}"
-        click.echo(f"blobfs: {one_line(why)}", err=True)
-        sys.exit(1)
-    w, h = layout.size
-    click.echo(f"{output}: {layout.count} items, {layout.columns} x {layout.rows} thumbnails, {w}x{h} px")
+    with interrupts():  # the summary too: an interrupt there says the sheet is in place
+        try:
+            with open_project(source) as project:
+                warn_left_out(source, project.problems)
+                layout = write_sheet(project, dataset, options, output)
+        except (OSError, WriteFailedError) as e:
+            # The output could not be written (full disk, read-only): exit 1, as the write commands.
+            why = str(e) if isinstance(e, WriteFailedError) else f"{output}: {e.strerror or e}"
+            click.echo(f"blobfs: {one_line(why)}", err=True)
+            sys.exit(1)
+        w, h = layout.size
+        click.echo(f"{output}: {layout.count} items, {layout.columns} x {layout.rows} "
+                   f"thumbnails, {w}x{h} px")
 
 
 @click.command("demo")
@@ -80,6 +82,6 @@ def demo_cmd(directory: Path, seed: int) -> None:
 
     with reporting():
         demo = make_demo(directory, seed=seed)
-    for ds in demo.datasets:
-        click.echo(f"{ds.name}: {ds.item_count} items in {directory / ds.dir}")
-    click.echo(f"try: blobfs preview {directory} -o demo-preview.png")
+        for ds in demo.datasets:
+            click.echo(f"{ds.name}: {ds.item_count} items in {directory / ds.dir}")
+        click.echo(f"try: blobfs preview {directory} -o demo-preview.png")

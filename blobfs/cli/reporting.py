@@ -8,23 +8,25 @@ from typing import Iterator
 
 import click
 
+from blobfs.cli.main import end_interrupted
 from blobfs.errors import BlobfsError, InputError, one_line
-from blobfs.write.atomic import interrupt_guard
+from blobfs.write.atomic import commit_mark, interrupt_guard, published_since
 from blobfs.write.errors import InterruptedAfterPublish
 
 
 @contextlib.contextmanager
 def interrupts() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP: one line saying what was left, exit 130 (instead of click's
-    "Aborted!" and exit 1, or dying without cleanup on SIGTERM)."""
+    """Ctrl-C, SIGTERM and SIGHUP: one line saying what was left, exit 130 (the command group
+    says only "interrupted"; this block knows whether its outputs are in place). An interrupt
+    after the outputs were published (while the summary is printed) says they are."""
+    mark = commit_mark()
     try:
         with interrupt_guard():
             yield
     except KeyboardInterrupt as e:
-        state = str(e) if isinstance(e, InterruptedAfterPublish) else "no output written"
-        # The newline ends a progress bar or a ^C echoed on the terminal's line.
-        click.echo(f"\nblobfs: interrupted; {one_line(state)}", err=True)
-        sys.exit(130)
+        if not isinstance(e, InterruptedAfterPublish):
+            e = published_since(mark) or e
+        end_interrupted(str(e) if isinstance(e, InterruptedAfterPublish) else "no output written")
 
 
 @contextlib.contextmanager

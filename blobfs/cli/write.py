@@ -138,10 +138,11 @@ def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tup
     opts = PackOptions(include=include, exclude=exclude, recursive=recursive, rename=rename,
                        mtime=mtime, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
-    with reporting(), contextlib.ExitStack() as stack:
-        result = pack(images_dir, out, opts, _Progress("packing", stack).start)
-    click.echo(f"{result.tar}: {result.count} images, {result.tar_size:,} bytes; "
-               f"{result.offsets.name} beside it ({_seconds(t0)})", err=True)
+    with reporting():  # the summary too: an interrupt there says the outputs are in place
+        with contextlib.ExitStack() as stack:
+            result = pack(images_dir, out, opts, _Progress("packing", stack).start)
+        click.echo(f"{result.tar}: {result.count} images, {result.tar_size:,} bytes; "
+                   f"{result.offsets.name} beside it ({_seconds(t0)})", err=True)
 
 
 @click.command("pack-project")
@@ -164,11 +165,12 @@ def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None
     opts = PackProjectOptions(max_blob_size=max_blob_size, min_size=min_size, max_size=max_size,
                               mtime=mtime, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
-    with reporting(), contextlib.ExitStack() as stack:
-        result = pack_project(classic_dir, out_dir, opts, _Progress("packing", stack).start)
-    click.echo(f"{result.out_dir}: {result.datasets} datasets, {result.blob_items} images in "
-               f"{result.tars} tars, {result.plain_images} left in img/, {result.copied} other "
-               f"files copied ({_seconds(t0)})", err=True)
+    with reporting():
+        with contextlib.ExitStack() as stack:
+            result = pack_project(classic_dir, out_dir, opts, _Progress("packing", stack).start)
+        click.echo(f"{result.out_dir}: {result.datasets} datasets, {result.blob_items} images in "
+                   f"{result.tars} tars, {result.plain_images} left in img/, {result.copied} other "
+                   f"files copied ({_seconds(t0)})", err=True)
 
 
 @click.command("unpack")
@@ -186,13 +188,14 @@ def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: b
 
     opts = UnpackOptions(synthesize_ann=synthesize_ann, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()
-    with reporting(), contextlib.ExitStack() as stack:
-        result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
-    for line in (*result.notes, *result.problems):
-        click.echo(f"blobfs: warning: {one_line(line)}", err=True)
-    click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})"
-               + (f"; {_count(len(result.notes), 'non-item')} of img/ left behind" if result.notes else "")
-               + (f"; {_count(len(result.problems), 'problem')} in the source" if result.problems else "")
-               + (", see above" if result.notes or result.problems else ""), err=True)
+    with reporting():
+        with contextlib.ExitStack() as stack:
+            result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
+        for line in (*result.notes, *result.problems):
+            click.echo(f"blobfs: warning: {one_line(line)}", err=True)
+        click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})"
+                   + (f"; {_count(len(result.notes), 'non-item')} of img/ left behind" if result.notes else "")
+                   + (f"; {_count(len(result.problems), 'problem')} in the source" if result.problems else "")
+                   + (", see above" if result.notes or result.problems else ""), err=True)
     if result.problems:
         sys.exit(1)

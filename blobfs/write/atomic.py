@@ -41,9 +41,18 @@ from typing import Iterator
 
 from blobfs.errors import InputError
 from blobfs.pids import alive
+from blobfs.signals import interrupt_guard
 from blobfs.write.errors import InterruptedAfterPublish, OutputExistsError, WriteFailedError, output_failed
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AtomicOutputs", "check_apart", "commit_mark", "interrupt_guard", "published_since",
+           "remove_stale_old", "temp_name"]
+
+#: Every ``AtomicOutputs`` of this process that committed, in order: an interrupt that lands
+#: after its ``with`` block ended (a lock released, the summary printed) must still say that
+#: the outputs are in place, not that nothing was written.
+_commits: list["AtomicOutputs"] = []
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -83,6 +92,18 @@ def _rename_exchange(src: Path, dst: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), os.fspath(dst))
+
+
+def commit_mark() -> int:
+    """A mark for ``published_since``."""
+    return len(_commits)
+
+
+def published_since(mark: int) -> InterruptedAfterPublish | None:
+    """What an interrupt leaves in place when it lands after the outputs committed since
+    ``mark`` left their ``with`` block; None when none did."""
+    done = [str(outputs._interrupted()) for outputs in _commits[mark:]]
+    return InterruptedAfterPublish("; ".join(done)) if done else None
 
 
 def check_apart(src: Path, out: Path) -> None:
@@ -248,6 +269,7 @@ class AtomicOutputs:
                 if retired is not None:
                     _remove(retired)
                 self._committed = True
+                _commits.append(self)
             # A held signal is raised here at the latest, before any old tree is deleted.
             for final, old in list(self._old.items()):
                 _remove(old)
@@ -352,27 +374,3 @@ def _signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def interrupt_guard() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt while the block runs, so that the
-    temporaries are removed as for Ctrl-C (Python's default for SIGTERM is to die without
-    running any cleanup)."""
-    if os.name != "posix" or signal.getsignal(signal.SIGTERM) is None:
-        yield
-        return
-    try:
-        old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    except ValueError:  # not the main thread: signals cannot be handled here
-        yield
-        return
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)

@@ -1,0 +1,55 @@
+"""SIGTERM and SIGHUP as Ctrl-C: a ``KeyboardInterrupt`` that runs every cleanup on its way
+out (Python's default for both is to die on the spot, temporaries and all).
+
+Only a signal whose action is still the default is taken over: one the process was started
+with ignored (``nohup`` ignores SIGHUP) stays ignored, and one that C code handles (libfuse)
+is left to it. Kept free of heavy imports: every command, ``mount`` too, loads it at start-up.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from typing import Iterator
+
+#: Besides SIGINT (Python's own KeyboardInterrupt): the signals that ask a process to stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP) if os.name == "posix" else ()
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def interrupt_guard() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt while the block runs (see the module
+    doc). Nested guards are no-ops; outside the main thread there is nothing to install."""
+    try:
+        old = {s: signal.signal(s, _raise_interrupt) for s in STOP_SIGNALS
+               if signal.getsignal(s) == signal.SIG_DFL}
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def release_stop_signals() -> None:
+    """Give SIGTERM and SIGHUP their default action back inside a guard, for a command with
+    handlers of its own: libfuse installs its handlers only where the default is still set."""
+    for s in STOP_SIGNALS:
+        if signal.getsignal(s) is _raise_interrupt:
+            signal.signal(s, signal.SIG_DFL)
+
+
+def default_actions() -> None:
+    """SIGINT, SIGTERM and SIGHUP back to their default action (end the process), once an
+    interrupt is being reported: a second Ctrl-C while the last line is written (to a
+    terminal or pipe that blocks) ends the process at once instead of a traceback."""
+    for s in (signal.SIGINT, *STOP_SIGNALS):
+        with contextlib.suppress(ValueError):
+            if signal.getsignal(s) != signal.SIG_IGN:
+                signal.signal(s, signal.SIG_DFL)
