@@ -127,6 +127,74 @@ def test_deterministic_and_mtime_option(tmp_path: Path) -> None:
     assert (tmp_path / "five.tar").read_bytes() == (tmp_path / "one.tar").read_bytes()
 
 
+MTIME_MAX = 8**11 - 1  # 2242-03-16 12:56:31 UTC: 11 octal digits, what a ustar header holds
+
+
+@pytest.mark.parametrize("value", ["-1", str(MTIME_MAX + 1), "1969-12-31T23:59:59.5Z",
+                                   "2242-03-16T12:56:32Z", "9999-01-01"])
+def test_mtime_a_tar_header_cannot_hold_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    """It was clamped silently: -1 became 1970, 9999 became 2242."""
+    src = tmp_path / "images"
+    make_images(src)
+    res = subprocess.run([*BLOBFS, "pack", str(src), "-o", str(tmp_path / "o.tar"), "--mtime",
+                          value], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert (f"Invalid value for '--mtime': {value!r} is out of range: a tar header holds 0 "
+            f"(1970-01-01) to {MTIME_MAX} (2242-03-16 12:56:31 UTC)") in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_mtime_out_of_range_is_refused_by_the_python_api_too(tmp_path: Path) -> None:
+    from blobfs.errors import InputError
+    from blobfs.write.options import PackOptions
+    from blobfs.write.pack import pack
+
+    src = tmp_path / "images"
+    make_images(src)
+    with pytest.raises(InputError, match=r"mtime -1: out of range \(a tar header holds 0"):
+        pack(src, tmp_path / "o.tar", PackOptions(mtime=-1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), (str(MTIME_MAX), MTIME_MAX),
+                                             ("2242-03-16T12:56:31Z", MTIME_MAX)])
+def test_mtime_at_the_edges_of_the_range(tmp_path: Path, value: str, expected: int) -> None:
+    src = tmp_path / "images"
+    make_images(src)
+    assert run_pack(src, "-o", tmp_path / "o.tar", "--mtime", value).exit_code == 0
+    with tarfile.open(tmp_path / "o.tar") as tar:
+        assert {m.mtime for m in tar.getmembers()} == {expected}
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_own_mtimes_a_tar_header_cannot_hold_warn_once(tmp_path: Path, jobs: str) -> None:
+    """Files from 1900 and 2500 (os.utime): stored as 1970 and 2242 as before, now with one
+    warning that counts them (exit 0); with workers (5 chunks of files) the counts add up."""
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(4500):
+        (src / f"img_{i:04d}.png").write_bytes(b"p" * (i % 50))
+    old, future = -2_208_988_800, 16_725_225_600  # 1900-01-01, 2500-01-01
+    odd = {"img_0000.png": old, "img_2100.png": future, "img_4499.png": old}
+    for name, t in odd.items():
+        os.utime(src / name, (t, t))
+    out = tmp_path / "o.tar"
+    res = subprocess.run([*BLOBFS, "pack", str(src), "-o", str(out), "-j", jobs],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "WARNING" in line]
+    assert warnings == [f"blobfs: WARNING: {src}: 3 file(s) with an mtime before 1970 or after "
+                        "2242-03-16 12:56:31 UTC, out of what a tar header holds: stored as the "
+                        "nearest it holds (--mtime sets one for all)"], res.stderr
+    with tarfile.open(out) as tar:
+        got = {m.name: m.mtime for m in tar.getmembers() if m.name in odd}
+    assert got == {"img_0000.png": 0, "img_2100.png": MTIME_MAX, "img_4499.png": 0}
+    # --mtime for all: nothing clamped, nothing to say.
+    res = subprocess.run([*BLOBFS, "pack", str(src), "-o", str(tmp_path / "p.tar"), "--mtime",
+                          "0"], capture_output=True, text=True)
+    assert res.returncode == 0 and "WARNING" not in res.stderr, res.stderr
+
+
 def test_refuses_to_overwrite_unless_force(tmp_path: Path) -> None:
     src = tmp_path / "images"
     make_images(src)

@@ -216,3 +216,25 @@ def test_sub_folder_of_img_is_copied_with_a_warning(classic_project: Path, tmp_p
     assert (out / "ds1" / "img" / "sub" / "deep.png").read_bytes() == (sub / "deep.png").read_bytes()
     with open_project(out) as p:
         assert p.datasets[0].items.find("deep.png") < 0
+
+
+def test_own_mtimes_out_of_range_warn_once_and_mtime_range(tmp_path: Path) -> None:
+    """Images from 1900 in two datasets: one warning for the project, with the count; an
+    --mtime no tar header holds is a usage error, as for pack."""
+    src = tmp_path / "src"
+    make_classic(src)
+    for rel in ("train/img/a.png", "val/img/v.png", "train/img/huge.png"):
+        os.utime(src / rel, (-2_208_988_800, -2_208_988_800))
+    out = tmp_path / "out"
+    proc = subprocess.run([*BLOBFS, "pack-project", str(src), str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1 and f"{src}: 3 file(s) with an mtime before 1970" in warnings[0]
+    with tarfile.open(out / "blob" / "train.tar") as tar:
+        assert tar.getmember("a.png").mtime == 0 and tar.getmember("b.jpg").mtime > 0
+
+    bad = subprocess.run([*BLOBFS, "pack-project", str(src), str(tmp_path / "o2"), "--mtime",
+                          "-5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Invalid value for '--mtime': '-5' is out of range" in bad.stderr
+    assert not (tmp_path / "o2").exists()

@@ -44,23 +44,29 @@ class SizeType(click.ParamType):
 
 
 class MtimeType(click.ParamType):
-    """Seconds since the epoch, or an ISO 8601 date/time (UTC when no zone is given)."""
+    """Seconds since the epoch, or an ISO 8601 date/time (UTC when no zone is given), within
+    what a tar header holds: a usage error, not a silently different timestamp, outside it."""
 
     name = "MTIME"
 
     def convert(self, value, param, ctx):  # type: ignore[override]
+        from blobfs.write.tarwriter import MTIME_MAX, MTIME_RANGE
+
         if isinstance(value, int):
-            return value
-        text = str(value).strip()
-        if re.fullmatch(r"-?\d+", text):
-            return int(text)
-        try:
-            when = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{value!r} is neither epoch seconds nor an ISO 8601 date", param, ctx)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=_dt.timezone.utc)
-        return int(when.timestamp())
+            seconds = value
+        elif re.fullmatch(r"-?\d+", text := str(value).strip()):
+            seconds = int(text)
+        else:
+            try:
+                when = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                self.fail(f"{value!r} is neither epoch seconds nor an ISO 8601 date", param, ctx)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=_dt.timezone.utc)
+            seconds = int(when.timestamp() // 1)  # floor: a fraction before 1970 is refused
+        if not 0 <= seconds <= MTIME_MAX:
+            self.fail(f"{value!r} is out of range: {MTIME_RANGE}", param, ctx)
+        return seconds
 
 
 SIZE = SizeType()

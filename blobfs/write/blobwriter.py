@@ -20,11 +20,12 @@ from array import array
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from blobfs.errors import InputError
 from blobfs.write.errors import output_failed
 from blobfs.format.offsets_encode import encode_batch
 from blobfs.format.offsets_write import BATCH
-from blobfs.write.tarwriter import (BLOCK, BUFFER, NO_MTIME, OCTAL_LIMIT, fill_span, flat_chunks,
-                                    header_length, write_trailer)
+from blobfs.write.tarwriter import (BLOCK, BUFFER, MTIME_MAX, MTIME_RANGE, NO_MTIME, OCTAL_LIMIT,
+                                    fill_span, flat_chunks, header_length, write_trailer)
 from blobfs.write.workers import run_chunks
 
 #: A file to store: (tar member name — its base name is the item name —, path relative to the
@@ -75,9 +76,13 @@ def write_all(fd: int, data: bytes, label: str | os.PathLike[str]) -> None:
 
 def write_blob(members: Sequence[Member], root: str, tar_fd: int, tar_label: Path,
                offsets_fd: int, offsets_label: Path, *, mtime: int | None = None,
-               progress: Progress | None = None, jobs: int | None = None) -> tuple[int, int]:
+               progress: Progress | None = None, jobs: int | None = None) -> tuple[int, int, int]:
     """Write ``members`` (in the given order) as a tar to ``tar_fd`` and their offsets to
-    ``offsets_fd``; member paths are relative to ``root``. Returns (member count, tar size)."""
+    ``offsets_fd``; member paths are relative to ``root``. Returns (member count, tar size,
+    members whose own mtime a tar header cannot hold: stored clamped, see
+    ``tarwriter.clamped_note``). An ``mtime`` for all that no header can hold is refused."""
+    if mtime is not None and not 0 <= mtime <= MTIME_MAX:
+        raise InputError(f"mtime {mtime}: out of range ({MTIME_RANGE})")
     starts, data_starts, end = layout(members)
     label = os.fspath(tar_label)
     n = len(members)
@@ -103,9 +108,10 @@ def write_blob(members: Sequence[Member], root: str, tar_fd: int, tar_label: Pat
         if buf is None:
             buf = bufs[os.getpid()] = bytearray(BUFFER + BLOCK)
         paths = rels[lo // CHUNK].split(b"\0")
-        fill_span(names[lo // CHUNK].split(b"\0") if names is not rels else paths, paths,
-                  sizes[lo:hi], mtimes[lo:hi], starts[lo], root, tar_fd, label, mtime, buf, turn)
-        return hi - lo, 0
+        clamped = fill_span(names[lo // CHUNK].split(b"\0") if names is not rels else paths,
+                            paths, sizes[lo:hi], mtimes[lo:hi], starts[lo], root, tar_fd, label,
+                            mtime, buf, turn)
+        return hi - lo, clamped  # the second count, summed over the workers
 
     def offsets() -> None:  # the layout fixes them: written while the workers fill the tar
         for data in _offsets(members, data_starts):
@@ -113,8 +119,10 @@ def write_blob(members: Sequence[Member], root: str, tar_fd: int, tar_label: Pat
 
     chunks = [(lo, min(lo + CHUNK, n)) for lo in range(0, n, CHUNK)]
     try:
-        run_chunks(chunks, fill, label, progress=progress, parent_work=offsets, jobs=jobs)
+        _n, clamped = run_chunks(chunks, fill, label, progress=progress, parent_work=offsets,
+                                 jobs=jobs)
     finally:
         os.close(turn[0])
         os.close(turn[1])
-    return n, write_trailer(tar_fd, label, end)
+    return n, write_trailer(tar_fd, label, end), clamped
+

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import logging
 import mmap
 import os
 import stat
@@ -35,10 +36,12 @@ from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed
 from blobfs.write.options import PackOptions
 from blobfs.write.outlock import output_lock
-from blobfs.write.tarwriter import flat_chunks
+from blobfs.write.tarwriter import clamped_note, flat_chunks
 from blobfs.write.workers import run_chunks
 
 RENAME_SEPARATOR = "__"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,11 +274,14 @@ def _pack(folder: Path, out_tar: Path, opts: PackOptions,
         try:
             off_fd, _ = outputs.file(offsets)
             try:
-                count, size = write_blob(members, os.fspath(folder), tar_fd, out_tar, off_fd, offsets,
-                                         mtime=opts.mtime, progress=progress, jobs=opts.jobs)
+                count, size, clamped = write_blob(members, os.fspath(folder), tar_fd, out_tar,
+                                                  off_fd, offsets, mtime=opts.mtime,
+                                                  progress=progress, jobs=opts.jobs)
             finally:
                 os.close(off_fd)
         finally:
             os.close(tar_fd)
         outputs.commit()
+    if clamped:
+        log.warning("%s: %s", folder, clamped_note(clamped))
     return PackResult(out_tar, offsets, count, size)

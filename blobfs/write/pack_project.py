@@ -32,7 +32,7 @@ from blobfs.write.atomic import AtomicOutputs, check_apart
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed, output_failed
 from blobfs.write.options import PackProjectOptions
-from blobfs.write.tarwriter import archive_size, member_span
+from blobfs.write.tarwriter import archive_size, clamped_note, member_span
 from blobfs.write.workers import run_chunks
 
 log = logging.getLogger(__name__)
@@ -237,17 +237,21 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
                     if rel.rpartition("/")[0].rpartition("/")[2] == "img" and is_image_name(rel))
         if blobs:
             os.mkdir(tmp / "blob")
+        clamped = 0
         for blob in blobs:
             tar = tmp / "blob" / f"{blob.stem}.tar"
             offsets = Path(offsets_path_for_tar(tar, tmp / blob.dataset_rel))
             os.makedirs(offsets.parent, exist_ok=True)
-            _write_one(src, blob, tar, offsets, out_dir, opts, progress)
+            clamped += _write_one(src, blob, tar, offsets, out_dir, opts, progress)
         outputs.commit()
+    if clamped:
+        log.warning("%s: %s", src, clamped_note(clamped))
     return PackProjectResult(out_dir, n_datasets, len(blobs), len(packed), plain, len(copies))
 
 
 def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
-               opts: PackProjectOptions, progress: Progress | None) -> None:
+               opts: PackProjectOptions, progress: Progress | None) -> int:
+    """Write one blob; returns how many of its members' mtimes were clamped."""
     # Labels name the final paths: what the user will look for in a message.
     tar_label = out_dir / "blob" / tar.name
     off_label = out_dir / blob.dataset_rel / offsets.name
@@ -262,8 +266,8 @@ def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
         except OSError as e:
             raise output_failed(off_label, e) from None
         try:
-            write_blob(blob.members, os.fspath(src), tar_fd, tar_label, off_fd, off_label, mtime=opts.mtime,
-                       progress=progress, jobs=opts.jobs)
+            return write_blob(blob.members, os.fspath(src), tar_fd, tar_label, off_fd, off_label,
+                              mtime=opts.mtime, progress=progress, jobs=opts.jobs)[2]
         finally:
             os.close(off_fd)
     finally:

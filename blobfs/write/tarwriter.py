@@ -6,9 +6,11 @@ ASCII, or a size of 8 GiB or more. GNU tar, bsdtar and Python's ``tarfile`` read
 SDK's ``archive_directory`` writes PAX for *every* member (1536 header bytes per file) only
 because ``tarfile`` stores fractional mtimes. Here a typical member costs one 512-byte header,
 and the bytes are a pure function of (names, sizes, mtimes, data): uid/gid 0, uname/gname
-empty, mode 0644, integer mtimes clamped to ustar's range (before 1970 → 0), no directory
-members. The archive ends with two zero blocks and is padded to a 10240-byte record (like tar
-and ``tarfile``).
+empty, mode 0644, integer mtimes clamped to ustar's range (before 1970 → 0, after 2242-03-16
+→ ``MTIME_MAX``; counted, so that pack can say so), no directory members. A PAX ``mtime``
+record could hold any mtime, but it would make a header's length depend on the mtime, which
+pack-project learns only from the workers' fstat, after the layout is fixed. The archive
+ends with two zero blocks and is padded to a 10240-byte record (like tar and ``tarfile``).
 
 Because a header's *length* depends only on the name and the size, the offset of every member
 is known before any data is read (``member_span``). ``fill_span`` writes a run of members at
@@ -19,6 +21,7 @@ reused buffer (no per-file bytes objects); files above ``SMALL`` are copied in t
 """
 from __future__ import annotations
 
+import datetime as _dt
 import errno
 import os
 import stat
@@ -31,6 +34,10 @@ from blobfs.write.errors import input_failed, output_failed
 BLOCK = 512
 RECORD = 20 * BLOCK
 OCTAL_LIMIT = 8**11           # 11 octal digits: ustar's size and mtime fields
+MTIME_MAX = OCTAL_LIMIT - 1   # 2242-03-16 12:56:31 UTC: the latest mtime a ustar header holds
+_LATEST = _dt.datetime.fromtimestamp(MTIME_MAX, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+#: What a ustar header's mtime field holds (11 octal digits).
+MTIME_RANGE = f"a tar header holds 0 (1970-01-01) to {MTIME_MAX} ({_LATEST})"
 SMALL = 1 << 20               # larger files bypass the buffer
 BUFFER = 4 << 20              # per-writer buffer: room for any file up to SMALL
 #: Flush once this much is buffered. Small on purpose: the buffer then stays in the CPU cache
@@ -79,8 +86,14 @@ def _pax_record(key: str, value: str) -> bytes:
     return str(n).encode("ascii") + body
 
 
+def clamped_note(count: int) -> str:
+    """The one warning of a pack that clamped ``count`` files' own mtimes."""
+    return (f"{count} file(s) with an mtime before 1970 or after {_LATEST}, out of what a tar "
+            f"header holds: stored as the nearest it holds (--mtime sets one for all)")
+
+
 def clamp_mtime(mtime: int) -> int:
-    return min(max(mtime, 0), OCTAL_LIMIT - 1)
+    return min(max(mtime, 0), MTIME_MAX)
 
 
 def member_header(name: str, size: int, mtime: int) -> bytes:
@@ -166,11 +179,12 @@ def flat_chunks(paths: list[str], chunk: int) -> list[bytes]:
 
 def fill_span(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: Sequence[int],
               start: int, root: str, out_fd: int, out_label: str, mtime: int | None,
-              buf: bytearray | None = None, turn: tuple[int, int] | None = None) -> None:
+              buf: bytearray | None = None, turn: tuple[int, int] | None = None) -> int:
     """Write a run of members as tar bytes from file offset ``start`` (the offset
     ``member_span`` gives the first): member names and paths relative to ``root`` (both in
     the file system encoding), sizes, and mtimes (``NO_MTIME``: fstat the file for it).
-    ``mtime`` (if not None) overrides every member's.
+    ``mtime`` (if not None) overrides every member's. Returns how many files' own mtimes
+    were clamped (see the module doc).
 
     Raises InputError when an input vanished, is not a regular file or changed size since it
     was listed; WriteFailedError when the output cannot be written.
@@ -184,15 +198,16 @@ def fill_span(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtim
     except OSError as e:
         raise input_failed(root, e, "while packing") from None
     try:
-        used = _fill(names, paths, sizes, mtimes, root, root_fd, out, mtime)
+        used, clamped = _fill(names, paths, sizes, mtimes, root, root_fd, out, mtime)
     finally:
         os.close(root_fd)
     out.used = used
     out.flush()
+    return clamped
 
 
 def _fill(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: Sequence[int],
-          root: str, root_fd: int, out: _Out, mtime: int | None) -> int:
+          root: str, root_fd: int, out: _Out, mtime: int | None) -> tuple[int, int]:
     mv = out.mv
     limit = FLUSH - BLOCK - 1           # room for a one-block header and the one extra byte
     o_open, o_fstat, o_preadv, o_close = os.open, os.fstat, os.preadv, os.close
@@ -203,7 +218,7 @@ def _fill(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: 
     pack_header = _USTAR.pack_into
     mode_f, tail, const_sum = _MODE_UID_GID, _TAIL_REG, _CONST_SUM_REG
     last_mt, mtime_f, mtime_sum = -1, b"", 0
-    used = 0
+    used = clamped = 0
     for raw, rel, size, listed_mtime in zip(names, paths, sizes, mtimes):
         try:
             fd = o_open(rel, flags, dir_fd=root_fd)
@@ -234,6 +249,8 @@ def _fill(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: 
                             b"%06o\x00 " % (const_sum + sum(raw) + sum(size_f) + mtime_sum), tail)
                 p = used + BLOCK
             else:
+                if not 0 <= mt < OCTAL_LIMIT:
+                    clamped += 1  # a file's own (write_blob refuses such an ``mtime`` for all)
                 header = member_header(os.fsdecode(raw), size, mt)
                 out.used = used
                 if size > SMALL:
@@ -263,7 +280,7 @@ def _fill(names: list[bytes], paths: list[bytes], sizes: Sequence[int], mtimes: 
             raise input_failed(root + os.fsdecode(rel), e, "while packing") from None
         finally:
             o_close(fd)
-    return used
+    return used, clamped
 
 
 def _large(out: _Out, fd: int, path: str, header: bytes, size: int, pad: int) -> None:

@@ -40,7 +40,8 @@ from blobfs.errors import BlobfsError, InputError, one_line
 from blobfs.write.errors import WriteFailedError
 
 T = TypeVar("T")
-#: What ``work`` returns: (units done, bytes done), optionally followed by problem lines.
+#: What ``work`` returns: (units done, a second count: bytes written, or what else the work
+#: counts), optionally followed by problem lines. Both counts are summed over the chunks.
 Done = Union[tuple[int, int], tuple[int, int, Sequence[str]]]
 #: Below this many chunks, forking costs more than it saves.
 FORK_MIN_CHUNKS = 4
@@ -62,12 +63,12 @@ def run_chunks(chunks: Sequence[T], work: Callable[[T], Done], label: str, *,
                jobs: int | None = None,
                key: Callable[[T], Hashable] | None = None,
                problems: list[str] | None = None) -> tuple[int, int]:
-    """Call ``work(chunk)`` for every chunk; it returns (units done, bytes done), and a third
+    """Call ``work(chunk)`` for every chunk; it returns (units done, a second count), and a third
     element, lines about files it skipped, when there were any: they are appended to
     ``problems`` (in no particular order across workers). Meanwhile the parent runs
     ``parent_work()``. ``jobs``: worker processes (None: :func:`worker_count`; 1: everything in
     this process). ``key``: chunks with equal keys (the folder they create files in) go to one
-    worker, in their order. Returns the summed (units, bytes)."""
+    worker, in their order. Returns the summed (units, second count)."""
     found: list[str] = problems if problems is not None else []
     plan = deal(chunks, jobs if jobs is not None else worker_count(), key)
     if len(plan) < 2 or len(chunks) < FORK_MIN_CHUNKS or not hasattr(os, "fork"):
@@ -105,7 +106,7 @@ def _forked(plan: list[list[T]], work: Callable[[T], Done], label: str,
             progress: Callable[[int], None] | None,
             parent_work: Callable[[], None] | None, problems: list[str]) -> tuple[int, int]:
     w = len(plan)
-    counters = mmap.mmap(-1, 16 * w)          # per worker: units done, bytes done
+    counters = mmap.mmap(-1, 16 * w)          # per worker: units done, the second count
     rfd, wfd = os.pipe()
     os.set_blocking(rfd, False)               # drained while waiting: children block on a full pipe
     lines = _Lines(rfd, problems)
