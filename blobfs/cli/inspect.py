@@ -152,9 +152,11 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
 
     Every regular member in archive order, named by its base name. Globs match the full
     member name or its base name. A member whose name no reader can use (".", "..", control
-    characters, not UTF-8) is left out with a warning (exit 1); no member left to index at
-    all is refused (exit 2): an empty dataset is a mistake, not a result.
+    characters, C1 ones too, not UTF-8) is left out with a warning (exit 1); no member left to
+    index at all is refused (exit 2): an empty dataset is a mistake, not a result. Two names
+    that are one after Unicode normalization (NFC) are both indexed, with a warning.
     """
+    from blobfs.format.names import nfc_twins, twins_note
     from blobfs.format.offsets_write import offsets_path_for_tar, write_offsets
     from blobfs.format.tarindex import index_tar, split_unusable
 
@@ -166,6 +168,9 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
         name, why = unusable[0]
         more = f"; {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
         log.warning("%s", one_line(f"{tar}: member {name!r}: {why}; not indexed{more}"))
+    twins = nfc_twins([name for name, _start, _end in entries])
+    if twins:
+        log.warning("%s", one_line(twins_note(twins, str(tar))))
     if not entries:
         what = ("no regular member with a usable name" if unusable
                 else "no member matches --include/--exclude" if include or exclude

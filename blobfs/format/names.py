@@ -6,6 +6,8 @@ mount, so they must be single, safe path components) and which files count as im
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 
 #: FORMAT.md §1: image extensions of files in ``img/``, matched case-insensitively.
 IMAGE_EXTENSIONS = frozenset(
@@ -19,6 +21,10 @@ NAME_MAX = 255
 # legal on Linux but break line-based tools and terminals, so blobfs refuses them too.
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f/]")
 _BAD_BYTES = re.compile(b"[\x00-\x1f\x7f/]")
+# C1 controls (U+0080-U+009F): terminals act on them as on C0 (U+009B is CSI), so blobfs does
+# not make such names (pack, pack-project, index: ``new_name_problem``). Readers still serve
+# the ones a project has: the SDK reads any name, and hiding an item would lose it.
+_C1_CHARS = re.compile("[\x80-\x9f]")
 
 
 def is_image_name(name: str) -> bool:
@@ -50,6 +56,60 @@ def name_problem(name: object) -> str | None:
     if n > NAME_MAX - len(".json"):
         return f"name of {n} bytes is too long (at most {NAME_MAX - len('.json')})"
     return None
+
+
+def new_name_problem(name: object) -> str | None:
+    """``name_problem`` for a name blobfs writes into an offsets file (``pack``,
+    ``pack-project``, ``index``): C1 control characters are refused as C0 ones are."""
+    problem = name_problem(name)
+    if problem is None and isinstance(name, str) and not name.isascii():
+        m = _C1_CHARS.search(name)
+        if m:
+            return f"name {name!r} contains {m.group()!r}"
+    return problem
+
+
+def nfc_twins(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of different names that are one name after Unicode normalization (NFC): ``é``
+    precomposed and ``e`` + U+0301. Both are items (the SDK does not normalize, FORMAT.md §7),
+    but macOS file systems (APFS, HFS+) hold only one of them, so an unpack there loses one
+    (NTFS does not normalize names).
+    Pure-ASCII names are their own NFC and are only looked at when a non-ASCII name
+    normalizes to ASCII (the Kelvin sign U+212A is ``K``)."""
+    names = names if isinstance(names, list) else list(names)
+    by_key: dict[str, str] = {}
+    pairs: list[tuple[str, str]] = []
+    to_ascii = False
+    for name in names:
+        if name.isascii():
+            continue
+        key = unicodedata.normalize("NFC", name)
+        first = by_key.setdefault(key, name)
+        if first != name:
+            pairs.append((first, name))
+        to_ascii = to_ascii or key.isascii()
+    if to_ascii:
+        ascii_names = {name for name in names if name.isascii()}
+        pairs += [(key, name) for key, name in by_key.items() if key in ascii_names]
+    return pairs
+
+
+def shown(name: str) -> str:
+    """``name`` in quotes, with each character that normalization would change escaped
+    (``'cafe\\u0301.png'``), so that the two names of an ``nfc_twins`` pair look different."""
+    def one(c: str) -> str:
+        if c.isascii() or (not unicodedata.combining(c) and unicodedata.is_normalized("NFC", c)):
+            return c
+        return f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+    return "'" + "".join(map(one, name)) + "'"
+
+
+def twins_note(pairs: list[tuple[str, str]], where: str) -> str:
+    """The one warning line about ``nfc_twins`` pairs found in ``where``."""
+    a, b = pairs[0]
+    more = f"; {len(pairs) - 1} more such pair(s)" if len(pairs) > 1 else ""
+    return (f"{where}: items {shown(a)} and {shown(b)} are one name after Unicode normalization "
+            f"(NFC): both are kept, but a macOS file system cannot hold both after unpack{more}")
 
 
 def name_bytes_problem(raw: bytes) -> str | None:

@@ -10,7 +10,7 @@ import fnmatch
 import os
 from collections.abc import Sequence
 
-from blobfs.format.names import name_problem
+from blobfs.format.names import new_name_problem
 from blobfs.format.tarheaders import iter_members
 
 
@@ -45,13 +45,14 @@ def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
 
 def split_unusable(entries: list[tuple[str, int, int]]
                    ) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
-    """(the entries blobfs can serve, (name, why) of the others). Every reader skips a name
+    """(the entries blobfs indexes, (name, why) of the others). Every reader skips a name
     that cannot be an item name (``.``, ``..``, control characters, not UTF-8, too long:
-    ``names.name_problem``), so written to an offsets file it would only be a dead entry."""
+    ``names.name_problem``), so written to an offsets file it would only be a dead entry; and
+    blobfs makes no name with a C1 control character (``names.new_name_problem``)."""
     kept: list[tuple[str, int, int]] = []
     bad: list[tuple[str, str]] = []
     for entry in entries:
-        why = name_problem(entry[0])
+        why = new_name_problem(entry[0])
         if why:
             bad.append((entry[0], why))
         else:

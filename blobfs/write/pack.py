@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from blobfs.errors import InputError
-from blobfs.format.names import IMAGE_EXTENSIONS, name_problem
+from blobfs.errors import InputError, one_line
+from blobfs.format.names import IMAGE_EXTENSIONS, new_name_problem, nfc_twins, twins_note
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.write.atomic import AtomicOutputs
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
@@ -194,13 +194,19 @@ def assign_members(folder: Path, files: list[str], rename: bool, jobs: int | Non
                         raise InputError(f"{folder / seen[base]} and {folder / rel}: both would "
                                          f"be item {base!r} after --rename")
         # Fast path, checked in C over all names at once: printable ASCII holds no control
-        # character, and names of at most 250 characters fit; else the full check per name.
+        # character, names of at most 250 characters fit, and ASCII names are their own
+        # Unicode normalization; else the full check per name.
         joined = "/".join(bases)
-        if not (joined.isascii() and joined.isprintable() and max(map(len, bases)) <= 250):
+        ascii_only = joined.isascii()
+        if not (ascii_only and joined.isprintable() and max(map(len, bases)) <= 250):
             for rel, base in zip(files, bases):
-                problem = name_problem(base)
+                problem = new_name_problem(base)
                 if problem:
                     raise InputError(f"{folder / rel}: cannot be an item: {problem}")
+        if not ascii_only:
+            twins = nfc_twins(bases)
+            if twins:
+                log.warning("%s", one_line(twins_note(twins, str(folder))))
 
     sizes, mtimes = file_stats(folder, files, check_names, jobs)
     return list(zip(members, files, sizes, mtimes))

@@ -24,8 +24,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable
 
-from blobfs.errors import InputError
-from blobfs.format.names import is_image_name, name_problem
+from blobfs.errors import InputError, one_line
+from blobfs.format.names import is_image_name, new_name_problem, nfc_twins, twins_note
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
 from blobfs.write.atomic import AtomicOutputs, check_apart
@@ -70,16 +70,23 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
     packed: set[str] = set()
     taken: set[str] = set()
     datasets = find_datasets(src)
+    twins: list[tuple[str, str]] = []
+    twins_where = ""
     for ds in datasets:
         img_rel = f"{ds.relpath}/img"
         chosen: list[Member] = []
         for sub in _subfolders(src / img_rel):
             log.warning("%s: sub-folder of img/: its files are no items (only the files directly "
                         "in img/ are); copied as they are, not packed", sub)
-        for name, size in list_image_files(src / img_rel):
+        images = list_image_files(src / img_rel)
+        found = nfc_twins([name for name, _size in images])  # items packed or not
+        if found and not twins:
+            twins_where = str(src / img_rel)
+        twins += found
+        for name, size in images:
             if size < opts.min_size or (opts.max_size is not None and size > opts.max_size):
                 continue
-            if name_problem(name):
+            if new_name_problem(name):
                 continue  # not a valid item name: leave it where it is, as the mount would
             chosen.append((name, f"{img_rel}/{name}", size, None))
         if not chosen:
@@ -91,6 +98,8 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
         for part_stem, members in zip(names, parts):
             blobs.append(_Blob(part_stem, ds.relpath, members))
         packed.update(m[1] for m in chosen)
+    if twins:
+        log.warning("%s", one_line(twins_note(twins, twins_where)))
     return blobs, packed, len(datasets)
 
 
