@@ -117,7 +117,10 @@ def main() -> None:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):
                     stream.flush()
-    except click.Abort:  # click's KeyboardInterrupt, after the newline it writes
+    except click.Abort as e:  # click's KeyboardInterrupt (or EOFError), after a newline
+        if isinstance(e.__cause__, EOFError):
+            click.echo("Aborted!", err=True)  # as click says it: no interrupt
+            sys.exit(1)
         end_interrupted(newline=False)
     except KeyboardInterrupt:
         end_interrupted()
