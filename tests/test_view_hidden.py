@@ -187,7 +187,7 @@ def test_verify_reports_what_the_mount_hides_in_every_pass_through_folder(
     os.mkfifo(proj / "ds2/pipe")                     # a dataset's own folder
     (proj / "ds1/ann/sub").mkdir()                   # below ann/
     os.mkfifo(proj / "ds1/ann/sub/deep.json")
-    (proj / "ds1/img_info/up").symlink_to("..")      # a loop: checked once, not forever
+    (proj / "ds1/img_info/up").symlink_to("..")      # round in a circle: hidden, said once
     r = run("verify", str(proj))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "WARNING" not in r.stderr  # verify says it, the view's log line does not repeat it
@@ -201,6 +201,8 @@ def test_verify_reports_what_the_mount_hides_in_every_pass_through_folder(
         f"{proj / 'ds1/meta/zz.json'}: not a regular file (FIFO); the mount hides it",
         f"{proj / 'ds2/img_info'}/bad\\x1bname.json: not a regular file (FIFO); the mount hides it",
         f"{proj / 'ds1/ann/pipe.json'}: not a regular file (FIFO); the mount hides it",
+        f"{proj / 'ds1/img_info/up'}: symlink leads round in a circle (to a folder it lies in); "
+        "the mount hides it",
     ]
     lines = r.stdout.splitlines()
     for line in want:

@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from blobfs.format.names import is_image_name
 
@@ -60,26 +60,41 @@ def scan_dataset_dir(path: Path) -> tuple[tuple[str, ...], bool, bool]:
     return tuple(sorted(offsets)), has_img, has_ann
 
 
+def leads_round(target: str, reals: Iterable[str]) -> bool:
+    """Whether a symlink to folder ``target`` (a realpath), met below the real folders
+    ``reals`` (realpaths of the folder holding it and of every folder on the way down to it),
+    leads round in a circle: ``target`` is one of them or above one, so descending from it
+    meets the link again (``up -> ..``, or ``a/x -> ../b`` with ``b/y -> ../a``). Any endless
+    path passes some link twice, so hiding these keeps every walk finite; a link to a sibling
+    or to a folder below stays."""
+    prefix = target.rstrip("/") + "/"
+    return any((real + "/").startswith(prefix) for real in reals)
+
+
 def find_datasets(root: Path) -> list[FoundDataset]:
     """Every folder below ``root`` that could hold items (has offsets, ``img/`` or ``ann/``),
-    in sorted order. Whether the SDK would *load* it is decided later, item by item."""
+    in sorted order. Whether the SDK would *load* it is decided later, item by item. Symlinked
+    folders are followed by the view's rules: inside the project, never round in a circle
+    (which would find the same datasets again, 40 links deep)."""
     found: list[FoundDataset] = []
     root_real = os.path.realpath(root)
-    stack = [""]
+    stack: list[tuple[str, tuple[str, ...]]] = [("", (root_real,))]  # folder, reals on the way
     while stack:
-        rel = stack.pop()
+        rel, reals = stack.pop()
         try:
             with os.scandir(root / rel if rel else root) as it:
-                subdirs = sorted(e.name for e in it if e.is_dir())
+                subdirs = sorted((e.name, e.is_symlink()) for e in it if e.is_dir())
         except OSError:
             continue
-        for name in reversed(subdirs):
+        for name, link in reversed(subdirs):
             child = f"{rel}/{name}" if rel else name
             real = os.path.realpath(root / child)
             if not (real + "/").startswith(root_real + "/"):
                 continue  # a symlink leading out of the project is never followed
+            if link and leads_round(real, reals):
+                continue
             if not child.endswith(NO_DESCEND_SUFFIXES):
-                stack.append(child)
+                stack.append((child, (*reals, real)))
         if rel and not rel.endswith(NOT_DATASET_SUFFIXES):
             offsets, has_img, has_ann = scan_dataset_dir(root / rel)
             if offsets or has_img or has_ann:

@@ -1,12 +1,12 @@
 """The view's log line for what it hides in a real folder: said once per folder, never per entry.
 
 The view hides, by rule, entries of the project's real folders that a reader could not use
-safely (FIFOs, sockets, devices, links leading out of the project or nowhere) and what the
-real ``img/`` holds that is no item (sub-folders, files without an image name). An operator
-whose file "is missing" in the mount needs one line saying so; a readdir that is repeated, or
-a folder of a million entries listed in chunks, must not repeat it nor pay for it per entry.
-So the scan only counts what it drops anyway (``Tally``; kinds for a few examples only), and
-``HiddenLog`` says each folder once per view.
+safely (FIFOs, sockets, devices, links leading out of the project, nowhere or round in a
+circle) and what the real ``img/`` holds that is no item (sub-folders, files without an image
+name). An operator whose file "is missing" in the mount needs one line saying so; a readdir
+that is repeated, or a folder of a million entries listed in chunks, must not repeat it nor
+pay for it per entry. So the scan only counts what it drops anyway (``Tally``; kinds for a few
+examples only), and ``HiddenLog`` says each folder once per view.
 """
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ import stat as st
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Protocol
 
 from blobfs.format.names import is_image_name
-from blobfs.model.discovery import entry_kind, file_kind, not_regular_why
+from blobfs.model.discovery import entry_kind, file_kind, leads_round, not_regular_why
 from blobfs.model.hidden import Tally
 from blobfs.model.numbering import real_ino
 
@@ -25,6 +25,52 @@ FILE_MODE = st.S_IFREG | 0o444
 
 Hide = Callable[[str], bool]
 Entry = tuple[str, int, int]  # name, mode, inode number
+
+#: What a link the view hides because it leads round in a circle is (log line, problem line).
+ROUND_KIND = "link leading round in a circle"
+ROUND_WHY = "symlink leads round in a circle (to a folder it lies in)"
+
+
+class _Folder(Protocol):
+    real: Path | None
+
+
+class Around:
+    """The real folders a symlink in view folder ``rel`` must not lead back to: the folder's
+    own and each of its view ancestors' (realpaths). Computed the first time a symlink to a
+    folder asks (rare: ordinary entries cost nothing), then kept for the scan.
+
+    A view folder's real path is its nearest explicit ancestor's real folder (``dirs``: root,
+    dataset, ``ann/``) joined with the rest of the view path; only realpath says where it is.
+    Checking the link's own folder is not enough: for ``a/x -> ../b`` and ``b/y -> ../a``,
+    view path ``a/x/y`` leads back to the real folder of ``a``, not to that of ``a/x``."""
+
+    __slots__ = ("_rel", "_dirs", "_reals")
+
+    def __init__(self, rel: str, dirs: Mapping[str, _Folder]) -> None:
+        self._rel = rel
+        self._dirs = dirs
+        self._reals: list[str] | None = None
+
+    def circle(self, link: str | os.PathLike) -> bool:
+        """Whether the symlink ``link`` (to a folder) in this folder leads round in a circle."""
+        if self._reals is None:
+            self._reals = self._compute()
+        return leads_round(os.path.realpath(link), self._reals)
+
+    def _compute(self) -> list[str]:
+        parts = self._rel.split("/") if self._rel else []
+        reals: list[str] = []
+        cur: Path | None = None
+        for i in range(len(parts) + 1):
+            d = self._dirs.get("/".join(parts[:i]))
+            if d is not None:
+                cur = d.real
+            elif cur is not None:
+                cur = cur / parts[i - 1]
+            if cur is not None:
+                reals.append(os.path.realpath(cur))
+        return reals
 
 
 class RealLister:
@@ -38,16 +84,20 @@ class RealLister:
         self._lock = threading.Lock()
 
     def inside(self, path: str) -> bool:
-        """Whether a symlink's target stays inside the project."""
+        """Whether a symlink's target stays inside the project (the project's root itself
+        included: a link to it is hidden as one leading round in a circle)."""
         real = os.path.realpath(path)
-        return self._root_real is not None and real.startswith(self._root_real + "/")
+        return self._root_real is not None and (real + "/").startswith(self._root_real + "/")
 
-    def _entry(self, entry: os.DirEntry) -> Entry | None:
+    def _entry(self, entry: os.DirEntry, around: Around | None) -> Entry | None:
         """How the view lists a real entry, or None when it hides it (same rules as lookup:
-        symlinks only inside the project, only regular files and folders)."""
+        symlinks only inside the project and not round in a circle, only regular files and
+        folders)."""
         try:
             if entry.is_symlink():
                 if not self.inside(entry.path):
+                    return None
+                if around is not None and entry.is_dir() and around.circle(entry.path):
                     return None
                 ino = real_ino(entry.stat().st_ino)
             else:
@@ -62,8 +112,11 @@ class RealLister:
 
     def kind(self, entry: os.DirEntry) -> str:
         """What an entry :meth:`_entry` hides is, in a word or two (for the view's log line)."""
-        if entry.is_symlink() and not self.inside(entry.path):
-            return "link leading out of the project"
+        if entry.is_symlink():
+            if not self.inside(entry.path):
+                return "link leading out of the project"
+            if entry.is_dir():  # hidden, though inside: by the circle rule
+                return ROUND_KIND
         return entry_kind(entry)
 
     def img_kind(self, img: Path, name: str) -> str | None:
@@ -89,16 +142,18 @@ class RealLister:
         return ("link to a " if link else "") + file_kind(mode)
 
     def scan(self, real: Path, hide: Hide | None = None,
-             hidden: Callable[[Tally], None] | None = None) -> Iterator[Entry]:
-        """The entries of ``real`` the view shows. With ``hidden``, a scan that lists the whole
-        folder reports to it what it left out by the view's rules, if anything."""
+             hidden: Callable[[Tally], None] | None = None,
+             around: Around | None = None) -> Iterator[Entry]:
+        """The entries of ``real`` (the view folder ``around`` stands for) the view shows. With
+        ``hidden``, a scan that lists the whole folder reports to it what it left out by the
+        view's rules, if anything."""
         tally = None
         try:
             with os.scandir(real) as it:
                 for entry in it:
                     if hide is not None and hide(entry.name):
                         continue
-                    e = self._entry(entry)
+                    e = self._entry(entry, around)
                     if e is not None:
                         yield e
                     elif hidden is not None:  # only what is dropped anyway costs anything
@@ -110,19 +165,23 @@ class RealLister:
         if tally is not None and hidden is not None:
             hidden(tally)
 
-    def dropped(self, real: Path, hide: Hide | None = None) -> list[tuple[str, str]]:
+    def dropped(self, real: Path, hide: Hide | None = None,
+                around: Around | None = None) -> list[tuple[str, str]]:
         """(name, why) of the entries of ``real`` that :meth:`scan` leaves out by the view's
-        rules (not by ``hide``): FIFOs, sockets, devices, symlinks leading outside the project
-        or nowhere; ("", why) when the folder cannot be listed at all. The mount can only
-        hide them; ``unpack`` must say that it did not write them."""
+        rules (not by ``hide``): FIFOs, sockets, devices, symlinks leading outside the project,
+        nowhere or round in a circle; ("", why) when the folder cannot be listed at all. The
+        mount can only hide them; ``unpack`` must say that it did not write them."""
         out: list[tuple[str, str]] = []
         try:
             with os.scandir(real) as it:
                 for entry in it:
-                    if (hide is not None and hide(entry.name)) or self._entry(entry) is not None:
+                    if ((hide is not None and hide(entry.name))
+                            or self._entry(entry, around) is not None):
                         continue
                     if entry.is_symlink() and not self.inside(entry.path):
                         out.append((entry.name, "symlink leads outside the project"))
+                    elif entry.is_symlink() and entry.is_dir():
+                        out.append((entry.name, ROUND_WHY))
                     else:
                         out.append((entry.name, not_regular_why(entry)))
         except OSError as e:
@@ -130,16 +189,17 @@ class RealLister:
         return sorted(out)
 
     def entries(self, key: str, real: Path, hide: Hide | None, offset: int, base: int,
-                hidden: Callable[[Tally], None] | None = None,
+                hidden: Callable[[Tally], None] | None = None, around: Around | None = None,
                 ) -> Iterator[tuple[str, int, int, int]]:
         """(name, mode, ino, next offset) of ``real``'s entries numbered from ``base`` + 1,
-        starting after ``offset``; ``hidden`` as in :meth:`scan`, for a scan started here."""
+        starting after ``offset``; ``hidden`` and ``around`` as in :meth:`scan`, for a scan
+        started here."""
         with self._lock:
             cached = self._scans.pop(key, None)
         if cached is not None and cached[0] == offset:
             pos, it, pending = cached
         else:
-            it, pos, pending = self.scan(real, hide, hidden), base, None
+            it, pos, pending = self.scan(real, hide, hidden, around), base, None
             while pos < offset:
                 if next(it, None) is None:
                     return

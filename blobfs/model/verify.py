@@ -102,8 +102,8 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
 
 def check_hidden_annotations(project: Project, ds: Dataset, problems: list[str]) -> None:
     """What ``ann/`` holds that the mount hides and ``unpack`` leaves out (a FIFO, socket or
-    device, a link leading out of the project or nowhere), also when it is no item's
-    annotation: a client of the mount never sees it, ``unpack`` reports it (exit 1)."""
+    device, a link leading out of the project, nowhere or round in a circle), also when it is
+    no item's annotation: a client of the mount never sees it, ``unpack`` reports it (exit 1)."""
     if ds.ann_dir is None:
         return
     named = {line.partition(": ")[0] for line in problems}  # e.g. an item's annotation: "missing"
@@ -123,7 +123,7 @@ def check_hidden_folders(project: Project, problems: list[str]) -> None:
     view = ClassicView(project, log_hidden=False)  # its log line would say it twice
     items = {f"{ds.relpath}/img" for ds in project.datasets}
     anns = {f"{ds.relpath}/ann" for ds in project.datasets}  # check_hidden_annotations
-    seen: set[int] = set()  # a link to a folder above it would lead round in a circle
+    seen: set[int] = set()  # each real folder once, also where links to siblings lead to it
     stack = [""]
     while stack:
         rel = stack.pop()

@@ -9,8 +9,9 @@ materialized per file, so a 1,000,000-item dataset costs no memory here):
 * with ``synthesize_ann`` an item without annotation gets a generated ``ann/`` file;
 * everything else passes through: real files and folders, write bits removed. A symlink is
   followed only when it stays inside the project (with ``allow_other`` anything else would let
-  other users read files through the mount); FIFOs, sockets and devices are hidden, so a reader
-  can never hang on one.
+  other users read files through the mount) and does not lead round in a circle (the mount
+  shows no symlinks: ``up -> ..`` would be a folder holding itself, ``listing.Around``); FIFOs,
+  sockets and devices are hidden, so a reader can never hang on one.
 
 Errors are ``OSError`` with an errno; the FUSE adapter passes them through unchanged.
 """
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Iterator
 
 from blobfs.model.discovery import OFFSETS_SUFFIX, file_kind
 from blobfs.model.hidden import HiddenLog
-from blobfs.model.listing import DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, RealLister, not_items
+from blobfs.model.listing import (DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, ROUND_KIND,
+                                  Around, RealLister, not_items)
 from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
 from blobfs.model.synth_ann import AnnSynthesizer
 
@@ -186,6 +188,9 @@ class ClassicView:
             raise _err(errno.EACCES, rel) from None
         if st.S_ISLNK(s.st_mode):  # not followed
             raise self._hides(rel, "link leading out of the project")
+        folder = rel.rpartition("/")[0]
+        if link and st.S_ISDIR(s.st_mode) and Around(folder, self._dirs).circle(path):
+            raise self._hides(rel, ROUND_KIND)
         if not (st.S_ISREG(s.st_mode) or st.S_ISDIR(s.st_mode)):
             raise self._hides(rel, ("link to a " if link else "") + file_kind(s.st_mode))
         return ("real", path, s)
@@ -300,7 +305,7 @@ class ClassicView:
                 yield name, a.mode, a.ino, pos
         if real is not None and offset < _SYNTH_OFF:
             yield from self._lister.entries(rel, real, d.hides if d else None, offset, pos,
-                                            self._hidden.listing(rel))
+                                            self._hidden.listing(rel), Around(rel, self._dirs))
         if d is not None and d.ann_of is not None:
             # Synthesized names get offsets of their own, far above any real entry's, so
             # resuming never has to count the real folder again.
@@ -356,7 +361,7 @@ class ClassicView:
         if real is None:
             return []
         return [(real / name if name else real, why, True)
-                for name, why in self._lister.dropped(real, hide)]
+                for name, why in self._lister.dropped(real, hide, Around(rel, self._dirs))]
 
     # -- data ---------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int) -> bytes:
@@ -391,6 +396,6 @@ class ClassicView:
                 "f_namemax": 255}
 
     def _missing_ann(self, d: _DirNode) -> set[str]:
-        real = d.real
-        return self._synth.missing(
-            d.ds_index, lambda: (e[0] for e in self._lister.scan(real)) if real else ())
+        real, around = d.real, Around(d.rel, self._dirs)
+        return self._synth.missing(d.ds_index, lambda: (
+            e[0] for e in self._lister.scan(real, None, None, around)) if real else ())

@@ -14,9 +14,10 @@ real folder; the rest (virtual files, images stored as files in ``img/``, synthe
 annotations) through the view.
 
 Nothing the source holds is left out silently: what the view hides by no rule of the format
-(a FIFO, socket or device, a symlink leading out of the project or nowhere) is reported, one
-line per entry, with the model's own problems; a sub-folder or non-image file of ``img/``,
-which is no item by the format's rule, gets a line as well, but is no problem.
+(a FIFO, socket or device, a symlink leading out of the project, nowhere or round in a
+circle) is reported, one line per entry, with the model's own problems; a sub-folder or
+non-image file of ``img/``, which is no item by the format's rule, gets a line as well, but is
+no problem.
 """
 from __future__ import annotations
 
