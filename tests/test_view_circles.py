@@ -170,3 +170,66 @@ def test_ls_leaves_the_link_out(loop_project: Path) -> None:
     r = subprocess.run([*BLOBFS, "ls", str(loop_project), "ds1/meta/up"], capture_output=True,
                        text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 2 and "No such file or directory" in r.stderr, r
+
+
+def test_file_links_leading_to_each_other_are_hidden_like_a_circle(
+        blob_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``p.json -> q.json -> p.json``: the OS says ELOOP; the listing hid them, the lookup
+    answered ELOOP: now both hide them, the log line and ``verify`` name the circle."""
+    proj = _copy(blob_project, tmp_path / "proj")
+    (proj / "ds1/meta/p.json").symlink_to("q.json")
+    (proj / "ds1/meta/q.json").symlink_to("p.json")
+    (proj / "ds1/meta/z.json").write_bytes(b"{}")  # listed after them, whatever the order
+    caplog.set_level(logging.WARNING, LOGGER)
+    with open_project(proj) as p:
+        assert {n for n, _ in p.view.listdir("ds1/meta")} == {"img_001.png.json", "z.json"}
+        _enoent(p.view, "ds1/meta/p.json")
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert len(lines) == 1 and lines[0].startswith(
+        "ds1/meta: the mount hides 2 entries of this folder: "), lines
+    assert "'p.json' (link leading round in a circle)" in lines[0], lines
+    assert "'q.json' (link leading round in a circle)" in lines[0], lines
+    r = subprocess.run([*BLOBFS, "verify", str(proj)], capture_output=True, text=True)
+    assert r.returncode == 1, r
+    assert sorted(x for x in r.stdout.splitlines() if "ds1/meta/" in x) == [
+        f"{proj}/ds1/meta/{n}.json: symlink leads round in a circle; the mount hides it"
+        for n in "pq"], r.stdout
+
+
+def test_links_leading_to_each_other_in_img_and_dataset_folders(
+        blob_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The same ELOOP links where the project is opened (an image-named pair in ``img/``, a
+    folder pair beside the datasets): opening the project raised ELOOP with a traceback from
+    ``verify``, ``ls`` and the mount; now the images are skipped as problems, the folders are
+    no datasets, and the items are all there."""
+    proj = _copy(blob_project, tmp_path / "proj")
+    (proj / "ds1/img/a.png").symlink_to("b.png")
+    (proj / "ds1/img/b.png").symlink_to("a.png")
+    (proj / "dx").symlink_to("dy")
+    (proj / "dy").symlink_to("dx")
+    (proj / "ds2/ann/c.json").symlink_to("d.json")  # ann/: scanned by the dataset, too
+    (proj / "ds2/ann/d.json").symlink_to("c.json")
+    caplog.set_level(logging.WARNING, LOGGER)
+    with open_project(blob_project) as p:
+        want = {ds.relpath: sorted(ds.items.names()) for ds in p.datasets}
+    with open_project(proj) as p:
+        assert {ds.relpath: sorted(ds.items.names()) for ds in p.datasets} == want
+        assert sorted(x.rpartition(": ")[2] for x in p.problems if "/img/" in x) == \
+            ["symlink leads round in a circle (skipped)"] * 2
+        _enoent(p.view, "ds1/img/a.png")
+        _enoent(p.view, "dx")
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert lines == ["ds1/img: the mount hides 'a.png' (link leading round in a circle) of this "
+                     "folder, looked up by name",
+                     ".: the mount hides 'dx' (link leading round in a circle) of this folder, "
+                     "looked up by name"], lines
+    r = subprocess.run([*BLOBFS, "verify", str(proj)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r
+    assert sorted(x.removeprefix(f"{proj}/") for x in r.stdout.splitlines() if "circle" in x) == [
+        "ds1/img/a.png: symlink leads round in a circle (skipped)",
+        "ds1/img/b.png: symlink leads round in a circle (skipped)",
+        "ds2/ann/c.json: symlink leads round in a circle; the mount hides it",
+        "ds2/ann/d.json: symlink leads round in a circle; the mount hides it",
+        "dx: symlink leads round in a circle; the mount hides it",
+        "dy: symlink leads round in a circle; the mount hides it",
+    ], r.stdout

@@ -9,6 +9,7 @@ purpose: a folder called ``train_img`` is ignored by the SDK, so blobfs ignores 
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -39,6 +40,24 @@ def dataset_name(relpath: str) -> str:
     return "/".join(part for part in relpath.split("/") if part != "datasets")
 
 
+def is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()`` (symlinks followed), False where that raises: unlike
+    ``Path.is_dir``, a ``DirEntry`` raises ELOOP for links leading to each other, and such an
+    entry must not end a folder's scan (or open the project with a traceback)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def is_file(entry: os.DirEntry) -> bool:
+    """``entry.is_file()``, False where it raises (see :func:`is_dir`)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def scan_dataset_dir(path: Path) -> tuple[tuple[str, ...], bool, bool]:
     """(offsets file names, has img/ folder, has ann/ folder) of one candidate folder."""
     offsets: list[str] = []
@@ -52,9 +71,9 @@ def scan_dataset_dir(path: Path) -> tuple[tuple[str, ...], bool, bool]:
                     # /dev/zero) is reported when opened, not silently taken for no items.
                     offsets.append(name)
                 elif name == "img":
-                    has_img = entry.is_dir()
+                    has_img = is_dir(entry)
                 elif name == "ann":
-                    has_ann = entry.is_dir()
+                    has_ann = is_dir(entry)
     except OSError:
         pass
     return tuple(sorted(offsets)), has_img, has_ann
@@ -83,7 +102,7 @@ def find_datasets(root: Path) -> list[FoundDataset]:
         rel, reals = stack.pop()
         try:
             with os.scandir(root / rel if rel else root) as it:
-                subdirs = sorted((e.name, e.is_symlink()) for e in it if e.is_dir())
+                subdirs = sorted((e.name, e.is_symlink()) for e in it if is_dir(e))
         except OSError:
             continue
         for name, link in reversed(subdirs):
@@ -118,7 +137,7 @@ def list_image_files(img_dir: Path, skipped: list[tuple[str, str]] | None = None
                     if no_items is not None:
                         no_items.add(entry.name, lambda: img_entry_kind(entry))
                     continue
-                if entry.is_file():
+                if is_file(entry):
                     out.append((entry.name, entry.stat().st_size))
                     continue
                 if skipped is not None:
@@ -151,15 +170,17 @@ def entry_kind(entry: os.DirEntry) -> str:
     except FileNotFoundError:
         return "link leading nowhere"
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "link leading round in a circle"
         return f"cannot stat: {e.strerror or e}"
     return f"link to a {kind}" if entry.is_symlink() else kind
 
 
 def img_entry_kind(entry: os.DirEntry) -> str:
     """What an entry of a real ``img/`` that is no item is, in a word or two."""
-    if entry.is_dir():
+    if is_dir(entry):
         return "folder in img/"
-    if entry.is_file():
+    if is_file(entry):
         return "no image file name"
     return entry_kind(entry)
 
@@ -171,6 +192,8 @@ def not_regular_why(entry: os.DirEntry) -> str:
     except FileNotFoundError:
         return "symlink leads nowhere"
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink leads round in a circle"
         return f"cannot stat: {e.strerror or e}"
     if stat.S_ISREG(mode):  # replaced by a regular file since it was listed
         return "changed while listed"

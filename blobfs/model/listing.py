@@ -8,6 +8,7 @@ entry it could not fit is yielded again).
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat as st
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol
 
 from blobfs.format.names import is_image_name
-from blobfs.model.discovery import entry_kind, file_kind, leads_round, not_regular_why
+from blobfs.model.discovery import entry_kind, file_kind, is_dir, is_file, leads_round, not_regular_why
 from blobfs.model.hidden import Tally
 from blobfs.model.numbering import real_ino
 
@@ -115,7 +116,7 @@ class RealLister:
         if entry.is_symlink():
             if not self.inside(entry.path):
                 return "link leading out of the project"
-            if entry.is_dir():  # hidden, though inside: by the circle rule
+            if is_dir(entry):  # hidden, though inside: by the circle rule
                 return ROUND_KIND
         return entry_kind(entry)
 
@@ -132,8 +133,8 @@ class RealLister:
             return "link leading out of the project"
         try:
             mode = os.stat(path).st_mode
-        except OSError:
-            return "link leading nowhere"
+        except OSError as e:
+            return ROUND_KIND if e.errno == errno.ELOOP else "link leading nowhere"
         if st.S_ISDIR(mode):
             return "folder in img/"
         if st.S_ISREG(mode):
@@ -180,7 +181,7 @@ class RealLister:
                         continue
                     if entry.is_symlink() and not self.inside(entry.path):
                         out.append((entry.name, "symlink leads outside the project"))
-                    elif entry.is_symlink() and entry.is_dir():
+                    elif entry.is_symlink() and is_dir(entry):
                         out.append((entry.name, ROUND_WHY))
                     else:
                         out.append((entry.name, not_regular_why(entry)))
@@ -233,9 +234,9 @@ def not_items(img: Path | None) -> list[tuple[Path, str, bool]]:
             for entry in it:
                 if is_image_name(entry.name):
                     continue
-                if entry.is_dir():
+                if is_dir(entry):
                     why = "sub-folder of img/, no item (only the files of img/ are)"
-                elif entry.is_file():
+                elif is_file(entry):
                     why = "no image file extension, no item"
                 else:
                     why = f"{not_regular_why(entry)}, no item"

@@ -186,6 +186,10 @@ class ClassicView:
             raise _err(errno.ENOTDIR, rel) from None
         except PermissionError:
             raise _err(errno.EACCES, rel) from None
+        except OSError as e:
+            if link and e.errno == errno.ELOOP:  # p -> q -> p: hidden, as the listing hides it
+                raise self._hides(rel, ROUND_KIND) from None
+            raise
         if st.S_ISLNK(s.st_mode):  # not followed
             raise self._hides(rel, "link leading out of the project")
         folder = rel.rpartition("/")[0]
