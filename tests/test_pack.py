@@ -251,6 +251,21 @@ def test_include_exclude_and_recursion(tmp_path: Path) -> None:
         assert not [n for n in tar.getnames() if n.startswith("sub/")]
 
 
+def test_links_leading_to_each_other_are_not_packed(tmp_path: Path) -> None:
+    """A pair of image links (``x.png -> y.png -> x.png``) and a pair of folder links are
+    left out like a dangling link; they stopped the pack with ELOOP (exit 2)."""
+    src = tmp_path / "images"
+    want = make_images(src)
+    (src / "x.png").symlink_to("y.png")
+    (src / "y.png").symlink_to("x.png")
+    (src / "dx").symlink_to("dy")
+    (src / "dy").symlink_to("dx")
+    res = run_pack(src, "-o", tmp_path / "out.tar")
+    assert res.exit_code == 0, res.output
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        assert sorted(tar.getnames()) == sorted(want)
+
+
 def test_bad_output_name_and_empty_input(tmp_path: Path) -> None:
     src = tmp_path / "images"
     make_images(src)

@@ -31,6 +31,7 @@ from typing import Callable
 from blobfs.errors import InputError, one_line
 from blobfs.format.names import IMAGE_EXTENSIONS, new_name_problem, nfc_twins, twins_note
 from blobfs.format.offsets_write import offsets_path_for_tar
+from blobfs.model.discovery import is_dir, is_file
 from blobfs.write.atomic import AtomicOutputs
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed
@@ -90,7 +91,7 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
         with os.scandir(path) as it:
             for entry in it:
                 name = entry.name
-                if entry.is_dir():
+                if is_dir(entry):
                     if opts.recursive:
                         dirs.append(name)
                     continue
@@ -105,7 +106,7 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
                     continue
                 if here and here + name in skip:
                     continue
-                if entry.is_file():  # dangling links, FIFOs, sockets, devices: not packed
+                if is_file(entry):  # dangling links, links in a circle, FIFOs, sockets, devices: not packed
                     files.append(name)
     except OSError as e:
         raise InputError(f"{e.filename or path}: {e.strerror}") from None
@@ -114,10 +115,10 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
         out.extend([prefix + name for name in files] if prefix else files)
         return
     # Files and sub-folders interleaved in name order, as tarfile.add walks a folder.
-    is_dir = set(dirs)
+    folders = set(dirs)
     for name in sorted(files + dirs):
         child = prefix + name
-        if name not in is_dir:
+        if name not in folders:
             out.append(child)
             continue
         try:
