@@ -171,12 +171,29 @@ def test_interrupted_during_pack_summary(tmp_path: Path, sig: int) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "out.tar", "out_offsets.pkl"]
 
 
-def test_interrupted_during_index_summary(big_tar: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_during_index_summary(big_tar: Path, tmp_path: Path, sig: int) -> None:
     out = tmp_path / "big_offsets.pkl"
     proc, text = summary_blocked(["index", str(big_tar), "-o", str(tmp_path)], [out], "stdout",
-                                 signal.SIGINT)
+                                 sig)
     assert_interrupted(proc, text, f"the new {out} is in place")
     assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_interrupted_while_index_works(tmp_path: Path, sig: int) -> None:
+    """Before its offsets file is written (index blocks in the warning about a member it
+    leaves out, stderr a full pipe): "no output written", as pack says, and no temporary
+    left (it said only "interrupted")."""
+    from tar_helpers import members_tar
+
+    tar = members_tar(tmp_path / "w.tar", [("a.png", b"abc"), ("bad\x01.png", b"abc")],
+                      tarfile.GNU_FORMAT)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc, err = summary_blocked(["index", str(tar), "-o", str(out_dir)], [], "stderr", sig)
+    assert_interrupted(proc, err, "no output written")
+    assert list(out_dir.iterdir()) == []
 
 
 # -- signals that are not blobfs's to take --------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import stat as st
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Iterator
 
 import click
 
-from blobfs.cli.main import end_interrupted
 from blobfs.cli.params import NonEmptyPath
 from blobfs.errors import InputError, one_line
 from blobfs.model.project import SourceSpec
@@ -156,37 +154,19 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     index at all is refused (exit 2): an empty dataset is a mistake, not a result. Two names
     that are one after Unicode normalization (NFC) are both indexed, with a warning.
     """
-    from blobfs.format.names import nfc_twins, twins_note
-    from blobfs.format.offsets_write import offsets_path_for_tar, write_offsets
-    from blobfs.format.tarindex import index_tar, split_unusable
+    from blobfs.cli.reporting import reporting
+    from blobfs.format.offsets_write import offsets_path_for_tar
+    from blobfs.write.index import write_index
+    from blobfs.write.options import IndexOptions
 
     out = offsets_path_for_tar(tar, output_dir)
-    if os.path.lexists(out) and not force:  # a dangling symlink is an existing name too
-        raise InputError(f"{out}: exists (use --force to replace it)")
-    entries, unusable = split_unusable(index_tar(tar, include, exclude))
-    if unusable:
-        name, why = unusable[0]
-        more = f"; {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
-        log.warning("%s", one_line(f"{tar}: member {name!r}: {why}; not indexed{more}"))
-    twins = nfc_twins([name for name, _start, _end in entries])
-    if twins:
-        log.warning("%s", one_line(twins_note(twins, str(tar))))
-    if not entries:
-        what = ("no regular member with a usable name" if unusable
-                else "no member matches --include/--exclude" if include or exclude
-                else "no regular member")
-        raise InputError(f"{tar}: {what}; nothing written")
-    try:
-        write_offsets(out, entries)
-    except OSError as e:  # full disk, read-only or missing folder: exit 1, as the write commands
-        click.echo(f"blobfs: {one_line(f'{out}: cannot write: {e.strerror or e}')}", err=True)
-        sys.exit(1)
-    try:
-        click.echo(f"{out}: {len(entries)} entries" + (f", {len(unusable)} member(s) not indexed"
-                                                       if unusable else ""))
-    except KeyboardInterrupt:
-        end_interrupted(f"the new {out} is in place")
-    if unusable:
+    # As pack: exit 1 for an output not written (full disk, read-only folder), 130 with what
+    # was left when interrupted, the summary included (the new file is in place by then).
+    with reporting():
+        result = write_index(tar, out, IndexOptions(include=include, exclude=exclude, force=force))
+        click.echo(f"{out}: {result.entries} entries" + (
+            f", {result.not_indexed} member(s) not indexed" if result.not_indexed else ""))
+    if result.not_indexed:
         sys.exit(1)
 
 

@@ -18,7 +18,8 @@ BATCH = 10_000  # supervisely.io.fs.OFFSETS_PKL_BATCH_SIZE
 OFFSETS_SUFFIX = "_offsets.pkl"
 
 
-def _batches(entries: Iterable[tuple[str, int, int]]) -> Iterator[bytes]:
+def offsets_batches(entries: Iterable[tuple[str, int, int]]) -> Iterator[bytes]:
+    """The file's bytes, one SDK batch (pickle) at a time."""
     it = iter(entries)
     while True:
         batch = list(islice(it, BATCH))
@@ -30,7 +31,7 @@ def _batches(entries: Iterable[tuple[str, int, int]]) -> Iterator[bytes]:
 
 def dumps_offsets(entries: Iterable[tuple[str, int, int]]) -> bytes:
     """The bytes ``save_blob_offsets_pkl`` writes for these (name, start, end) entries."""
-    return b"".join(_batches(entries))
+    return b"".join(offsets_batches(entries))
 
 
 def write_offsets(path: str | os.PathLike, entries: Iterable[tuple[str, int, int]]) -> None:
@@ -43,7 +44,7 @@ def write_offsets(path: str | os.PathLike, entries: Iterable[tuple[str, int, int
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            for data in _batches(entries):
+            for data in offsets_batches(entries):
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -39,3 +39,12 @@ class UnpackOptions:
     force: bool = False
     fsync: bool = False
     jobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexOptions:
+    """``blobfs index``."""
+
+    include: tuple[str, ...] = ()   # globs on the member name or its base name
+    exclude: tuple[str, ...] = ()
+    force: bool = False

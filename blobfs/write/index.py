@@ -1,0 +1,59 @@
+"""``blobfs index``: a tar's offsets file, published as ``pack`` publishes its outputs.
+
+The file is written under a hidden temporary name and renamed into place with SIGINT, SIGTERM
+and SIGHUP held (``AtomicOutputs``): an interrupt leaves no new file or the whole new one, and
+the command can say which. The existing file is refused before the tar is read (``--force``
+replaces it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from blobfs.errors import InputError, one_line
+from blobfs.format.names import nfc_twins, twins_note
+from blobfs.format.offsets_write import offsets_batches
+from blobfs.format.tarindex import index_tar, split_unusable
+from blobfs.write.atomic import AtomicOutputs
+from blobfs.write.blobwriter import write_all
+from blobfs.write.options import IndexOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexResult:
+    offsets: Path
+    entries: int
+    not_indexed: int  # members whose name no reader can use (a warning said which)
+
+
+def write_index(tar: Path, out: Path, opts: IndexOptions) -> IndexResult:
+    """Index ``tar`` into the offsets file ``out``. A member whose name cannot be an item is
+    left out with one warning line; no member left at all is an ``InputError`` (nothing
+    written): an empty dataset is a mistake, not a result."""
+    # fsync: the file was always synced before its rename; index has no --fsync to opt in.
+    with AtomicOutputs([out], force=opts.force, fsync=True) as outputs:
+        entries, unusable = split_unusable(index_tar(tar, opts.include, opts.exclude))
+        if unusable:
+            name, why = unusable[0]
+            more = f"; {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
+            log.warning("%s", one_line(f"{tar}: member {name!r}: {why}; not indexed{more}"))
+        twins = nfc_twins([name for name, _start, _end in entries])
+        if twins:
+            log.warning("%s", one_line(twins_note(twins, str(tar))))
+        if not entries:
+            what = ("no regular member with a usable name" if unusable
+                    else "no member matches --include/--exclude" if opts.include or opts.exclude
+                    else "no regular member")
+            raise InputError(f"{tar}: {what}; nothing written")
+        fd, _tmp = outputs.file(out)
+        try:
+            for data in offsets_batches(entries):
+                write_all(fd, data, out)
+        finally:
+            os.close(fd)
+        outputs.commit()
+    return IndexResult(out, len(entries), len(unusable))
