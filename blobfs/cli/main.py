@@ -17,6 +17,7 @@ from typing import NoReturn
 import click
 
 from blobfs import __version__
+from blobfs.cli import streams
 from blobfs.errors import BlobfsError, one_line
 from blobfs.signals import default_actions, interrupt_guard, release_stop_signals
 
@@ -80,6 +81,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="blobfs: %(levelname)s: %(message)s", stream=sys.stderr)
     if ctx.invoked_subcommand in OWN_STOP_SIGNALS:
         release_stop_signals()
+        streams.untrack()
 
 
 def route_argv(argv: list[str]) -> list[str]:
@@ -95,12 +97,23 @@ def end_interrupted(state: str | None = None, *, newline: bool = True) -> NoRetu
     """The one line of an interrupted command (with ``state``: what it left), exit 130."""
     default_actions()  # another Ctrl-C now ends the process, with no traceback over this line
     # The newline ends a progress bar or a ^C echoed on the terminal's line.
-    click.echo(("\n" if newline else "") + "blobfs: interrupted"
-               + (f"; {one_line(state)}" if state else ""), err=True)
+    with contextlib.suppress(OSError):  # stderr gone: the exit code still says it
+        click.echo(("\n" if newline else "") + "blobfs: interrupted"
+                   + (f"; {one_line(state)}" if state else ""), err=True)
+    streams.silence_failed()
     sys.exit(130)
 
 
+def end_output_failed(failure: streams.StreamFailure) -> NoReturn:
+    """stdout or stderr could not be written: one line, exit 1 (or 141 for a closed pipe). A
+    write command's outputs were renamed into place before its summary: the line says so."""
+    atomic = sys.modules.get("blobfs.write.atomic")  # not loaded: nothing was published
+    done = atomic.published_since(0) if atomic is not None else None
+    streams.end_output_failed(failure, one_line(str(done)) if done else None)
+
+
 def main() -> None:
+    streams.track()
     # Not click's standalone mode: it turns Ctrl-C into "Aborted!" and exit 1 (also after the
     # command, while the context closes); here every interrupt reaches end_interrupted.
     try:
@@ -109,14 +122,22 @@ def main() -> None:
                 code = cli.main(args=route_argv(sys.argv[1:]), prog_name="blobfs",
                                 standalone_mode=False)
             except click.ClickException as e:
-                e.show()
+                with contextlib.suppress(OSError):  # stderr gone: recorded, ends below
+                    e.show()
                 code = e.exit_code
             except SystemExit as e:
                 code = e.code
+            except OSError:
+                if streams.failure() is None:
+                    raise  # not a write to stdout or stderr: a bug, with its traceback
+                code = 1
             # Written here, not while Python shuts down, where an interrupt is a traceback.
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):
                     stream.flush()
+            failure = streams.failure()
+            if failure is not None and code != 130:  # an interrupt's line and code stand
+                end_output_failed(failure)
     except click.Abort as e:  # click's KeyboardInterrupt (or EOFError), after a newline
         if isinstance(e.__cause__, EOFError):
             click.echo("Aborted!", err=True)  # as click says it: no interrupt
