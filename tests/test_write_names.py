@@ -30,6 +30,12 @@ def twins_line(first: str, second: str) -> str:
             "are kept, but a macOS file system cannot hold both after unpack")
 
 
+def left_line(count: int, first: str, why: str) -> str:
+    """pack-project's warning for the images of a dataset whose name cannot be an item."""
+    return (f"{count} image(s) left as ordinary img/ files, not packed: a name that cannot be "
+            f"an item name, first {first!r} ({why})")
+
+
 def blobfs(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run([*BLOBFS, *map(str, args)], capture_output=True, text=True, timeout=120)
 
@@ -112,6 +118,8 @@ def test_pack_project_c1_and_twins(tmp_path: Path) -> None:
     res = blobfs("pack-project", src, out)
     assert res.returncode == 0, res.stderr
     assert warnings(res.stderr) == [
+        f"blobfs: WARNING: {src / 'ds1' / 'img'}: "
+        + left_line(1, CSI, "contains '\\x9b'"),
         f"blobfs: WARNING: {src / 'ds1' / 'img'}: {twins_line(NFD_SHOWN, NFC_SHOWN)}; "
         "1 more such pair(s)"]
     with tarfile.open(out / "blob" / "ds1.tar") as tar:
@@ -119,6 +127,35 @@ def test_pack_project_c1_and_twins(tmp_path: Path) -> None:
     assert (out / "ds1" / "img" / CSI).read_bytes() == (src / "ds1" / "img" / CSI).read_bytes()
     with tarfile.open(out / "blob" / "ds2.tar") as tar:
         assert sorted(tar.getnames()) == sorted([NFC, NFD])
+
+
+def test_pack_project_says_which_names_stay_img_files(tmp_path: Path) -> None:
+    """Images whose name cannot be an item (control characters, too long) stay ordinary img/
+    files, copied: one warning line per dataset with the count and the first name, escaped
+    (it said nothing); the exit code stays 0."""
+    src = tmp_path / "src"
+    long_name = "x" * 247 + ".png"  # 251 bytes: NAME_MAX holds it, "<name>.json" not
+    write_files(src / "ds1" / "img", ["a.png", "b\tc.png", "\x1b[31mred.png", "z\x7f.png"])
+    write_files(src / "ds2" / "img", ["ok.png", long_name])
+    write_files(src / "ds3" / "img", ["fine.png"])
+    (src / "meta.json").write_text('{"classes": [], "tags": [], "projectSettings": {}}')
+    for ds in ("ds1", "ds2", "ds3"):
+        (src / ds / "ann").mkdir()
+    out = tmp_path / "out"
+    res = blobfs("pack-project", src, out)
+    assert res.returncode == 0, res.stderr
+    assert warnings(res.stderr) == [
+        f"blobfs: WARNING: {src / 'ds1' / 'img'}: "
+        + left_line(3, "\x1b[31mred.png", "contains '\\x1b'"),
+        f"blobfs: WARNING: {src / 'ds2' / 'img'}: "
+        + left_line(1, long_name, "name of 251 bytes is too long (at most 250)")]
+    assert "\x1b" not in res.stderr and "\t" not in res.stderr  # escaped: one line, no colour
+    assert "3 images in 3 tars, 4 left in img/" in res.stderr
+    for ds, name in (("ds1", "b\tc.png"), ("ds1", "\x1b[31mred.png"), ("ds1", "z\x7f.png"),
+                     ("ds2", long_name)):
+        assert (out / ds / "img" / name).read_bytes() == (src / ds / "img" / name).read_bytes()
+    with tarfile.open(out / "blob" / "ds1.tar") as tar:
+        assert tar.getnames() == ["a.png"]
 
 
 # -- index ----------------------------------------------------------------------------------

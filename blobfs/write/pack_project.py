@@ -9,8 +9,9 @@ and ``STEM_offsets.pkl`` is written into the dataset's folder. ``STEM`` is the d
 ``_3``, ... is appended. With ``max_blob_size`` a dataset whose tar would be larger is split
 into ``STEM-000.tar``, ``STEM-001.tar``, ... (members in order, a new tar when the next member
 would cross the limit; a single image larger than the limit gets a tar of its own). Images
-outside the size range stay ordinary ``img/`` files; an ``img/`` folder left empty is not
-created. The whole tree is built under a temporary name beside ``OUT_DIR`` and renamed into
+outside the size range stay ordinary ``img/`` files, and so do images whose name cannot be an
+item name (``names.new_name_problem``: control characters, too long; one warning line per
+dataset); an ``img/`` folder left empty is not created. The whole tree is built under a temporary name beside ``OUT_DIR`` and renamed into
 place at the end.
 """
 from __future__ import annotations
@@ -83,12 +84,17 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
         if found and not twins:
             twins_where = str(src / img_rel)
         twins += found
+        unnamed: list[tuple[str, str]] = []
         for name, size in images:
             if size < opts.min_size or (opts.max_size is not None and size > opts.max_size):
                 continue
-            if new_name_problem(name):
-                continue  # not a valid item name: leave it where it is, as the mount would
+            problem = new_name_problem(name)
+            if problem:
+                unnamed.append((name, problem))  # left where it is, as the mount would
+                continue
             chosen.append((name, f"{img_rel}/{name}", size, None))
+        if unnamed:
+            _warn_unnamed(src / img_rel, unnamed)
         if not chosen:
             continue
         parts = _split(chosen, opts.max_blob_size)
@@ -101,6 +107,16 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
     if twins:
         log.warning("%s", one_line(twins_note(twins, twins_where)))
     return blobs, packed, len(datasets)
+
+
+def _warn_unnamed(img_dir: Path, unnamed: list[tuple[str, str]]) -> None:
+    """One line per dataset: its images whose name cannot be an item stay ordinary img/ files
+    (copied, not lost), which the summary's "left in img/" count alone does not explain."""
+    name, problem = min(unnamed)  # the folder's order is the file system's
+    why = problem.removeprefix(f"name {name!r} ")  # the name is shown once
+    log.warning("%s", one_line(
+        f"{img_dir}: {len(unnamed)} image(s) left as ordinary img/ files, not packed: a name "
+        f"that cannot be an item name, first {name!r} ({why})"))
 
 
 def _subfolders(img_dir: Path) -> list[Path]:
