@@ -238,3 +238,25 @@ def test_own_mtimes_out_of_range_warn_once_and_mtime_range(tmp_path: Path) -> No
                           "-5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "Invalid value for '--mtime': '-5' is out of range" in bad.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_links_leading_to_each_other_are_not_copied(tmp_path: Path) -> None:
+    """Image links ``q.png -> r.png -> q.png`` in img/ and folder links beside the datasets:
+    ELOOP ended pack-project with a traceback; they are left out with a warning each, like
+    any other entry that is no regular file or folder, and the rest is packed."""
+    src = tmp_path / "src"
+    files = make_classic(src)
+    (src / "train/img/q.png").symlink_to("r.png")
+    (src / "train/img/r.png").symlink_to("q.png")
+    (src / "dx").symlink_to("dy")
+    (src / "dy").symlink_to("dx")
+    out = tmp_path / "out"
+    proc = subprocess.run([*BLOBFS, "pack-project", str(src), str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    for rel in ("train/img/q.png", "train/img/r.png", "dx", "dy"):
+        assert f"{src / rel}: not a regular file or folder; not copied" in proc.stderr, rel
+    want = visible(files)
+    with open_project(out) as p:
+        assert sorted(p.files()) == sorted(want)
+        assert all(p.read(rel) == data for rel, data in want.items())

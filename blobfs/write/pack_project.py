@@ -29,6 +29,7 @@ from blobfs.errors import InputError, one_line
 from blobfs.format.names import is_image_name, new_name_problem, nfc_twins, twins_note
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
+from blobfs.model.discovery import is_dir as entry_is_dir, is_file as entry_is_file
 from blobfs.write.atomic import AtomicOutputs, check_apart
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed, output_failed
@@ -122,7 +123,7 @@ def _warn_unnamed(img_dir: Path, unnamed: list[tuple[str, str]]) -> None:
 def _subfolders(img_dir: Path) -> list[Path]:
     try:
         with os.scandir(img_dir) as it:
-            return sorted(img_dir / e.name for e in it if e.is_dir())
+            return sorted(img_dir / e.name for e in it if entry_is_dir(e))
     except OSError:
         return []  # no img/ (or unreadable: the copy walk reports it)
 
@@ -200,7 +201,7 @@ def _plan_copies(src: Path, dst: Path, packed: set[str]) -> list[str]:
         active.add(key)
         try:
             with os.scandir(here) as it:
-                entries = sorted(((e.name, e.is_dir(), e.is_file()) for e in it))
+                entries = sorted(((e.name, entry_is_dir(e), entry_is_file(e)) for e in it))
         except OSError as e:
             raise InputError(f"{here}: {e.strerror}") from None
         children = [(f"{rel}/{name}" if rel else name, is_dir, is_file)
