@@ -45,11 +45,21 @@ def release_stop_signals() -> None:
             signal.signal(s, signal.SIG_DFL)
 
 
-def default_actions() -> None:
-    """SIGINT, SIGTERM and SIGHUP back to their default action (end the process), once an
-    interrupt is being reported: a second Ctrl-C while the last line is written (to a
-    terminal or pipe that blocks) ends the process at once instead of a traceback."""
+#: The exit code of an interrupted command (128 + SIGINT, what a shell shows for Ctrl-C).
+EXIT_INTERRUPTED = 130
+
+
+def _exit_interrupted(_signum: int, _frame: object) -> None:
+    os._exit(EXIT_INTERRUPTED)
+
+
+def exit_on_next_interrupt() -> None:
+    """Once an interrupt is being reported: SIGINT, SIGTERM and SIGHUP end the process at once
+    with the same exit code 130. A second Ctrl-C while the last line is written (to a terminal
+    or pipe that blocks) must neither print a traceback over it nor change the exit code (the
+    default action would end it killed by SIGINT, which a caller's ``wait`` sees as a signal,
+    not as exit 130); a blocked write is interrupted (EINTR) and the handler runs."""
     for s in (signal.SIGINT, *STOP_SIGNALS):
         with contextlib.suppress(ValueError):
             if signal.getsignal(s) != signal.SIG_IGN:
-                signal.signal(s, signal.SIG_DFL)
+                signal.signal(s, _exit_interrupted)

@@ -242,3 +242,38 @@ def test_mount_keeps_the_default_stop_signals(blob_project: Path, tmp_path: Path
                              text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert res.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.parametrize("first, second", [(signal.SIGINT, signal.SIGINT),
+                                           (signal.SIGTERM, signal.SIGINT)])
+def test_a_second_interrupt_while_the_line_is_written_keeps_exit_130(
+        big_tar: Path, first: int, second: int) -> None:
+    """Its one line blocked on a full stderr pipe, the command gets a second signal: it ends at
+    once, with exit 130 and no traceback (it ended killed by SIGINT, and a caller saw a signal
+    instead of the exit code)."""
+    r, w = full_pipe()
+    try:
+        proc = subprocess.Popen([*BLOBFS, "verify", "--decode", str(big_tar)],
+                                stdout=subprocess.DEVNULL, stderr=w)
+        os.close(w)
+        deadline = time.monotonic() + 60
+        while not opened(proc, big_tar):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(first)
+        wait_blocked_on_pipe(proc)  # writing its line to the full pipe
+        proc.send_signal(second)
+        assert proc.wait(timeout=60) == 130
+        os.set_blocking(r, False)
+        rest = b""
+        while True:
+            try:
+                chunk = os.read(r, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            rest += chunk
+        assert b"Traceback" not in rest
+    finally:
+        os.close(r)

@@ -19,7 +19,7 @@ import click
 from blobfs import __version__
 from blobfs.cli import streams
 from blobfs.errors import BlobfsError, one_line
-from blobfs.signals import default_actions, interrupt_guard, release_stop_signals
+from blobfs.signals import exit_on_next_interrupt, interrupt_guard, release_stop_signals
 
 
 #: command name -> (module, attribute). Imported only when the command runs (or for --help),
@@ -95,7 +95,7 @@ def route_argv(argv: list[str]) -> list[str]:
 
 def end_interrupted(state: str | None = None, *, newline: bool = True) -> NoReturn:
     """The one line of an interrupted command (with ``state``: what it left), exit 130."""
-    default_actions()  # another Ctrl-C now ends the process, with no traceback over this line
+    exit_on_next_interrupt()  # another Ctrl-C now ends it at once, no traceback over this line
     # The newline ends a progress bar or a ^C echoed on the terminal's line.
     with contextlib.suppress(OSError):  # stderr gone: the exit code still says it
         click.echo(("\n" if newline else "") + "blobfs: interrupted"
