@@ -148,3 +148,17 @@ def pax_block(records: dict[str, str], type_: bytes = b"x") -> bytes:
         body += str(n).encode() + rec
     head = header_block("././@PaxHeader", len(body), type_, tarfile.USTAR_FORMAT)
     return bytes(head) + pad(body)
+
+
+def big_tar(dst: Path, member_size: int) -> Path:
+    """A bare tar of 30,000 small members (its listing, ~450 kB, is far more than a pipe
+    holds) and one 2 MB member ``huge.png``, for the CLI's interrupt and output-error tests."""
+    with tarfile.open(dst, "w", format=tarfile.GNU_FORMAT) as t:
+        for i in range(30_000):
+            info = tarfile.TarInfo(f"img_{i:06d}.png")
+            info.size = member_size
+            t.addfile(info, io.BytesIO(b"x" * member_size))
+        info = tarfile.TarInfo("huge.png")
+        info.size = 2_000_000
+        t.addfile(info, io.BytesIO(os.urandom(info.size)))
+    return dst

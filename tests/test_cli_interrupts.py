@@ -4,7 +4,6 @@ command that wrote something (which then says its outputs are in place)."""
 from __future__ import annotations
 
 import fcntl
-import io
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tar_helpers import big_tar as big_tar_at
+
 BLOBFS = [sys.executable, "-m", "blobfs"]
 
 
@@ -22,16 +23,7 @@ BLOBFS = [sys.executable, "-m", "blobfs"]
 def big_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bare tar: 30,000 small members (listing them is ~450 kB, far more than a pipe holds;
     ``verify --decode`` takes seconds) and one 2 MB member to ``cat``."""
-    tar = tmp_path_factory.mktemp("interrupts") / "big.tar"
-    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
-        for i in range(30_000):
-            info = tarfile.TarInfo(f"img_{i:06d}.png")
-            info.size = 100
-            t.addfile(info, io.BytesIO(b"x" * 100))
-        info = tarfile.TarInfo("huge.png")
-        info.size = 2_000_000
-        t.addfile(info, io.BytesIO(os.urandom(info.size)))
-    return tar
+    return big_tar_at(tmp_path_factory.mktemp("interrupts") / "big.tar", 100)
 
 
 def wait_blocked_on_pipe(proc: subprocess.Popen, timeout: float = 60) -> None:

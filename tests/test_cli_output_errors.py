@@ -4,7 +4,6 @@
 (EIO), and to a pipe closed after one line."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from blobfs.format.offsets_read import read_offsets
+from tar_helpers import big_tar as big_tar_at
 
 BLOBFS = [sys.executable, "-m", "blobfs"]
 ENOSPC_LINE = "blobfs: cannot write to standard output: No space left on device"
@@ -22,16 +22,7 @@ ENOSPC_LINE = "blobfs: cannot write to standard output: No space left on device"
 @pytest.fixture(scope="module")
 def big_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bare tar of 30,000 members: its listing (~450 kB) is far more than a pipe holds."""
-    tar = tmp_path_factory.mktemp("output_errors") / "big.tar"
-    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
-        for i in range(30_000):
-            info = tarfile.TarInfo(f"img_{i:06d}.png")
-            info.size = 10
-            t.addfile(info, io.BytesIO(b"x" * 10))
-        info = tarfile.TarInfo("huge.png")
-        info.size = 2_000_000
-        t.addfile(info, io.BytesIO(os.urandom(info.size)))
-    return tar
+    return big_tar_at(tmp_path_factory.mktemp("output_errors") / "big.tar", 10)
 
 
 def to_full(args: list[str], stream: str = "stdout", **kw) -> subprocess.CompletedProcess:

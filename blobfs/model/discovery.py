@@ -162,17 +162,26 @@ def file_kind(mode: int) -> str:
     return "special file"
 
 
+def _mode_or_why(entry: os.DirEntry, link: str) -> int | str:
+    """``entry``'s mode with symlinks followed, or why there is none, worded with ``link``
+    ("link leading" for the view's log line, "symlink leads" for a problem line)."""
+    try:
+        return entry.stat().st_mode
+    except FileNotFoundError:
+        return f"{link} nowhere"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{link} round in a circle"
+        return f"cannot stat: {e.strerror or e}"
+
+
 def entry_kind(entry: os.DirEntry) -> str:
     """What ``entry``, no regular file, is in a word or two (symlinks followed): "FIFO",
     "socket", "link leading nowhere", "link to a character device"."""
-    try:
-        kind = file_kind(entry.stat().st_mode)
-    except FileNotFoundError:
-        return "link leading nowhere"
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "link leading round in a circle"
-        return f"cannot stat: {e.strerror or e}"
+    mode = _mode_or_why(entry, "link leading")
+    if isinstance(mode, str):
+        return mode
+    kind = file_kind(mode)
     return f"link to a {kind}" if entry.is_symlink() else kind
 
 
@@ -187,14 +196,9 @@ def img_entry_kind(entry: os.DirEntry) -> str:
 
 def not_regular_why(entry: os.DirEntry) -> str:
     """Why ``entry`` (symlinks followed) is not read as a regular file."""
-    try:
-        mode = entry.stat().st_mode
-    except FileNotFoundError:
-        return "symlink leads nowhere"
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "symlink leads round in a circle"
-        return f"cannot stat: {e.strerror or e}"
+    mode = _mode_or_why(entry, "symlink leads")
+    if isinstance(mode, str):
+        return mode
     if stat.S_ISREG(mode):  # replaced by a regular file since it was listed
         return "changed while listed"
     return f"not a regular file ({file_kind(mode)})"

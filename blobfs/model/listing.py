@@ -74,6 +74,14 @@ class Around:
         return reals
 
 
+class HiddenEntry(Exception):
+    """A real entry the view hides by its rules; ``kind`` says what it is (for its log line)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
 class RealLister:
     """Lists real folders below ``root_real`` (None: no symlink may be followed)."""
 
@@ -110,6 +118,31 @@ class RealLister:
         except OSError:
             pass
         return None
+
+    def lookup(self, path: Path, folder: str, dirs: Mapping[str, _Folder]) -> os.stat_result:
+        """The stat of real entry ``path`` (in view folder ``folder``; ``dirs`` as for
+        :class:`Around`) with symlinks followed, by the rules :meth:`_entry` lists by:
+        :class:`HiddenEntry` for an entry the view hides; ``os.lstat``'s errors otherwise."""
+        link = False
+        try:
+            s = os.lstat(path)
+            if st.S_ISLNK(s.st_mode):
+                link = True
+                if self.inside(str(path)):
+                    s = os.stat(path)
+        except OSError as e:
+            if link and e.errno == errno.ENOENT:
+                raise HiddenEntry("link leading nowhere") from None
+            if link and e.errno == errno.ELOOP:  # p -> q -> p
+                raise HiddenEntry(ROUND_KIND) from None
+            raise
+        if st.S_ISLNK(s.st_mode):  # not followed
+            raise HiddenEntry("link leading out of the project")
+        if link and st.S_ISDIR(s.st_mode) and Around(folder, dirs).circle(path):
+            raise HiddenEntry(ROUND_KIND)
+        if not (st.S_ISREG(s.st_mode) or st.S_ISDIR(s.st_mode)):
+            raise HiddenEntry(("link to a " if link else "") + file_kind(s.st_mode))
+        return s
 
     def kind(self, entry: os.DirEntry) -> str:
         """What an entry :meth:`_entry` hides is, in a word or two (for the view's log line)."""

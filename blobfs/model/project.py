@@ -60,8 +60,7 @@ class Dataset:
     items: ItemIndex
     ann_dir: Path | None
     offsets_files: list[str] = field(default_factory=list)
-    #: Symlinked annotations count only when they resolve inside this folder (the project),
-    #: the same rule the view applies.
+    #: Symlinked annotations count only inside this folder (the project), as in the view.
     confine: str | None = None
     img_hidden: Tally | None = None  #: entries of the real img/ that are no item
 
@@ -308,9 +307,9 @@ class _Opener:
 
             cache.store(store_key, parts[0][0], offsets_problems, items.hashed)
         self.problems.extend(f"{path}: {d}" for d in dups)
-        ann_dir = path / "ann"
-        return Dataset(name, relpath, path, items, ann_dir if ann_dir.is_dir() else None,
-                       list(offsets), root_real, no_items)
+        ann = path / "ann"
+        return Dataset(name, relpath, path, items, ann if ann.is_dir() else None, list(offsets),
+                       root_real, no_items)
 
 
 def _find_root(dataset_dir: Path) -> Path:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from blobfs.model.discovery import OFFSETS_SUFFIX, file_kind
+from blobfs.model.discovery import OFFSETS_SUFFIX
 from blobfs.model.hidden import HiddenLog
-from blobfs.model.listing import (DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, ROUND_KIND,
-                                  Around, RealLister, not_items)
+from blobfs.model.listing import (DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, Around,
+                                  HiddenEntry, RealLister, not_items)
 from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
 from blobfs.model.synth_ann import AnnSynthesizer
 
@@ -172,37 +172,18 @@ class ClassicView:
         raise _err(errno.ENOENT, rel)
 
     def _real(self, path: Path, rel: str) -> tuple:
-        link = False
         try:
-            s = os.lstat(path)
-            if st.S_ISLNK(s.st_mode):
-                link = True
-                if self._lister.inside(str(path)):
-                    s = os.stat(path)
+            s = self._lister.lookup(path, rel.rpartition("/")[0], self._dirs)
+        except HiddenEntry as h:  # said in its folder's log line if first
+            self._hidden.looked_up(rel, h.kind)
+            raise _err(errno.ENOENT, rel) from None
         except FileNotFoundError:
-            raise (self._hides(rel, "link leading nowhere") if link
-                   else _err(errno.ENOENT, rel)) from None
+            raise _err(errno.ENOENT, rel) from None
         except NotADirectoryError:
             raise _err(errno.ENOTDIR, rel) from None
         except PermissionError:
             raise _err(errno.EACCES, rel) from None
-        except OSError as e:
-            if link and e.errno == errno.ELOOP:  # p -> q -> p: hidden, as the listing hides it
-                raise self._hides(rel, ROUND_KIND) from None
-            raise
-        if st.S_ISLNK(s.st_mode):  # not followed
-            raise self._hides(rel, "link leading out of the project")
-        folder = rel.rpartition("/")[0]
-        if link and st.S_ISDIR(s.st_mode) and Around(folder, self._dirs).circle(path):
-            raise self._hides(rel, ROUND_KIND)
-        if not (st.S_ISREG(s.st_mode) or st.S_ISDIR(s.st_mode)):
-            raise self._hides(rel, ("link to a " if link else "") + file_kind(s.st_mode))
         return ("real", path, s)
-
-    def _hides(self, rel: str, kind: str) -> OSError:
-        """ENOENT for a real entry the view hides, said in its folder's log line if first."""
-        self._hidden.looked_up(rel, kind)
-        return _err(errno.ENOENT, rel)
 
     @staticmethod
     def _rel(path: str) -> str:
