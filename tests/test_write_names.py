@@ -104,16 +104,20 @@ def test_pack_of_ascii_names_says_nothing(tmp_path: Path) -> None:
 
 # -- pack-project ---------------------------------------------------------------------------
 
+def classic_skeleton(src: Path, datasets: list[str]) -> None:
+    """``meta.json`` and an empty ``ann/`` per dataset: with images written, a classic project."""
+    (src / "meta.json").write_text('{"classes": [], "tags": [], "projectSettings": {}}')
+    for ds in datasets:
+        (src / ds / "ann").mkdir()
+
+
 def test_pack_project_c1_and_twins(tmp_path: Path) -> None:
     """A C1 name is not packed (it stays an ordinary img/ file, as a C0 name does); NFC twins
     in two datasets: one warning for the project, both kept."""
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "meta.json").write_text('{"classes": [], "tags": [], "projectSettings": {}}')
     write_files(src / "ds1" / "img", ["a.png", NFC, NFD, CSI])
     write_files(src / "ds2" / "img", [NFD, NFC])
-    for ds in ("ds1", "ds2"):
-        (src / ds / "ann").mkdir()
+    classic_skeleton(src, ["ds1", "ds2"])
     out = tmp_path / "out"
     res = blobfs("pack-project", src, out)
     assert res.returncode == 0, res.stderr
@@ -138,9 +142,7 @@ def test_pack_project_says_which_names_stay_img_files(tmp_path: Path) -> None:
     write_files(src / "ds1" / "img", ["a.png", "b\tc.png", "\x1b[31mred.png", "z\x7f.png"])
     write_files(src / "ds2" / "img", ["ok.png", long_name])
     write_files(src / "ds3" / "img", ["fine.png"])
-    (src / "meta.json").write_text('{"classes": [], "tags": [], "projectSettings": {}}')
-    for ds in ("ds1", "ds2", "ds3"):
-        (src / ds / "ann").mkdir()
+    classic_skeleton(src, ["ds1", "ds2", "ds3"])
     out = tmp_path / "out"
     res = blobfs("pack-project", src, out)
     assert res.returncode == 0, res.stderr

@@ -155,25 +155,18 @@ class RealLister:
 
     def img_kind(self, img: Path, name: str) -> str | None:
         """What entry ``name`` of a real ``img/``, no item, is in a word or two (for the view's
-        log line), or None when there is no such entry."""
-        path = img / name
+        log line), or None when there is no such entry: :meth:`lookup`'s rules, and for a file
+        or folder it would show, why ``img/`` does not."""
         try:
-            mode = os.lstat(path).st_mode
+            s = self.lookup(img / name, "", {})  # a folder here is "in img/", circle or not
+        except HiddenEntry as h:
+            return h.kind
         except OSError:
             return None
-        link = st.S_ISLNK(mode)
-        if link and not self.inside(str(path)):
-            return "link leading out of the project"
-        try:
-            mode = os.stat(path).st_mode
-        except OSError as e:
-            return ROUND_KIND if e.errno == errno.ELOOP else "link leading nowhere"
-        if st.S_ISDIR(mode):
+        if st.S_ISDIR(s.st_mode):
             return "folder in img/"
-        if st.S_ISREG(mode):
-            # an image name: one no reader can use, or a file added since the project opened
-            return "no item" if is_image_name(name) else "no image file name"
-        return ("link to a " if link else "") + file_kind(mode)
+        # an image name: one no reader can use, or a file added since the project opened
+        return "no item" if is_image_name(name) else "no image file name"
 
     def scan(self, real: Path, hide: Hide | None = None,
              hidden: Callable[[Tally], None] | None = None,
