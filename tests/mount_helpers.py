@@ -208,13 +208,17 @@ def _state(pid: int) -> str:
         return "X"
 
 
-def wait_for_mount(mountpoint: Path, proc: subprocess.Popen | None, timeout: float = MOUNT_TIMEOUT) -> None:
-    """Until ``mountpoint`` is a listable mount; fails early if ``proc`` died."""
+def wait_for_mount(mountpoint: Path, proc: subprocess.Popen | None, timeout: float = MOUNT_TIMEOUT,
+                   *, listable: bool = True) -> None:
+    """Until ``mountpoint`` is a listable mount (``listable=False``: mounted at all, for a mount
+    this process may not enter); fails early if ``proc`` died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"blobfs exited with {proc.returncode} before mounting")
         if is_mounted(mountpoint):
+            if not listable:
+                return
             try:
                 os.listdir(mountpoint)
                 return
@@ -269,18 +273,22 @@ def _finish(proc: subprocess.Popen, mountpoint: Path) -> int:
 
 @contextmanager
 def mounted(source: str | os.PathLike[str], mountpoint: Path, *, libfuse: int, args: tuple[str, ...] = (),
-            env: dict[str, str] | None = None, expect_exit: int | None = 0) -> Iterator[Mount]:
-    """Run ``blobfs mount -f`` on ``mountpoint`` (must exist) and yield once it is listable."""
+            env: dict[str, str] | None = None, expect_exit: int | None = 0,
+            as_user: tuple[str, ...] = ()) -> Iterator[Mount]:
+    """Run ``blobfs mount -f`` on ``mountpoint`` (must exist) and yield once it is listable.
+    ``as_user``: a command prefix (``setpriv ...``) the daemon runs under; such a mount is
+    only waited for until it is in the mount table (without allow_other this process may not
+    list it)."""
     mountpoint = Path(mountpoint)
     errf = tempfile.NamedTemporaryFile(prefix="blobfs-stderr-", suffix=".log", delete=False)
-    cmd = [*BLOBFS, "mount", "-f", "--libfuse", str(int(libfuse)), *mount_api_args(libfuse), *args,
+    cmd = [*as_user, *BLOBFS, "mount", "-f", "--libfuse", str(int(libfuse)), *mount_api_args(libfuse), *args,
            str(source), str(mountpoint)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
                             env={**os.environ, **(env or {})})
     m = Mount(mountpoint, proc, libfuse, Path(errf.name), expect_exit)
     try:
         try:
-            wait_for_mount(mountpoint, proc)
+            wait_for_mount(mountpoint, proc, listable=not as_user)
         except AssertionError as e:
             raise AssertionError(f"{e}; stderr:\n{m.stderr()}") from None
         yield m

@@ -26,7 +26,6 @@ import logging.handlers
 import os
 import select
 import signal
-import stat as _stat
 import sys
 import tempfile
 import threading
@@ -41,56 +40,14 @@ from blobfs.fuse.cpuworkers import WorkerLost, die_with_parent, plan as worker_p
 from blobfs.fuse.ops import make_operations
 from blobfs.fuse.uring import compiled_loop, kernel_offers as uring_offered
 from blobfs.fuse.options import CACHE_TIMEOUT, MountOptions, MountUsageError
+from blobfs.fuse.preflight import MountError, check_mountpoint, device_hint
 from blobfs.fuse.sdnotify import sd_notify
-from blobfs.fuse.umount import STALE_ERRNOS, is_stale, mount_entry, unmount
+from blobfs.fuse.umount import is_stale, mount_entry, unmount
 
 log = logging.getLogger(__name__)
 
 #: How long the parent waits for the daemon's "mounted" message.
 READY_TIMEOUT = 60.0
-
-
-class MountError(BlobfsError):
-    """The filesystem could not be mounted (CLI exit code 1)."""
-
-
-# -- checks (all before the mount point changes) ---------------------------------------------
-def check_mountpoint(opts: MountOptions) -> None:
-    """Refuse a missing, non-directory, non-empty, stale or already mounted mount point."""
-    mp = opts.mountpoint
-    try:
-        st = os.stat(mp)
-    except FileNotFoundError:
-        raise MountUsageError(f"{mp}: mount point does not exist") from None
-    except OSError as e:
-        if e.errno in STALE_ERRNOS:
-            raise MountError(
-                f"{mp}: stale mount left by a dead daemon (Transport endpoint is not connected); "
-                f"run 'blobfs umount {mp}' first"
-            ) from None
-        raise MountUsageError(f"{mp}: {e.strerror}") from None
-    if not _stat.S_ISDIR(st.st_mode):
-        raise MountUsageError(f"{mp}: mount point is not a directory")
-    entry = mount_entry(mp)
-    if entry is not None:
-        if is_stale(mp):
-            raise MountError(
-                f"{mp}: stale mount left by a dead daemon (Transport endpoint is not connected); "
-                f"run 'blobfs umount {mp}' first"
-            )
-        raise MountError(f"{mp}: already mounted ({entry[0]} from {entry[1]})")
-    src = opts.source
-    if mp == src or src in mp.parents:
-        # The daemon would stat its own mount through the project and wait on itself.
-        raise MountUsageError(f"{mp}: mount point is inside the source {src}")
-    if not opts.nonempty:
-        try:
-            with os.scandir(mp) as it:
-                nonempty = next(it, None) is not None
-        except OSError as e:
-            raise MountUsageError(f"{mp}: cannot list mount point: {e.strerror}") from None
-        if nonempty:
-            raise MountUsageError(f"{mp}: mount point is not empty (use -o nonempty to mount over it)")
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -138,7 +95,8 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
         return 1
     except RuntimeError as e:
         if not started.is_set():
-            raise MountError(f"{opts.mountpoint}: libfuse could not mount {opts.source} (status {e})") from None
+            raise MountError(f"{opts.mountpoint}: libfuse could not mount {opts.source} (status {e})"
+                             f"{device_hint()}") from None
         # libfuse >= 3.10 returns non-zero after a signal ended the loop: a normal stop.
         log.debug("libfuse loop ended with status %s", e)
     finally:
@@ -387,4 +345,4 @@ def run(opts: MountOptions) -> int:
     return serve(project, fb, opts, lambda: sd_notify("READY=1"))
 
 
-__all__ = ["MountError", "check_mountpoint", "run", "serve"]
+__all__ = ["run", "serve"]
