@@ -192,6 +192,10 @@ class RealLister:
         if tally is not None and hidden is not None:
             hidden(tally)
 
+    def subfolders(self, real: Path, hide: Hide | None, around: Around | None) -> int:
+        """How many folders :meth:`scan` lists in ``real`` (a view folder's link count)."""
+        return sum(1 for e in self.scan(real, hide, None, around) if st.S_ISDIR(e[1]))
+
     def dropped(self, real: Path, hide: Hide | None = None,
                 around: Around | None = None) -> list[tuple[str, str]]:
         """(name, why) of the entries of ``real`` that :meth:`scan` leaves out by the view's

@@ -222,11 +222,11 @@ class ClassicView:
             if d.real is not None and d.items_of is None:
                 try:
                     s = os.stat(d.real)
-                    return Stat(s.st_mode & ~_WRITE_BITS, real_ino(s.st_ino), s.st_nlink, 0,
-                                s.st_mtime_ns, s.st_uid, s.st_gid)
+                    return Stat(s.st_mode & ~_WRITE_BITS, real_ino(s.st_ino),
+                                self._nlink(d, s.st_nlink), 0, s.st_mtime_ns, s.st_uid, s.st_gid)
                 except OSError:
                     pass
-            return Stat(_DIR_MODE, d.ino, 2, 0, *self._dir_times(d))
+            return Stat(_DIR_MODE, d.ino, self._nlink(d, 2), 0, *self._dir_times(d))
         if kind == "bytes":
             mtime, uid, gid = self._dir_times(self._dirs[""])
             return Stat(_FILE_MODE, node[2], 1, len(node[1]), mtime, uid, gid)
@@ -234,6 +234,17 @@ class ClassicView:
         data = self._synth.data(k, name)
         mtime, uid, gid = self._dir_times(self._dirs[self.project.datasets[k].relpath])
         return Stat(_FILE_MODE, self._synth_ino(k, name), 1, len(data), mtime, uid, gid)
+
+    def _nlink(self, d: _DirNode, real_nlink: int) -> int:
+        """A folder's link count, 2 + the folders it shows, as on disk: a walker may stop looking
+        for folders once it has seen st_nlink - 2 (a blob dataset's real folder, without
+        ``img/``, counts one too few). The real count holds unless the view adds or hides some."""
+        if not (d.overlay or d.hidden or d.hide_offsets):
+            return real_nlink
+        n = 2 + sum(1 for node in d.overlay.values() if node[0] == "dir")
+        if d.real is not None:
+            n += self._lister.subfolders(d.real, d.hides, Around(d.rel, self._dirs))
+        return n
 
     def _synth_ino(self, k: int, name: str) -> int:
         return number(VFILE, k, self._synth.item(k, name))
