@@ -279,7 +279,7 @@ class ClassicView:
             d, real, ino = None, node[1], real_ino(node[2].st_ino)
         elif node[0] == "dir":
             d = self._dirs[node[1]]
-            real, ino = d.real, self.getattr(rel).ino
+            real, ino = d.real, self.getattr(rel).ino if offset < 1 else 0  # "." only
         else:
             raise _err(errno.ENOTDIR, rel)
         if offset < 1:
