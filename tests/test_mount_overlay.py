@@ -19,7 +19,7 @@ from blobfs.fuse import wire
 from blobfs.fuse.options import MountUsageError, build_options
 from blobfs.fuse.umount import mount_entry
 from mount_helpers import (BLOBFS, Libfuse, cleanup_mountpoint, daemon_pids, is_mounted, mount_cmd, mounted,
-                           overlay_unavailable, requires_fuse, uring_unavailable, wait_gone)
+                           overlay_unavailable, read_expected, requires_fuse, uring_unavailable, wait_gone)
 
 _mount_test = pytest.mark.mount, pytest.mark.timeout(120), requires_fuse
 URING = Libfuse(3, "uring")
@@ -37,8 +37,11 @@ def _blobfs(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*BLOBFS, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
-def _private_dirs() -> set[str]:
-    return {n for n in os.listdir("/run") if n.startswith("blobfs-overlay-")} if os.path.isdir("/run") else set()
+def _private_dirs(pid: int | None = None) -> set[str]:
+    """The overlay mounts' private directories in /run; with ``pid``, only those of the mount
+    run by that process (another test session's mount may be setting up at the same time)."""
+    prefix = f"blobfs-overlay-{pid}-" if pid is not None else "blobfs-overlay-"
+    return {n for n in os.listdir("/run") if n.startswith(prefix)} if os.path.isdir("/run") else set()
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -86,18 +89,30 @@ def test_python_open_sends_no_ioctl_through_the_overlay(blob_project, fixtures_d
 
 @_mount_test_overlay
 def test_the_mount_table_shows_the_overlay_only(blob_project, fixtures_dir, tmp_path):
-    before = _private_dirs()
-    with mounted(blob_project, tmp_path, libfuse=Libfuse(3), args=OVERLAY) as m:
-        entry = mount_entry(m.mountpoint)
+    # Checked when `blobfs mount` has returned: the FUSE mount under the overlay is detached
+    # just after the overlay stacks, so a poll for "listable" can see both for a moment.
+    mp, log = tmp_path / "mp", tmp_path / "daemon.log"
+    mp.mkdir()
+    with cleanup_mountpoint(mp):
+        p = subprocess.Popen(mount_cmd(blob_project, mp, *OVERLAY, "-o", f"log={log}"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and not out and not err, (p.returncode, out, err)
+        entry = mount_entry(mp)
         assert entry == ("overlay", f"blobfs:{blob_project.resolve()}"), entry
+        mine = f"/blobfs-overlay-{p.pid}-"
         with open("/proc/self/mountinfo") as f:
-            private = [ln for ln in f if "/blobfs-overlay-" in ln.split(" - ")[0].split()[4]]
+            private = [ln for ln in f if mine in ln.split(" - ")[0].split()[4]]
         assert private == []  # the FUSE mount under it is detached
-        assert _private_dirs() == before  # and its private directories are gone
+        assert _private_dirs(p.pid) == set()  # and its private directories are gone
         with pytest.raises(OSError) as e:
-            (m.mountpoint / "x").write_bytes(b"")
+            (mp / "x").write_bytes(b"")
         assert e.value.errno == 30  # EROFS
-        assert "under overlayfs" in m.stderr()
+        assert read_expected(mp, fixtures_dir) > 0
+        assert "under overlayfs" in log.read_text()
+        r = _blobfs("umount", str(mp))
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(mp)
 
 
 @_mount_test_overlay
