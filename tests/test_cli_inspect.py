@@ -213,3 +213,16 @@ def test_a_trailing_slash_on_a_file_is_not_a_directory(runner: CliRunner, blob_p
             assert r.exit_code == 2 and "Not a directory" in r.output, (cmd, path, r.output)
     r = run(runner, "ls", str(blob_project), "ds1/img/")  # on a folder it changes nothing
     assert r.exit_code == 0 and "img_040.png" in r.output.splitlines()
+
+
+def test_a_mistyped_command_is_not_taken_for_a_mount(blob_project: Path, tmp_path: Path) -> None:
+    # fstab's "blobfs SOURCE MOUNTPOINT" routing took `blobfs infoo PROJECT` for a mount of
+    # "infoo" on the project: "mount point is not empty (use -o nonempty ...)".
+    r = subprocess.run([sys.executable, "-m", "blobfs", "infoo", str(blob_project)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "No such command 'infoo'" in r.stderr, r.stderr
+    assert "mount" not in r.stderr
+    # A source that exists (or a path) still means mount, as mount.fuse3 runs it.
+    r = subprocess.run([sys.executable, "-m", "blobfs", str(blob_project), str(tmp_path / "nomnt")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "blobfs mount:" in r.stderr and "nomnt" in r.stderr, r.stderr
