@@ -226,3 +226,26 @@ def test_a_mistyped_command_is_not_taken_for_a_mount(blob_project: Path, tmp_pat
     r = subprocess.run([sys.executable, "-m", "blobfs", str(blob_project), str(tmp_path / "nomnt")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "blobfs mount:" in r.stderr and "nomnt" in r.stderr, r.stderr
+
+
+def test_view_paths_with_dot_dotdot_and_double_slashes(runner: CliRunner, blob_project: Path,
+                                                       classic_project: Path) -> None:
+    """``ls PROJ ./ds1`` and ``cat PROJ ds1//img/x.png`` said "No such file or directory":
+    they name what they name in a shell (and on the mount)."""
+    want = (classic_project / "ds1/img/img_040.png").read_bytes()
+    for path in ("./ds1/img/img_040.png", "ds1//img/img_040.png", "ds1/./img/img_040.png",
+                 "ds2/../ds1/img/img_040.png", "/ds1/img/img_040.png"):
+        r = runner.invoke(cli, ["cat", str(blob_project), path])
+        assert r.exit_code == 0 and r.stdout_bytes == want, (path, r.output)
+    listing = run(runner, "ls", str(blob_project), "ds1/img").output
+    for path in ("./ds1/img", "ds1//img/", "ds1/img/.", "ds2/../ds1/img"):
+        r = run(runner, "ls", str(blob_project), path)
+        assert r.exit_code == 0 and r.output == listing, (path, r.output)
+    r = run(runner, "ls", str(blob_project), ".")
+    assert r.output.split() == ["ds1/", "ds2/", "meta.json"]
+    # A trailing slash or dot on a file still says it is no folder; errors name the path given.
+    for path in ("ds1/img/img_040.png/.", "./ds1/img/img_040.png/"):
+        r = run(runner, "cat", str(blob_project), path)
+        assert r.exit_code == 2 and r.output == f"blobfs: {path}: Not a directory\n", r.output
+    r = run(runner, "cat", str(blob_project), "")
+    assert r.exit_code == 2 and r.output == "blobfs: /: Is a directory\n"
