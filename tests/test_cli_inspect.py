@@ -249,3 +249,12 @@ def test_view_paths_with_dot_dotdot_and_double_slashes(runner: CliRunner, blob_p
         assert r.exit_code == 2 and r.output == f"blobfs: {path}: Not a directory\n", r.output
     r = run(runner, "cat", str(blob_project), "")
     assert r.exit_code == 2 and r.output == "blobfs: /: Is a directory\n"
+
+
+def test_info_of_a_dataset_folder_names_that_folder(runner: CliRunner, blob_project: Path) -> None:
+    """``info PROJ/ds1`` said "dataset: PROJ" (the absolute project root found for meta.json)."""
+    r = run(runner, "info", str(blob_project / "ds1"))
+    assert r.exit_code == 0 and r.output.splitlines()[0] == f"dataset: {blob_project / 'ds1'}", r.output
+    report = json.loads(run(runner, "info", str(blob_project / "ds1"), "--json").output)
+    assert report["kind"] == "dataset" and report["source"] == str(blob_project / "ds1")
+    assert [d["name"] for d in report["datasets"]] == ["ds1"]
