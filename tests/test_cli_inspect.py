@@ -258,3 +258,12 @@ def test_info_of_a_dataset_folder_names_that_folder(runner: CliRunner, blob_proj
     report = json.loads(run(runner, "info", str(blob_project / "ds1"), "--json").output)
     assert report["kind"] == "dataset" and report["source"] == str(blob_project / "ds1")
     assert [d["name"] for d in report["datasets"]] == ["ds1"]
+
+
+def test_ann_that_is_a_file_is_named_as_such(runner: CliRunner, blob_project: Path) -> None:
+    """``--ann meta.json`` said "annotation folder not found" of a file that is there."""
+    tar = next((blob_project / "blob").glob("*.tar"))
+    r = run(runner, "info", str(tar), "--ann", str(blob_project / "meta.json"))
+    assert r.exit_code == 2 and r.output == f"blobfs: {blob_project / 'meta.json'}: annotation folder is not a folder\n"
+    r = run(runner, "info", str(tar), "--ann", str(blob_project / "nope"))
+    assert r.exit_code == 2 and r.output == f"blobfs: {blob_project / 'nope'}: annotation folder not found\n"
