@@ -213,3 +213,57 @@ def test_a_trailing_slash_on_a_file_is_not_a_directory(runner: CliRunner, blob_p
             assert r.exit_code == 2 and "Not a directory" in r.output, (cmd, path, r.output)
     r = run(runner, "ls", str(blob_project), "ds1/img/")  # on a folder it changes nothing
     assert r.exit_code == 0 and "img_040.png" in r.output.splitlines()
+
+
+def test_a_mistyped_command_is_not_taken_for_a_mount(blob_project: Path, tmp_path: Path) -> None:
+    # fstab's "blobfs SOURCE MOUNTPOINT" routing took `blobfs infoo PROJECT` for a mount of
+    # "infoo" on the project: "mount point is not empty (use -o nonempty ...)".
+    r = subprocess.run([sys.executable, "-m", "blobfs", "infoo", str(blob_project)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "No such command 'infoo'" in r.stderr, r.stderr
+    assert "mount" not in r.stderr
+    # A source that exists (or a path) still means mount, as mount.fuse3 runs it.
+    r = subprocess.run([sys.executable, "-m", "blobfs", str(blob_project), str(tmp_path / "nomnt")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "blobfs mount:" in r.stderr and "nomnt" in r.stderr, r.stderr
+
+
+def test_view_paths_with_dot_dotdot_and_double_slashes(runner: CliRunner, blob_project: Path,
+                                                       classic_project: Path) -> None:
+    """``ls PROJ ./ds1`` and ``cat PROJ ds1//img/x.png`` said "No such file or directory":
+    they name what they name in a shell (and on the mount)."""
+    want = (classic_project / "ds1/img/img_040.png").read_bytes()
+    for path in ("./ds1/img/img_040.png", "ds1//img/img_040.png", "ds1/./img/img_040.png",
+                 "ds2/../ds1/img/img_040.png", "/ds1/img/img_040.png"):
+        r = runner.invoke(cli, ["cat", str(blob_project), path])
+        assert r.exit_code == 0 and r.stdout_bytes == want, (path, r.output)
+    listing = run(runner, "ls", str(blob_project), "ds1/img").output
+    for path in ("./ds1/img", "ds1//img/", "ds1/img/.", "ds2/../ds1/img"):
+        r = run(runner, "ls", str(blob_project), path)
+        assert r.exit_code == 0 and r.output == listing, (path, r.output)
+    r = run(runner, "ls", str(blob_project), ".")
+    assert r.output.split() == ["ds1/", "ds2/", "meta.json"]
+    # A trailing slash or dot on a file still says it is no folder; errors name the path given.
+    for path in ("ds1/img/img_040.png/.", "./ds1/img/img_040.png/"):
+        r = run(runner, "cat", str(blob_project), path)
+        assert r.exit_code == 2 and r.output == f"blobfs: {path}: Not a directory\n", r.output
+    r = run(runner, "cat", str(blob_project), "")
+    assert r.exit_code == 2 and r.output == "blobfs: /: Is a directory\n"
+
+
+def test_info_of_a_dataset_folder_names_that_folder(runner: CliRunner, blob_project: Path) -> None:
+    """``info PROJ/ds1`` said "dataset: PROJ" (the absolute project root found for meta.json)."""
+    r = run(runner, "info", str(blob_project / "ds1"))
+    assert r.exit_code == 0 and r.output.splitlines()[0] == f"dataset: {blob_project / 'ds1'}", r.output
+    report = json.loads(run(runner, "info", str(blob_project / "ds1"), "--json").output)
+    assert report["kind"] == "dataset" and report["source"] == str(blob_project / "ds1")
+    assert [d["name"] for d in report["datasets"]] == ["ds1"]
+
+
+def test_ann_that_is_a_file_is_named_as_such(runner: CliRunner, blob_project: Path) -> None:
+    """``--ann meta.json`` said "annotation folder not found" of a file that is there."""
+    tar = next((blob_project / "blob").glob("*.tar"))
+    r = run(runner, "info", str(tar), "--ann", str(blob_project / "meta.json"))
+    assert r.exit_code == 2 and r.output == f"blobfs: {blob_project / 'meta.json'}: annotation folder is not a folder\n"
+    r = run(runner, "info", str(tar), "--ann", str(blob_project / "nope"))
+    assert r.exit_code == 2 and r.output == f"blobfs: {blob_project / 'nope'}: annotation folder not found\n"

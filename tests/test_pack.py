@@ -266,6 +266,24 @@ def test_links_leading_to_each_other_are_not_packed(tmp_path: Path) -> None:
         assert sorted(tar.getnames()) == sorted(want)
 
 
+def test_images_that_are_no_regular_file_are_named_in_one_warning(tmp_path: Path, caplog) -> None:
+    """A dangling ``x.png`` link or a FIFO named like an image was left out without a word
+    (exit 0): an image the user meant to pack was silently missing from the tar."""
+    src = tmp_path / "images"
+    want = make_images(src)
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(src / "pipe.jpg")
+    (src / "notes").symlink_to(tmp_path / "nowhere")  # not an image name: not a candidate
+    with caplog.at_level("WARNING"):
+        res = run_pack(src, "-o", tmp_path / "out.tar")
+    assert res.exit_code == 0, res.output
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        assert sorted(tar.getnames()) == sorted(want)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "2 matching entries not packed" in warnings[0], warnings
+    assert "'gone.png'" in warnings[0] and "\n" not in warnings[0]
+
+
 def test_bad_output_name_and_empty_input(tmp_path: Path) -> None:
     src = tmp_path / "images"
     make_images(src)

@@ -111,6 +111,22 @@ def test_fixture_round_trip(classic_project: Path, tmp_path: Path) -> None:
     assert tree(back) == original
 
 
+def test_size_options_that_cannot_give_a_useful_result_are_usage_errors(tmp_path: Path) -> None:
+    # --max-blob-size 0 (often "no limit" elsewhere) made one tar per image; --min-size above
+    # --max-size packed nothing: both exited 0.
+    src = tmp_path / "classic"
+    make_classic(src)
+    for args, hint in ((("--max-blob-size", "0"), "--max-blob-size"),
+                       (("--max-blob-size", "10239"), "--max-blob-size"),
+                       (("--min-size", "10M", "--max-size", "1K"), "--min-size")):
+        res = invoke(pack_project_cmd, src, tmp_path / "out", *args)
+        assert res.exit_code == 2 and hint in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "out").exists()
+    res = invoke(pack_project_cmd, src, tmp_path / "out", "--max-blob-size", "10K",
+                 "--min-size", "1K", "--max-size", "1K")  # the edges themselves are fine
+    assert res.exit_code == 0, res.output
+
+
 def test_generated_round_trip_sizes_and_split(tmp_path: Path) -> None:
     src, out, back = tmp_path / "classic", tmp_path / "blobproj", tmp_path / "back"
     files = make_classic(src)

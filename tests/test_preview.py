@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -296,6 +298,29 @@ def test_cli_preview(blob_project: Path, tmp_path: Path) -> None:
     # The output cannot be written: 1, as `pack -o no/such/x.tar` and `unpack SRC no/such/out`.
     assert notdir.exit_code == 1 and "output folder does not exist" in notdir.output
     assert "Traceback" not in notdir.output
+
+
+@pytest.mark.parametrize("name", ["sheet.jpg", "sheet.gif", "sheet.webp"])
+def test_cli_preview_sheet_too_large_for_format(blob_project: Path, tmp_path: Path, name: str) -> None:
+    # 40 columns of 2048 px: 82,166 px wide. libjpeg printed its own line on stderr and Pillow
+    # "broken data stream" (exit 1, as for a full disk); GIF died with an OverflowError traceback.
+    out = tmp_path / name
+    r = subprocess.run([sys.executable, "-m", "blobfs", "preview", str(blob_project), "-o", str(out),
+                        "--columns", "40", "--thumb", "2048", "--limit", "40"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "too large for" in r.stderr and "82166x" in r.stderr, r.stderr
+    assert not out.exists() and sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, why", [("sheet.xbm", "cannot write mode RGB"),
+                                       ("sheet.xpm", "has no writer")])
+def test_cli_preview_format_without_rgb_writer(blob_project: Path, tmp_path: Path, name: str, why: str) -> None:
+    # Pillow's refusals are OSErrors without errno: a usage error (2), not an unwritable output (1).
+    out = tmp_path / name
+    r = CliRunner().invoke(cli, ["preview", str(blob_project), "-o", str(out), "--limit", "4"])
+    assert r.exit_code == 2 and why in r.output and "Traceback" not in r.output, r.output
+    assert not out.exists()
 
 
 @pytest.mark.mount

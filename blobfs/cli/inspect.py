@@ -41,6 +41,22 @@ def warn_left_out(source: Path, problems: list[str]) -> None:
         log.warning("%s (left out%s)", one_line(problems[0]), one_line(more))
 
 
+def view_path(path: str) -> str:
+    """A user's view path as the view takes it: ``./ds1``, ``ds1//img`` and ``ds1/x/../img``
+    name what they name in a shell (the mount resolves them in the kernel; the view itself
+    gets canonical paths). A trailing slash stays: it says "a folder" (ENOTDIR otherwise)."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    out = "/".join(parts)
+    folder = path.endswith(("/", "/.", "/..")) or path in (".", "..")
+    return out + "/" if folder and out else out
+
+
 @contextlib.contextmanager
 def progress(total: int, label: str) -> Iterator:
     """A progress bar on stderr when it is a terminal and the work is long; else a no-op."""
@@ -107,13 +123,14 @@ def _human(n: int) -> str:
 @click.option("-l", "long", is_flag=True, help="Long listing: type, size, name.")
 def ls_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str, long: bool) -> None:
     """List PATH of the classic view of SOURCE (what the mount would show)."""
+    shown, path = path, view_path(path)
     with spec(source, offsets, ann).open() as p:
         warn_left_out(source, p.problems)
         try:
             a = p.view.getattr(path)
             entries = p.view.listdir(path) if st.S_ISDIR(a.mode) else [(path.rsplit("/", 1)[-1], a.mode)]
         except OSError as e:
-            raise InputError(f"{path or '/'}: {e.strerror}") from None
+            raise InputError(f"{shown or '/'}: {e.strerror}") from None
         for name, mode in entries:
             if long:
                 full = f"{path.strip('/')}/{name}".strip("/") if st.S_ISDIR(a.mode) else path
@@ -130,9 +147,9 @@ def cat_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str) -> 
     """Write the bytes of view PATH (e.g. ds1/img/x.png) of SOURCE to stdout."""
     with spec(source, offsets, ann).open() as p:
         try:
-            data = p.read(path)
+            data = p.read(view_path(path))
         except OSError as e:
-            raise InputError(f"{path}: {e.strerror}") from None
+            raise InputError(f"{path or '/'}: {e.strerror}") from None
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -86,9 +87,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 def route_argv(argv: list[str]) -> list[str]:
     """mount(8) runs ``blobfs SOURCE MOUNTPOINT -o OPTS`` for fstab type ``fuse.blobfs``
-    (through mount.fuse3): a first word that is no command means ``mount``."""
+    (through mount.fuse3): a first word that is no command means ``mount``. Only when it can
+    be a source, though (a path, or something that exists): a mistyped command (``blobfs
+    infoo proj``) is click's "No such command", not a mount of ``infoo`` on the project."""
     if (len(argv) >= 2 and argv[0] not in COMMANDS and not argv[0].startswith("-")
-            and not argv[1].startswith("-")):
+            and not argv[1].startswith("-") and ("/" in argv[0] or os.path.lexists(argv[0]))):
         return ["mount", *argv]
     return argv
 

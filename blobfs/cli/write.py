@@ -167,7 +167,18 @@ def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None
                      jobs: int | None) -> None:
     """Turn the classic project CLASSIC_DIR into the blob project OUT_DIR."""
     from blobfs.write.pack_project import pack_project
+    from blobfs.write.tarwriter import RECORD
 
+    # Both would be honoured silently and give no useful result: a limit below the smallest
+    # tar there is (one record) puts every image into a tar of its own (and 0 often means
+    # "no limit" elsewhere); an empty size range packs nothing.
+    if max_blob_size is not None and max_blob_size < RECORD:
+        raise click.BadParameter(f"{max_blob_size} bytes is below {RECORD} (10K), the size of the "
+                                 "smallest tar: every image would get a tar of its own",
+                                 param_hint="'--max-blob-size'")
+    if max_size is not None and min_size > max_size:
+        raise click.BadParameter(f"{min_size} is above --max-size {max_size}: no image would "
+                                 "go into a blob", param_hint="'--min-size'")
     opts = PackProjectOptions(max_blob_size=max_blob_size, min_size=min_size, max_size=max_size,
                               mtime=mtime, force=force, fsync=fsync, jobs=jobs)
     t0 = time.monotonic()

@@ -201,8 +201,11 @@ def dataset_summary(ds: Dataset) -> dict:
 
 
 def summary(project: Project) -> dict:
+    # A dataset folder's project root (where its meta.json is) is not what was given: the
+    # report names the dataset folder.
+    source = project.datasets[0].path if project.kind == "dataset" else project.root
     return {
-        "source": str(project.root) if project.root else None,
+        "source": str(source) if source else None,
         "kind": project.kind,
         "datasets": [dataset_summary(ds) for ds in project.datasets],
         "items": project.item_count,

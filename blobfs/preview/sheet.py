@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +283,23 @@ def render_sheet(project: Any, dataset: str | None = None, options: PreviewOptio
     return sheet
 
 
+#: Largest side each format's encoder takes; checked before rendering, as libjpeg prints its
+#: refusal on stderr itself and Pillow's GIF writer fails with a bare OverflowError.
+MAX_SIDE = {"JPEG": 65500, "MPO": 65500, "WEBP": 16383, "GIF": 65535, "TGA": 65535,
+            "PCX": 65535, "SGI": 65535}
+
+
+def _check_format(path: Path, fmt: str, layout: SheetLayout) -> None:
+    """Refuse, before any image is read, a format Pillow cannot write or a sheet too large for it."""
+    if fmt not in Image.SAVE:
+        raise InputError(f"{path}: cannot write a sheet as {fmt} (Pillow reads it but has no writer)")
+    w, h = layout.size
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(w, h) > limit:
+        raise InputError(f"{path}: a {w}x{h} px sheet is too large for {fmt} (at most {limit} px "
+                         f"a side); use fewer --columns, a smaller --thumb or --limit, or .png")
+
+
 def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path: str | Path) -> SheetLayout:
     """Render and save the sheet; ``.png`` is streamed strip by strip, other formats via Pillow.
 
@@ -296,6 +314,8 @@ def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path
     fmt = None if suffix == ".png" else Image.registered_extensions().get(suffix)
     if suffix != ".png" and fmt is None:
         raise InputError(f"{path}: cannot write a sheet in this format: unknown extension {suffix or '(none)'}")
+    if fmt is not None:
+        _check_format(path, fmt, layout_for(len(sample_items(pick_datasets(project, dataset), options)), options))
     with AtomicOutputs([path], force=True) as outputs:
         fd, tmp = outputs.file(path)
         os.close(fd)
@@ -308,8 +328,15 @@ def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path
             sheet = render_sheet(project, dataset, options)
             try:
                 sheet.save(tmp, format=fmt)
-            except (KeyError, ValueError) as e:  # Pillow: a mode this format cannot hold
-                raise InputError(f"{path}: cannot write a sheet in this format: {e}") from None
+            except (KeyError, ValueError, OverflowError, RuntimeError, struct.error) as e:
+                # Pillow: a mode or a size this format cannot hold
+                raise InputError(f"{path}: cannot write a sheet as {fmt}: {e}") from None
+            except OSError as e:
+                if e.errno is not None:
+                    raise  # the output could not be written (full disk, permissions): exit 1
+                # Pillow's own refusals carry no errno ("cannot write mode RGB as XBM",
+                # an encoder that gave up): the format, not the disk.
+                raise InputError(f"{path}: cannot write a sheet as {fmt}: {e}") from None
             layout = layout_for(len(sample_items(pick_datasets(project, dataset), options)), options)
         outputs.commit()
     return layout

@@ -4,7 +4,8 @@ Which files: by default those with an SDK image extension (case-insensitive, FOR
 ``include`` globs replace that test, ``exclude`` globs then remove files. A glob without ``/``
 is matched against the file's base name, one with ``/`` against its path relative to the
 folder (``fnmatch``, case-sensitive). Symlinks to files and folders are followed (a folder
-already on the current path is not entered twice).
+already on the current path is not entered twice); a selected entry that is no regular file
+(a dangling or circular link, a FIFO) is left out, with one warning line for all of them.
 
 Order: depth-first, each folder's entries sorted by name (code point order = UTF-8 byte order),
 as ``tarfile.add`` does. Member names are the paths relative to the folder; the offsets entry
@@ -68,12 +69,20 @@ def scan_images(folder: Path, opts: PackOptions, skip: frozenset[str] = frozense
         raise InputError(f"{folder}: {e.strerror}") from None
     if not stat.S_ISDIR(root_st.st_mode):
         raise InputError(f"{folder}: not a folder")
-    _scan(folder, "", opts, skip, out, {(root_st.st_dev, root_st.st_ino)})
+    left: list[str] = []
+    _scan(folder, "", opts, skip, out, {(root_st.st_dev, root_st.st_ino)}, left)
+    if left:
+        # Not packed, as before, but no longer silently: a dangling link named x.png is an
+        # image the user meant to pack.
+        log.warning("%s", one_line(
+            f"{folder}: {len(left)} matching entr{'y' if len(left) == 1 else 'ies'} not packed "
+            f"(not a regular file: a dangling or circular link, FIFO, socket or device), "
+            f"first {min(left)!r}"))
     return out
 
 
 def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
-          out: list[str], active: set[tuple[int, int]]) -> None:
+          out: list[str], active: set[tuple[int, int]], left: list[str]) -> None:
     path = os.path.join(folder, rel) if rel else os.fspath(folder)
     prefix = f"{rel}/" if rel else ""
     try:
@@ -108,6 +117,8 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
                     continue
                 if is_file(entry):  # dangling links, links in a circle, FIFOs, sockets, devices: not packed
                     files.append(name)
+                else:
+                    left.append(prefix + name)
     except OSError as e:
         raise InputError(f"{e.filename or path}: {e.strerror}") from None
     if not dirs:
@@ -129,7 +140,7 @@ def _scan(folder: Path, rel: str, opts: PackOptions, skip: frozenset[str],
         if key in active:  # a symlink back up the tree
             continue
         active.add(key)
-        _scan(folder, child, opts, skip, out, active)
+        _scan(folder, child, opts, skip, out, active, left)
         active.discard(key)
 
 
