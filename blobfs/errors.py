@@ -26,6 +26,11 @@ class ProjectError(InputError):
     """A source that is not a blob project, dataset or tar."""
 
 
+class ReadError(BlobfsError, OSError):
+    """Bytes the index promises that the file no longer holds (a tar truncated or replaced
+    while open). Also an ``OSError`` with errno ``EIO``, which the mount answers the reader."""
+
+
 def one_line(text: str) -> str:
     """``text`` with control, separator and unpaired-surrogate characters escaped (``\\n``,
     ``\\x1b``): a name on disk may hold any of them, and a problem printed must stay one line

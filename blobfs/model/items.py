@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import warnings
 from array import array
 from dataclasses import dataclass
 from itertools import chain
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from zlib import crc32
 
+from blobfs.errors import ReadError
 from blobfs.format.entries import EntryTable
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,29 @@ class BlobSource:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def __del__(self) -> None:
+        # A project dropped without close() must not keep its tars open until the process
+        # ends (a notebook reopening a project leaks one descriptor per tar each time); say
+        # so the way an unclosed file does.
+        if getattr(self, "fd", -1) >= 0:
+            warnings.warn(f"unclosed blob tar {self.path}: close the project (or use 'with')",
+                          ResourceWarning, stacklevel=2, source=self)
+            self.close()
+
+    def __reduce__(self) -> object:
+        # The descriptor is a number valid in this process only: in another one it names some
+        # other file (or none), so a copy would read the wrong bytes.
+        raise TypeError(f"an open blob tar ({self.path}) cannot be pickled: pickle the Project "
+                        "(it reopens itself) or open the project in each process")
+
+    def fileno(self) -> int:
+        """The descriptor to ``pread``; a closed source is a clear error, not EBADF (or, once
+        the number is reused, another file's bytes)."""
+        fd = self.fd
+        if fd < 0:
+            raise ValueError(f"{self.path}: read from a closed project")
+        return fd
 
 
 class ItemIndex:
@@ -192,8 +217,8 @@ class ItemIndex:
         """Bytes of item ``i`` from ``offset`` (at most ``size``; -1 = to the end).
 
         Never reads outside the item's range; a tar that returns fewer bytes than the range
-        promises (truncated or replaced under us) raises ``OSError(EIO)`` rather than serving
-        short or wrong data.
+        promises (truncated or replaced under us) raises ``ReadError`` (an ``OSError``, EIO)
+        rather than serving short or wrong data; a closed project raises ``ValueError``.
         """
         start, end = self._starts[i], self._ends[i]
         length = end - start
@@ -208,7 +233,9 @@ class ItemIndex:
             finally:
                 os.close(fd)
         else:
-            data = os.pread(self.sources[s].fd, want, start + offset)
+            src = self.sources[s]
+            data = os.pread(fd if (fd := src.fd) >= 0 else src.fileno(), want,
+                            start + offset)
         if len(data) != want:
             raise self._short_read(i, len(data), want, offset)
         return data
@@ -218,7 +245,8 @@ class ItemIndex:
         where = self.disk_path(i) if s == DISK else self.sources[s].path
         log.error("%s: short read for item %r (%d of %d bytes at %d): file changed or truncated",
                   where, self.name(i), got, want, offset)
-        return OSError(errno.EIO, f"{where}: short read for item {self.name(i)!r}")
+        return ReadError(errno.EIO,
+                         f"{where}: short read for item {self.name(i)!r}: file changed or truncated")
 
     def iter_read(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """(prefix + name, bytes) of every item, in index order — the bulk path.
@@ -238,15 +266,17 @@ class ItemIndex:
         paths = (prefix + self._joined.replace("\0", "\0" + prefix)).split("\0")
         if DISK in self._src or self._src.count(self._src[0]) != n:
             return ((path, self.read(i)) for i, path in enumerate(paths))
-        return self._reads(paths, self.sources[self._src[0]].fd)
+        return self._reads(paths, self.sources[self._src[0]])
 
-    def _reads(self, paths: list[str], fd: int) -> Iterator[tuple[str, bytes]]:
+    def _reads(self, paths: list[str], src: BlobSource) -> Iterator[tuple[str, bytes]]:
+        # ``src.fd`` is read per item, not once: after the project is closed a kept number
+        # could name a file opened since, whose bytes would be served as images.
         pread = os.pread
-        for path, start, end in zip(paths, self._starts, self._ends):
+        for i, (path, start, end) in enumerate(zip(paths, self._starts, self._ends)):
             want = end - start
-            data = pread(fd, want, start)
+            data = pread(fd if (fd := src.fd) >= 0 else src.fileno(), want, start)
             if len(data) != want:
-                raise self._short_read(self._starts.index(start), len(data), want, 0)
+                raise self._short_read(i, len(data), want, 0)
             yield path, data
 
 

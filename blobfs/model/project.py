@@ -13,7 +13,6 @@ one problem line says so.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
@@ -29,6 +28,7 @@ from blobfs.format.tarfields import COMPRESSED_MAGIC
 from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
 from blobfs.model.hidden import Tally
 from blobfs.model.items import BlobSource, ItemIndex
+from blobfs.model.projectfile import ProjectFile
 
 if TYPE_CHECKING:
     from blobfs.model.view import ClassicView
@@ -75,12 +75,25 @@ class Dataset:
                     return p
         return None
 
+    def __reduce__(self) -> object:
+        raise TypeError(f"dataset {self.name!r} of an open project cannot be pickled: pickle "
+                        "the Project (it reopens itself) and take its datasets there")
+
     def _inside(self, p: Path) -> bool:
         return self.confine is not None and os.path.realpath(p).startswith(self.confine + "/")
 
 
 class Project:
-    """An opened source. Thread-safe for reading; call ``close()`` (or use ``with``)."""
+    """An opened source. Thread-safe for reading; call ``close()`` (or use ``with``).
+
+    ``datasets``: the datasets (``ds.name``, ``ds.items``: ``len``, ``name(i)``, ``read(i)``,
+    ``find(name)``); ``problems``: one line per entry skipped or shadowed while opening. A
+    path that is not in the view raises ``FileNotFoundError`` (``IsADirectoryError`` for a
+    folder); a tar that no longer holds an item's bytes raises ``blobfs.ReadError``; any read
+    after ``close()`` raises ``ValueError``. A forked child reads through its parent's open
+    project; pickling (``spawn``/``forkserver`` workers) reopens the project from its path in
+    the receiving process, and refuses if a tar changed since.
+    """
 
     def __init__(self, root: Path | None, datasets: list[Dataset], meta_path: Path | None,
                  sources: list[BlobSource], problems: list[str], *, kind: str,
@@ -94,6 +107,9 @@ class Project:
         self.synthesize_ann = synthesize_ann
         self.virtual_root = virtual_root
         self._view: ClassicView | None = None
+        self._closed = False
+        #: open_project's arguments and the tars' identity, for pickling (set by open_project).
+        self._reopen: tuple | None = None
 
     @property
     def view(self) -> "ClassicView":
@@ -107,13 +123,23 @@ class Project:
         return self.meta_path.read_bytes() if self.meta_path else EMPTY_META
 
     # -- reading by view path -------------------------------------------------------------
-    def read(self, path: str) -> bytes:
-        """All bytes of the file at view path ``path`` (e.g. ``"ds1/img/x.png"``)."""
-        return self.view.read_all(path)
+    def _path(self, path: str | os.PathLike[str]) -> str:
+        if self._closed:
+            raise ValueError(f"{self._name()}: read from a closed project")
+        return os.fspath(path)
 
-    def open(self, path: str) -> "ProjectFile":
+    def _name(self) -> str:
+        if self._reopen is not None:
+            return self._reopen[0]
+        return str(self.root or (self.sources[0].path if self.sources else "project"))
+
+    def read(self, path: str | os.PathLike[str]) -> bytes:
+        """All bytes of the file at view path ``path`` (e.g. ``"ds1/img/x.png"``)."""
+        return self.view.read_all(self._path(path))
+
+    def open(self, path: str | os.PathLike[str]) -> "ProjectFile":
         """A read-only, seekable file object for view path ``path``."""
-        return ProjectFile(self.view, path)
+        return ProjectFile(self.view, self._path(path))
 
     def files(self) -> Iterator[str]:
         """Every file path of the view, directory by directory, sorted within each."""
@@ -122,7 +148,9 @@ class Project:
                 yield f"{top}/{f}" if top else f
 
     def iter_bytes(self) -> Iterator[tuple[str, bytes]]:
-        """(view path, bytes) of every image item, dataset by dataset in index order."""
+        """(view path, bytes) of every image item, dataset by dataset in index order (each
+        offsets file's order, then the ``img/`` files)."""
+        self._path("")
         return chain.from_iterable(ds.items.iter_read(f"{ds.relpath}/img/") for ds in self.datasets)
 
     @property
@@ -130,58 +158,25 @@ class Project:
         return sum(len(ds.items) for ds in self.datasets)
 
     def close(self) -> None:
+        """Close the tars. Reads must be done: one still running in another thread may fail."""
+        self._closed = True
         for s in self.sources:
             s.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self.datasets)} dataset(s), {self.item_count} items"
+        return f"<blobfs.Project {self.kind} {self._name()!r}: {state}>"
+
+    def __reduce__(self) -> object:
+        if self._reopen is None or self._closed:
+            raise TypeError(f"{self!r} cannot be pickled (closed, or not made by open_project)")
+        return _reopen, self._reopen
 
     def __enter__(self) -> "Project":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class ProjectFile(io.RawIOBase):
-    """File object over a view path; every read is a positional read (no shared offset)."""
-
-    def __init__(self, view: "ClassicView", path: str) -> None:
-        super().__init__()
-        self._view = view
-        self._path = "/" + path.strip("/")
-        self._size = view.getattr(self._path).size
-        self._pos = 0
-        self.name = path
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        data = self._view.read(self._path, len(buf), self._pos)
-        n = len(data)
-        buf[:n] = data
-        self._pos += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(self._size - self._pos, 0)
-        data = self._view.read(self._path, size, self._pos)
-        self._pos += len(data)
-        return data
-
-    readall = read
 
 
 # -- opening -----------------------------------------------------------------------------
@@ -346,6 +341,26 @@ def open_project(source: str | os.PathLike, *, offsets: str | os.PathLike | None
         for s in op.sources.values():
             s.close()
         raise
+    args = tuple(None if a is None else os.path.abspath(a) for a in (source, offsets, ann))
+    project._reopen = (*args, synthesize_ann, lenient, _identity(project))
+    return project
+
+
+def _identity(project: Project) -> tuple:
+    """What must be unchanged for a project reopened elsewhere to show the same items."""
+    return (tuple((str(s.path), s.size, s.mtime_ns) for s in project.sources),
+            tuple(len(ds.items) for ds in project.datasets))
+
+
+def _reopen(source: str, offsets: str | None, ann: str | None, synthesize_ann: bool,
+            lenient: bool, identity: tuple) -> Project:
+    """Unpickle a Project: open it again here, and refuse one whose tars changed meanwhile
+    (its item numbers and ranges would no longer be the sender's)."""
+    project = open_project(source, offsets=offsets, ann=ann, synthesize_ann=synthesize_ann,
+                           lenient=lenient)
+    if _identity(project) != identity:
+        project.close()
+        raise InputError(f"{source}: changed on disk since it was opened in the sending process")
     return project
 
 

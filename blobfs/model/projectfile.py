@@ -1,0 +1,61 @@
+"""``Project.open``'s file object: a read-only, seekable file over one path of the view."""
+from __future__ import annotations
+
+import io
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from blobfs.model.view import ClassicView
+
+
+class ProjectFile(io.RawIOBase):
+    """File object over a view path; every read is a positional read (no shared offset), so
+    two of them over one project never disturb each other. Wrap it in ``io.BufferedReader``
+    for many small reads (``PIL.Image.open`` takes it as it is)."""
+
+    def __init__(self, view: "ClassicView", path: str) -> None:
+        super().__init__()
+        self._view = view
+        self._path = "/" + path.strip("/")
+        self._size = view.getattr(self._path).size
+        self._pos = 0
+        self.name = path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        base = (0, self._pos, self._size)[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        self._checkClosed()  # type: ignore[attr-defined]
+        return self._pos
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        self._checkClosed()  # type: ignore[attr-defined]
+        data = self._view.read(self._path, len(buf), self._pos)
+        n = len(data)
+        buf[:n] = data
+        self._pos += n
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._checkClosed()  # type: ignore[attr-defined]
+        if size is None or size < 0:
+            size = max(self._size - self._pos, 0)
+        data = self._view.read(self._path, size, self._pos)
+        self._pos += len(data)
+        return data
+
+    readall = read

@@ -1,0 +1,166 @@
+"""The Python API as a training job uses it: README's example, closing, pickling to worker
+processes, files changed on disk, the file object."""
+from __future__ import annotations
+
+import gc
+import hashlib
+import multiprocessing
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+import blobfs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def writable_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, copy_function=shutil.copyfile)
+    for top, dirs, _files in os.walk(dst):
+        for d in dirs:
+            os.chmod(os.path.join(top, d), 0o755)
+    return dst
+
+
+def digests(p: blobfs.Project) -> dict[str, str]:
+    return {path: hashlib.sha256(data).hexdigest() for path, data in p.iter_bytes()}
+
+
+def test_readme_python_example_runs(blob_project: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", text, re.S).group(1)
+    code = block.replace('"/data/proj"', repr(str(blob_project)))
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def test_public_names_and_hints() -> None:
+    assert blobfs.Project.__name__ == "Project" and blobfs.Dataset.__name__ == "Dataset"
+    hints = blobfs.open_project.__annotations__
+    assert "Project" in hints["return"] and "PathLike" in hints["source"]
+    assert set(blobfs.__all__) <= set(dir(blobfs)) | {"Project", "Dataset"}
+
+
+def test_unclosed_project_releases_its_tars_with_a_resource_warning(blob_project: Path) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.warns(ResourceWarning, match="unclosed blob tar"):
+        p = blobfs.open_project(blob_project)
+        assert p.read("ds1/img/img_000.png")
+        del p
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_iter_bytes_after_close_never_reads_a_file_opened_since(blob_project: Path) -> None:
+    p = blobfs.open_project(blob_project / "ds2")  # one tar: the bulk path with one descriptor
+    it = p.iter_bytes()
+    next(it)
+    p.close()
+    # The tar's descriptor number is free again: the next open takes it.
+    others = [os.open(REPO / "README.md", os.O_RDONLY) for _ in range(4)]
+    try:
+        with pytest.raises(ValueError, match="closed project"):
+            next(it)
+        with pytest.raises(ValueError, match="closed project"):
+            p.read("ds2/img/scan 01.png")
+        with pytest.raises(ValueError, match="closed project"):
+            p.datasets[0].items.read(0)
+    finally:
+        for fd in others:
+            os.close(fd)
+
+
+def _read_in_child(p: blobfs.Project, path: str) -> str:
+    with p:
+        return hashlib.sha256(p.read(path)).hexdigest()
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_project_goes_to_worker_processes(blob_project: Path, method: str) -> None:
+    with blobfs.open_project(blob_project) as p:
+        want = digests(p)
+        paths = sorted(want)[:5]
+        with multiprocessing.get_context(method).Pool(2) as pool:
+            got = pool.starmap(_read_in_child, [(p, path) for path in paths])
+        assert got == [want[path] for path in paths]
+        with pickle.loads(pickle.dumps(p)) as q:  # opened anew: no descriptor number copied
+            assert q.sources[0].fd not in (p.sources[0].fd, p.sources[1].fd)
+            assert digests(q) == want
+
+
+def test_unpickling_refuses_a_project_whose_tar_changed(blob_project: Path, tmp_path: Path) -> None:
+    proj = writable_copy(blob_project, tmp_path / "proj")
+    with blobfs.open_project(proj) as p:
+        data = pickle.dumps(p)
+    with open(proj / "blob" / "more_images.tar", "ab") as f:
+        f.write(b"\0" * 512)
+    with pytest.raises(blobfs.InputError, match="changed on disk"):
+        pickle.loads(data)
+
+
+def test_dataset_and_closed_project_say_they_cannot_be_pickled(blob_project: Path) -> None:
+    p = blobfs.open_project(blob_project)
+    with pytest.raises(TypeError, match="pickle the Project"):
+        pickle.dumps(p.datasets[0])
+    with pytest.raises(TypeError, match="pickle the Project"):
+        pickle.dumps(p.sources[0])
+    p.close()
+    with pytest.raises(TypeError, match="closed"):
+        pickle.dumps(p)
+
+
+def test_truncated_tar_while_open_is_a_one_line_read_error(blob_project: Path,
+                                                           tmp_path: Path) -> None:
+    proj = writable_copy(blob_project, tmp_path / "proj")
+    with blobfs.open_project(proj) as p:
+        ds = next(d for d in p.datasets if d.name == "ds2")
+        last = len(ds.items) - 1
+        tar = proj / "blob" / "more_images.tar"
+        os.truncate(tar, tar.stat().st_size // 2)
+        with pytest.raises(blobfs.ReadError) as e:
+            ds.items.read(last)
+        assert isinstance(e.value, OSError) and e.value.errno == 5
+        assert isinstance(e.value, blobfs.BlobfsError)
+        assert str(tar) in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(blobfs.ReadError):
+            p.read(f"ds2/img/{ds.items.name(last)}")
+
+
+def test_read_error_prints_nothing_without_logging_setup(blob_project: Path,
+                                                         tmp_path: Path) -> None:
+    proj = writable_copy(blob_project, tmp_path / "proj")
+    code = (f"import blobfs, os\n"
+            f"p = blobfs.open_project({str(proj)!r})\n"
+            f"os.truncate({str(proj / 'blob' / 'more_images.tar')!r}, 0)\n"
+            f"try:\n    p.datasets[1].items.read(0)\nexcept blobfs.ReadError:\n    pass\n"
+            f"p.close()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and r.stderr == ""
+
+
+def test_missing_path_is_file_not_found(blob_project: Path) -> None:
+    with blobfs.open_project(blob_project) as p:
+        with pytest.raises(FileNotFoundError):
+            p.read("ds1/img/nope.png")
+        with pytest.raises(FileNotFoundError):
+            p.open("ds1/img/nope.png")
+        with pytest.raises(IsADirectoryError):
+            p.read("ds1/img")
+
+
+def test_file_object_behaves_like_a_file(blob_project: Path) -> None:
+    with blobfs.open_project(blob_project) as p:
+        whole = p.read(PurePosixPath("ds1/img/img_000.png"))
+        with p.open(PurePosixPath("ds1/img/img_000.png")) as f:
+            assert f.seek(-4, os.SEEK_END) == len(whole) - 4
+            assert f.read() == whole[-4:]
+            with pytest.raises(ValueError, match="whence"):
+                f.seek(0, 7)
+        with pytest.raises(ValueError, match="closed file"):
+            f.read(1)
