@@ -60,7 +60,7 @@ def open_project(source: str | os.PathLike[str], *, offsets: str | os.PathLike[s
     Raises a ``BlobfsError`` (one line naming the file) when the source cannot be used;
     entries that are skipped are listed in the project's ``problems``.
     """
-    from blobfs.model.project import open_project as _open
+    from blobfs.model.opening import open_project as _open
 
     return _open(source, offsets=offsets, ann=ann, synthesize_ann=synthesize_ann)
 

@@ -17,7 +17,7 @@ import blobfs
 from blobfs.errors import InputError, ProjectError
 from blobfs.format.offsets_write import write_offsets
 from blobfs.model.discovery import dataset_name, find_datasets
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 
 
 def view_files(project) -> dict[str, bytes]:

@@ -18,7 +18,7 @@ import pytest
 
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
 from blobfs.model.numbering import real_ino
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from mount_helpers import BLOBFS, Libfuse, is_mounted, libfuse_available, mounted, read_expected, requires_fuse
 
 needs_fuse3 = pytest.mark.skipif(not libfuse_available(3), reason="libfuse 3 not installed")

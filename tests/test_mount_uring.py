@@ -22,7 +22,7 @@ from blobfs.fuse.uring import ENABLE as ENABLE_URING
 from blobfs.fuse.cpuworkers import cpu_groups
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
 from blobfs.fuse.uringsession import _serve_queues, queue_plan
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from mount_helpers import (Libfuse, kill_worker_and_expect_unmount, libfuse_available, mounted, read_expected,
                            requires_fuse, uring_unavailable, wait_for_daemon_processes, wait_gone)
 

@@ -10,7 +10,7 @@ import pytest
 from blobfs.fuse.cpuworkers import cpu_groups
 from blobfs.fuse.nodelog import BASE, NodeLog
 from blobfs.fuse.nodes import ROOT_ID, NodeTable
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from mount_helpers import (Libfuse, is_mounted, kill_worker_and_expect_unmount, libfuse_available, main_daemon_pid,
                            mounted, read_expected, requires_fuse, wait_for_daemon_processes, wait_gone)
 

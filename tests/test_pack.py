@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from blobfs.cli.write import pack_cmd
 from blobfs.format.offsets_write import dumps_offsets
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from offsets_helpers import sdk_entries
 from sdk_rules import load_offsets
 

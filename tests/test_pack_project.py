@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from blobfs.cli.write import pack_project_cmd, unpack_cmd
 from blobfs.format.names import is_image_name
 from blobfs.format.offsets_write import dumps_offsets
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from offsets_helpers import sdk_entries
 from sdk_rules import read_project
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from blobfs.cli.main import cli
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from test_pack import _start_and_stop, leftovers, many_files, run_pack  # noqa: F401 (fixture)
 
 BLOBFS = [sys.executable, "-m", "blobfs"]

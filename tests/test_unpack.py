@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from blobfs.cli.write import pack_cmd, unpack_cmd
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from mount_helpers import mounted, requires_fuse
 
 BLOBFS = [sys.executable, "-m", "blobfs"]

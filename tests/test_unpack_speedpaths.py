@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from blobfs.cli.write import pack_cmd, unpack_cmd
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from blobfs.write.itemcopy import READ
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from blobfs.model.discovery import find_datasets
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from blobfs.write.options import UnpackOptions
 from blobfs.write.unpack import unpack
 from mount_helpers import BLOBFS

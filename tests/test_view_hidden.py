@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blobfs.model.hidden import EXAMPLES
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from blobfs.model.view import ClassicView
 from blobfs.write.options import UnpackOptions
 from blobfs.write.unpack import unpack

@@ -13,7 +13,7 @@ import pytest
 
 from blobfs.format.names import name_problem, new_name_problem, nfc_twins
 from blobfs.format.offsets_read import read_offsets
-from blobfs.model.project import open_project
+from blobfs.model.opening import open_project
 from tar_helpers import members_tar
 
 BLOBFS = [sys.executable, "-m", "blobfs"]

@@ -53,7 +53,7 @@ READY_TIMEOUT = 60.0
 # -- serving ---------------------------------------------------------------------------------
 def open_source(opts: MountOptions) -> Any:
     """Open (and so validate) the project; raises BlobfsError with one line."""
-    from blobfs.model.project import open_project
+    from blobfs.model.opening import open_project
 
     return open_project(opts.source, offsets=opts.offsets, ann=opts.ann, synthesize_ann=opts.synthesize_ann)
 

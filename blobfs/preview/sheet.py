@@ -315,7 +315,8 @@ def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path
     if suffix != ".png" and fmt is None:
         raise InputError(f"{path}: cannot write a sheet in this format: unknown extension {suffix or '(none)'}")
     if fmt is not None:
-        _check_format(path, fmt, layout_for(len(sample_items(pick_datasets(project, dataset), options)), options))
+        layout = layout_for(len(sample_items(pick_datasets(project, dataset), options)), options)
+        _check_format(path, fmt, layout)
     with AtomicOutputs([path], force=True) as outputs:
         fd, tmp = outputs.file(path)
         os.close(fd)
@@ -337,6 +338,5 @@ def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path
                 # Pillow's own refusals carry no errno ("cannot write mode RGB as XBM",
                 # an encoder that gave up): the format, not the disk.
                 raise InputError(f"{path}: cannot write a sheet as {fmt}: {e}") from None
-            layout = layout_for(len(sample_items(pick_datasets(project, dataset), options)), options)
         outputs.commit()
     return layout

@@ -31,7 +31,8 @@ from typing import Callable, Iterator
 
 from blobfs.errors import InputError, one_line
 from blobfs.model.items import DISK
-from blobfs.model.project import Dataset, open_project
+from blobfs.model.opening import open_project
+from blobfs.model.project import Dataset
 from blobfs.model.synth_ann import SynthError
 from blobfs.model.view import ClassicView
 from blobfs.write.atomic import AtomicOutputs, check_apart

@@ -1,0 +1,260 @@
+"""Opening a source from disk: a project folder, a dataset folder or a bare tar, validated up
+front (so a mount fails before its mount point appears) into a :class:`~blobfs.model.project.Project`.
+
+Fatal input (a missing, unreadable or compressed tar; an offsets file refused as a whole) raises
+``InputError`` unless ``lenient=True``, which turns it into a problem line and skips that part —
+what ``info`` and ``verify`` use to report everything at once (not for a bare tar, which is
+the whole source: refusing it leaves nothing to check). Entry-level faults (bad names,
+ranges outside the tar, duplicates) never stop anything: the entry is skipped or shadowed and
+one problem line says so.
+
+A project pickled for another process (``spawn`` workers) is opened again there from its path
+(:func:`_reopen`), and refused if its tars changed meanwhile.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from blobfs.errors import InputError, ProjectError
+from blobfs.format.entries import EntryTable
+from blobfs.format.names import name_problem
+from blobfs.format.tarfields import COMPRESSED_MAGIC
+from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
+from blobfs.model.hidden import Tally
+from blobfs.model.items import BlobSource, ItemIndex
+from blobfs.model.project import Dataset, Project
+
+class _Opener:
+    """Collects sources and problems while a project is opened."""
+
+    def __init__(self, lenient: bool) -> None:
+        self.lenient = lenient
+        self.problems: list[str] = []
+        self.sources: dict[Path, BlobSource] = {}
+
+    def fail(self, message: str) -> None:
+        if not self.lenient:
+            raise InputError(message)
+        self.problems.append(message)
+
+    def tar(self, path: Path) -> BlobSource | None:
+        """Open (once) and sanity-check a tar; None when it cannot be used."""
+        if path in self.sources:
+            return self.sources[path]
+        try:
+            # Only a regular file: open(2) of a FIFO named .tar blocks until a writer appears
+            # (the mount would hang before it starts), and a folder fails only at the first read.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                self.fail(f"{path}: not a regular file")
+                return None
+            src = BlobSource.open(path)
+        except FileNotFoundError:
+            self.fail(f"{path}: tar not found")
+            return None
+        except OSError as e:
+            self.fail(f"{path}: cannot open tar: {e.strerror}")
+            return None
+        head = os.pread(src.fd, 6, 0)
+        kind = next((k for magic, k in COMPRESSED_MAGIC if head.startswith(magic)), None)
+        if kind:
+            src.close()
+            self.fail(f"{path}: {kind}-compressed; only plain uncompressed tars are supported")
+            return None
+        self.sources[path] = src
+        return src
+
+    def offsets(self, pkl: Path, tar: BlobSource) -> tuple[EntryTable, object, str | None] | None:
+        """(entries, cached hash table or None, cache key) of an offsets file; None if refused."""
+        from blobfs.format.offsets_read import read_offsets
+        from blobfs.model import cache
+
+        key = cache.cache_key(pkl, tar.path)
+        hit = cache.load(key, tar.size) if key else None
+        if hit is not None:
+            self.problems.extend(hit[1])
+            return hit[0], hit[2], None
+        try:
+            result = read_offsets(pkl, tar_size=tar.size)
+        except InputError as e:
+            self.fail(str(e))
+            return None
+        except OSError as e:
+            self.fail(f"{pkl}: cannot read offsets file: {e.strerror}")
+            return None
+        self.problems.extend(result.problems)
+        return result.table, None, key
+
+    def headers(self, tar: BlobSource) -> EntryTable | None:
+        """Entries of a tar without offsets file: its regular members, by their own headers."""
+        from blobfs.format.tarindex import index_tar
+
+        try:
+            entries = index_tar(tar.path)
+        except InputError as e:
+            self.fail(str(e))
+            return None
+        table = EntryTable()
+        for name, start, end in entries:
+            why = name_problem(name)
+            if why:
+                self.problems.append(f"{tar.path}: member {name!r}: {why} (skipped)")
+            else:
+                table.append(name.encode("utf-8"), start, end)
+        return table
+
+    def disk_images(self, img_dir: Path, root_real: str, no_items: Tally) -> list[tuple[str, int]]:
+        files: list[tuple[str, int]] = []
+        skipped: list[tuple[str, str]] = []
+        for name, size in list_image_files(img_dir, skipped, no_items):
+            why = name_problem(name)
+            real = os.path.realpath(img_dir / name)
+            if why:
+                self.problems.append(f"{img_dir / name}: {why} (skipped)")
+                no_items.add(name, lambda: "unusable name")
+            elif not real.startswith(root_real + "/"):
+                self.problems.append(f"{img_dir / name}: symlink leads outside the project (skipped)")
+                no_items.add(name, lambda: "link leading out of the project")
+            else:
+                files.append((name, size))
+        self.problems.extend(f"{img_dir / name}: {why} (skipped)" for name, why in skipped)
+        return files
+
+    def dataset(self, name: str, relpath: str, path: Path, offsets: tuple[str, ...],
+                blob_dir: Path, root_real: str) -> Dataset:
+        parts = []
+        hashed, store_key, store_problems = None, None, len(self.problems)
+        for pkl_name in offsets:
+            stem = pkl_name[: -len(OFFSETS_SUFFIX)]
+            tar = self.tar(blob_dir / f"{stem}.tar")
+            if tar is None:
+                continue
+            got = self.offsets(path / pkl_name, tar)
+            if got is not None:
+                parts.append((got[0], list(self.sources.values()).index(tar), pkl_name))
+                hashed, store_key = got[1], got[2]
+        img_dir = path / "img"
+        # The cache keeps the offsets file's problems only: those of img/ change without it.
+        offsets_problems = self.problems[store_problems:]
+        no_items = Tally()  # what the view's img/ hides, for its log line
+        disk = self.disk_images(img_dir, root_real, no_items) if img_dir.is_dir() else []
+        items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
+        # Not with duplicates: ``items.hashed`` then describes the deduplicated index, not
+        # ``parts[0][0]``, and such a cache file could never be loaded back.
+        if store_key and len(parts) == 1 and not disk and not dups:
+            from blobfs.model import cache
+
+            cache.store(store_key, parts[0][0], offsets_problems, items.hashed)
+        self.problems.extend(f"{path}: {d}" for d in dups)
+        ann = path / "ann"
+        return Dataset(name, relpath, path, items, ann if ann.is_dir() else None, list(offsets),
+                       root_real, no_items)
+
+
+def _find_root(dataset_dir: Path) -> Path:
+    """The project folder of a dataset folder: the nearest ancestor with ``blob/`` or
+    ``meta.json`` (skipping the ``datasets`` level of nested datasets)."""
+    for parent in dataset_dir.parents:
+        if (parent / "blob").is_dir() or (parent / "meta.json").is_file():
+            return parent
+    return dataset_dir.parent
+
+
+def open_project(source: str | os.PathLike, *, offsets: str | os.PathLike | None = None,
+                 ann: str | os.PathLike | None = None, synthesize_ann: bool = False,
+                 lenient: bool = False) -> Project:
+    """Open a project folder, a dataset folder or a bare tar (see the module docstring)."""
+    src = Path(source)
+    if not src.exists():
+        raise ProjectError(f"{src}: no such file or directory")
+    op = _Opener(lenient)
+    try:
+        if src.is_file():
+            project = _open_tar(op, src, offsets, ann, synthesize_ann)
+        elif not src.is_dir():
+            raise ProjectError(f"{src}: not a folder or a tar file")
+        elif offsets is not None or ann is not None:
+            raise ProjectError(f"{src}: --offsets and --ann apply to a bare tar only")
+        else:
+            own_offsets, has_img, has_ann = scan_dataset_dir(src)
+            if own_offsets or has_img or has_ann:
+                project = _open_dataset(op, src, own_offsets, synthesize_ann)
+            else:
+                project = _open_folder(op, src, synthesize_ann)
+    except BaseException:
+        for s in op.sources.values():
+            s.close()
+        raise
+    args = tuple(None if a is None else os.path.abspath(a) for a in (source, offsets, ann))
+    project._reopen = (*args, synthesize_ann, lenient, _identity(project))
+    return project
+
+
+def _identity(project: Project) -> tuple:
+    """What must be unchanged for a project reopened elsewhere to show the same items."""
+    return (tuple((str(s.path), s.size, s.mtime_ns) for s in project.sources),
+            tuple(len(ds.items) for ds in project.datasets))
+
+
+def _reopen(source: str, offsets: str | None, ann: str | None, synthesize_ann: bool,
+            lenient: bool, identity: tuple) -> Project:
+    """Unpickle a Project: open it again here, and refuse one whose tars changed meanwhile
+    (its item numbers and ranges would no longer be the sender's)."""
+    project = open_project(source, offsets=offsets, ann=ann, synthesize_ann=synthesize_ann,
+                           lenient=lenient)
+    if _identity(project) != identity:
+        project.close()
+        raise InputError(f"{source}: changed on disk since it was opened in the sending process")
+    return project
+
+
+def _open_folder(op: _Opener, root: Path, synthesize_ann: bool) -> Project:
+    root_real = os.path.realpath(root)
+    found = find_datasets(root)
+    if not found and not (root / "meta.json").is_file():
+        raise ProjectError(f"{root}: not a Supervisely project (no meta.json and no datasets)")
+    datasets = [op.dataset(f.name, f.relpath, root / f.relpath, f.offsets, root / "blob", root_real)
+                for f in found]
+    meta = root / "meta.json"
+    if not meta.is_file():
+        op.problems.append(f"{root}: meta.json is missing (the SDK cannot open this project)")
+    return Project(root, datasets, meta if meta.is_file() else None, list(op.sources.values()),
+                   op.problems, kind="project", synthesize_ann=synthesize_ann)
+
+
+def _open_dataset(op: _Opener, path: Path, own_offsets: tuple[str, ...],
+                  synthesize_ann: bool) -> Project:
+    root = _find_root(path.resolve())
+    ds = op.dataset(path.name, path.name, path, own_offsets, root / "blob", os.path.realpath(root))
+    meta = root / "meta.json"
+    return Project(root, [ds], meta if meta.is_file() else None, list(op.sources.values()),
+                   op.problems, kind="dataset", synthesize_ann=synthesize_ann, virtual_root=True)
+
+
+def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
+              ann: str | os.PathLike | None, synthesize_ann: bool) -> Project:
+    # A bare tar is the whole source: what refuses it (no tar, compressed, its offsets file
+    # refused) leaves nothing to read or check, so it is unreadable input for every command
+    # (exit 2), lenient ones too. In a project the same tar is one problem among its datasets.
+    op.lenient = False
+    tar = op.tar(tar_path)
+    assert tar is not None  # refused tars raise
+    pkl = Path(offsets) if offsets is not None else tar_path.with_name(tar_path.stem + OFFSETS_SUFFIX)
+    if offsets is not None and not pkl.is_file():
+        raise ProjectError(f"{pkl}: offsets file is not a regular file" if os.path.lexists(pkl)
+                           else f"{pkl}: offsets file not found")
+    got = op.offsets(pkl, tar) if os.path.lexists(pkl) else (op.headers(tar), None, None)
+    table = got[0] if got is not None else None
+    ann_dir = Path(ann) if ann is not None else None
+    if ann_dir is not None and not ann_dir.is_dir():
+        raise ProjectError(f"{ann_dir}: annotation folder {'is not a folder' if os.path.lexists(ann_dir) else 'not found'}")
+    parts = [(table, 0, pkl.name if pkl.is_file() else tar_path.name)] if table is not None else []
+    items, dups = ItemIndex.build(parts, [tar], hashed=got[1] if got is not None else None)
+    op.problems.extend(f"{tar_path}: {d}" for d in dups)
+    stem = tar_path.name[:-4] if tar_path.name.endswith(".tar") else tar_path.name
+    ds = Dataset(stem, stem, None, items, ann_dir, [pkl.name] if pkl.is_file() else [],
+                 os.path.realpath(ann_dir) if ann_dir is not None else None)
+    meta = ann_dir.parent.parent / "meta.json" if ann_dir is not None else None
+    return Project(None, [ds], meta if meta is not None and meta.is_file() else None, [tar],
+                   op.problems, kind="tar", synthesize_ann=synthesize_ann, virtual_root=True)
