@@ -248,7 +248,8 @@ def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
     table = got[0] if got is not None else None
     ann_dir = Path(ann) if ann is not None else None
     if ann_dir is not None and not ann_dir.is_dir():
-        raise ProjectError(f"{ann_dir}: annotation folder {'is not a folder' if os.path.lexists(ann_dir) else 'not found'}")
+        why = "is not a folder" if os.path.lexists(ann_dir) else "not found"
+        raise ProjectError(f"{ann_dir}: annotation folder {why}")
     parts = [(table, 0, pkl.name if pkl.is_file() else tar_path.name)] if table is not None else []
     items, dups = ItemIndex.build(parts, [tar], hashed=got[1] if got is not None else None)
     op.problems.extend(f"{tar_path}: {d}" for d in dups)
