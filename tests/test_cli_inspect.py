@@ -267,3 +267,20 @@ def test_ann_that_is_a_file_is_named_as_such(runner: CliRunner, blob_project: Pa
     assert r.exit_code == 2 and r.output == f"blobfs: {blob_project / 'meta.json'}: annotation folder is not a folder\n"
     r = run(runner, "info", str(tar), "--ann", str(blob_project / "nope"))
     assert r.exit_code == 2 and r.output == f"blobfs: {blob_project / 'nope'}: annotation folder not found\n"
+
+
+def test_info_prints_names_with_a_newline_on_one_line(runner: CliRunner, blob_project: Path, tmp_path: Path) -> None:
+    """A dataset folder named ``a\\nb`` (and the project folder holding it) split the report's
+    lines; they are escaped as problem lines are, and --json keeps them exact."""
+    proj = tmp_path / "pro\nject"
+    shutil.copytree(blob_project, proj, symlinks=True)
+    (proj / "ds1").rename(proj / "d\ns1")
+    r = run(runner, "info", str(proj))
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    escaped = str(proj).replace("\n", "\\n")
+    assert lines[0] == f"project: {escaped}", lines
+    assert any(ln.startswith("  d\\ns1 ") for ln in lines), lines
+    assert len(lines) == 2 + 2 + len(list((proj / "blob").glob("*.tar")))  # kind, items, 2 datasets, blobs
+    report = json.loads(run(runner, "info", str(proj), "--json").output)
+    assert "d\ns1" in [d["name"] for d in report["datasets"]] and report["source"] == str(proj)

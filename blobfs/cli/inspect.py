@@ -96,13 +96,15 @@ def info_cmd(source: Path, offsets: Path | None, ann: Path | None, as_json: bool
 
 
 def _print_info(r: dict) -> None:
-    click.echo(f"{r['kind']}: {r['source'] or ', '.join(b['path'] for b in r['blobs'])}")
+    # Folder and tar names on disk may hold a newline or an escape sequence: one line each,
+    # as problems are (--json keeps them exact).
+    click.echo(f"{r['kind']}: {one_line(r['source'] or ', '.join(b['path'] for b in r['blobs']))}")
     click.echo(f"items: {r['items']} in {len(r['datasets'])} dataset(s)")
     for d in r["datasets"]:
-        click.echo(f"  {d['name']:<30} {d['items']:>9} items ({d['blob_items']} in blobs, "
+        click.echo(f"  {one_line(d['name']):<30} {d['items']:>9} items ({d['blob_items']} in blobs, "
                    f"{d['disk_items']} in img/)  {_human(d['bytes'])}")
     for b in r["blobs"]:
-        click.echo(f"blob: {b['path']}  {_human(b['bytes'])}")
+        click.echo(f"blob: {one_line(b['path'])}  {_human(b['bytes'])}")
     if r["problems"]:
         click.echo(f"problems: {len(r['problems'])}")
         for line in r["problems"]:
