@@ -233,6 +233,23 @@ def test_fatal_inputs(tmp_path: Path) -> None:
         open_project(root)
 
 
+def test_a_refused_tar_is_one_problem_however_many_datasets_lead_to_it(tmp_path: Path, blob_project: Path) -> None:
+    """ds1 and ds2 both holding ``small_images_offsets.pkl``: a compressed (or missing)
+    ``small_images.tar`` was opened, refused and reported once per dataset."""
+    root = tmp_path / "proj"
+    shutil.copytree(blob_project, root)
+    shutil.copy(root / "ds1/small_images_offsets.pkl", root / "ds2/small_images_offsets.pkl")
+    import gzip
+    (root / "blob/small_images.tar").write_bytes(gzip.compress(b"x" * 100))
+    with open_project(root, lenient=True) as p:
+        assert [x for x in p.problems if "small_images.tar" in x] == \
+            [f"{root / 'blob/small_images.tar'}: gzip-compressed; only plain uncompressed tars are supported"]
+        assert {ds.name for ds in p.datasets} == {"ds1", "ds2"}
+    (root / "blob/small_images.tar").unlink()
+    with open_project(root, lenient=True) as p:
+        assert [x for x in p.problems if "small_images.tar" in x] == [f"{root / 'blob/small_images.tar'}: tar not found"]
+
+
 def test_index_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from blobfs.model import cache
 

@@ -33,6 +33,7 @@ class _Opener:
         self.lenient = lenient
         self.problems: list[str] = []
         self.sources: dict[Path, BlobSource] = {}
+        self.refused: set[Path] = set()
 
     def fail(self, message: str) -> None:
         if not self.lenient:
@@ -40,30 +41,35 @@ class _Opener:
         self.problems.append(message)
 
     def tar(self, path: Path) -> BlobSource | None:
-        """Open (once) and sanity-check a tar; None when it cannot be used."""
+        """Open (once) and sanity-check a tar; None when it cannot be used (said once, however
+        many datasets' offsets files lead to it)."""
         if path in self.sources:
             return self.sources[path]
+        if path in self.refused:
+            return None
+        why = None
         try:
             # Only a regular file: open(2) of a FIFO named .tar blocks until a writer appears
             # (the mount would hang before it starts), and a folder fails only at the first read.
             if not stat.S_ISREG(os.stat(path).st_mode):
-                self.fail(f"{path}: not a regular file")
-                return None
-            src = BlobSource.open(path)
+                why = "not a regular file"
+            else:
+                src = BlobSource.open(path)
         except FileNotFoundError:
-            self.fail(f"{path}: tar not found")
-            return None
+            why = "tar not found"
         except OSError as e:
-            self.fail(f"{path}: cannot open tar: {e.strerror}")
-            return None
-        head = os.pread(src.fd, 6, 0)
-        kind = next((k for magic, k in COMPRESSED_MAGIC if head.startswith(magic)), None)
-        if kind:
+            why = f"cannot open tar: {e.strerror}"
+        if why is None:
+            head = os.pread(src.fd, 6, 0)
+            kind = next((k for magic, k in COMPRESSED_MAGIC if head.startswith(magic)), None)
+            if not kind:
+                self.sources[path] = src
+                return src
             src.close()
-            self.fail(f"{path}: {kind}-compressed; only plain uncompressed tars are supported")
-            return None
-        self.sources[path] = src
-        return src
+            why = f"{kind}-compressed; only plain uncompressed tars are supported"
+        self.refused.add(path)
+        self.fail(f"{path}: {why}")
+        return None
 
     def offsets(self, pkl: Path, tar: BlobSource) -> tuple[EntryTable, object, str | None] | None:
         """(entries, cached hash table or None, cache key) of an offsets file; None if refused."""
