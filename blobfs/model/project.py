@@ -113,9 +113,12 @@ class Project:
         return self.meta_path.read_bytes() if self.meta_path else EMPTY_META
 
     # -- reading by view path -------------------------------------------------------------
-    def _path(self, path: str | os.PathLike[str]) -> str:
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"{self._name()}: read from a closed project")
+
+    def _path(self, path: str | os.PathLike[str]) -> str:
+        self._check_open()
         return os.fspath(path)
 
     def _name(self) -> str:
@@ -140,7 +143,7 @@ class Project:
     def iter_bytes(self) -> Iterator[tuple[str, bytes]]:
         """(view path, bytes) of every image item, dataset by dataset in index order (each
         offsets file's order, then the ``img/`` files)."""
-        self._path("")
+        self._check_open()
         return chain.from_iterable(ds.items.iter_read(f"{ds.relpath}/img/") for ds in self.datasets)
 
     @property
