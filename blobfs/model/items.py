@@ -86,7 +86,7 @@ class ItemIndex:
     """Immutable index of a dataset's items; item numbers are 0..len-1 in merge order."""
 
     __slots__ = ("_names", "_name_ends", "_starts", "_ends", "_src", "_crcs", "_table", "_mask",
-                 "_dead", "_joined", "sources", "img_dir")
+                 "_dead", "_joined", "_closed", "sources", "img_dir")
 
     def __init__(self, table: EntryTable, src: array, sources: Sequence[BlobSource],
                  img_dir: Path | None, hashed: tuple[array, array, set[int]] | None = None) -> None:
@@ -100,6 +100,7 @@ class ItemIndex:
         self._crcs, self._table, self._dead = hashed or _hash_table(self._names, self._name_ends)
         self._mask = len(self._table) - 1
         self._joined: str | None = None
+        self._closed = False  # set by close(): img/ items have no descriptor to say so
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -227,6 +228,8 @@ class ItemIndex:
         want = length - offset if size < 0 else min(size, length - offset)
         s = self._src[i]
         if s == DISK:
+            if self._closed:
+                raise ValueError(f"{self.img_dir}: read from a closed project")
             fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 data = os.pread(fd, want, offset)
@@ -239,6 +242,11 @@ class ItemIndex:
         if len(data) != want:
             raise self._short_read(i, len(data), want, offset)
         return data
+
+    def close(self) -> None:
+        """Refuse reads of ``img/`` items too (``Project.close`` closes the tars), so that
+        every read after close raises ``ValueError``, not just those of tar items."""
+        self._closed = True
 
     def _short_read(self, i: int, got: int, want: int, offset: int) -> OSError:
         s = self._src[i]

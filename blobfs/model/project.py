@@ -153,6 +153,8 @@ class Project:
     def close(self) -> None:
         """Close the tars. Reads must be done: one still running in another thread may fail."""
         self._closed = True
+        for ds in self.datasets:
+            ds.items.close()
         for s in self.sources:
             s.close()
 
