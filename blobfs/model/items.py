@@ -36,9 +36,45 @@ log = logging.getLogger(__name__)
 DISK = -1
 
 
+class _Descriptor(int):
+    """An open descriptor number that closes itself when its last reference goes.
+
+    Why: a read takes the number from ``BlobSource.fd`` and then calls ``os.pread``; if
+    ``close()`` in another thread released the number in between, an ``open`` anywhere in the
+    process could take it and the read would serve that file's bytes as an image (or fail
+    with EBADF). A read holds this object (an argument of ``os.pread``) until the call
+    returns, so the interpreter's own reference count is the in-flight count: ``close()``
+    only drops the source's reference, and the number is released when the last read using
+    it ends. The hot path pays nothing for it — no lock, no counter to update.
+    """
+
+    __slots__ = ()
+
+    def __del__(self, _close=os.close) -> None:  # bound now: os may be gone at exit
+        try:
+            _close(int(self))
+        except OSError:
+            pass
+
+    def __reduce_ex__(self, protocol: object) -> object:
+        # A copy (copy.copy, pickle) would be a second owner closing the same number.
+        raise TypeError("an open blob tar descriptor cannot be copied or pickled")
+
+
+#: ``BlobSource.fd`` of a closed source: ``os.pread`` on it fails (EBADF) at once, and the
+#: reader turns that into the API's ``ValueError`` (``BlobSource.closed_error``).
+CLOSED = -1
+
+
 @dataclass
 class BlobSource:
-    """An open tar: one read-only descriptor shared by every reader (``os.pread`` needs no lock)."""
+    """An open tar: one read-only descriptor shared by every reader (``os.pread`` needs no lock).
+
+    ``fd`` stays open while anyone holds it, even past ``close()`` (see ``_Descriptor``):
+    a reader takes it once per read (``os.pread(src.fd, ...)``) and never keeps it in a
+    variable that outlives the read (a suspended generator or a traceback would keep the
+    tar open after ``close()``).
+    """
 
     path: Path
     fd: int
@@ -49,20 +85,20 @@ class BlobSource:
 
     @classmethod
     def open(cls, path: Path) -> "BlobSource":
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _Descriptor(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
         st = os.fstat(fd)
         return cls(path, fd, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Drop the descriptor: closed now, or when the last read in flight ends. Idempotent
+        and safe against concurrent reads and closes (one attribute store)."""
+        self.fd = CLOSED
 
     def __del__(self) -> None:
         # A project dropped without close() must not keep its tars open until the process
         # ends (a notebook reopening a project leaks one descriptor per tar each time); say
         # so the way an unclosed file does.
-        if getattr(self, "fd", -1) >= 0:
+        if getattr(self, "fd", CLOSED) >= 0:
             warnings.warn(f"unclosed blob tar {self.path}: close the project (or use 'with')",
                           ResourceWarning, stacklevel=2, source=self)
             self.close()
@@ -74,19 +110,22 @@ class BlobSource:
                         "(it reopens itself) or open the project in each process")
 
     def fileno(self) -> int:
-        """The descriptor to ``pread``; a closed source is a clear error, not EBADF (or, once
-        the number is reused, another file's bytes)."""
+        """The descriptor to ``pread``, valid for as long as the caller holds it (even if the
+        project is closed meanwhile); a closed source is a clear error, not EBADF."""
         fd = self.fd
         if fd < 0:
-            raise ValueError(f"{self.path}: read from a closed project")
+            raise self.closed_error()
         return fd
+
+    def closed_error(self) -> ValueError:
+        return ValueError(f"{self.path}: read from a closed project")
 
 
 class ItemIndex:
     """Immutable index of a dataset's items; item numbers are 0..len-1 in merge order."""
 
     __slots__ = ("_names", "_name_ends", "_starts", "_ends", "_src", "_crcs", "_table", "_mask",
-                 "_dead", "_joined", "sources", "img_dir")
+                 "_dead", "_joined", "_closed", "sources", "img_dir")
 
     def __init__(self, table: EntryTable, src: array, sources: Sequence[BlobSource],
                  img_dir: Path | None, hashed: tuple[array, array, set[int]] | None = None) -> None:
@@ -100,6 +139,7 @@ class ItemIndex:
         self._crcs, self._table, self._dead = hashed or _hash_table(self._names, self._name_ends)
         self._mask = len(self._table) - 1
         self._joined: str | None = None
+        self._closed = False  # set by close(): img/ items have no descriptor to say so
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -227,6 +267,8 @@ class ItemIndex:
         want = length - offset if size < 0 else min(size, length - offset)
         s = self._src[i]
         if s == DISK:
+            if self._closed:
+                raise ValueError(f"{self.img_dir}: read from a closed project")
             fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 data = os.pread(fd, want, offset)
@@ -234,11 +276,20 @@ class ItemIndex:
                 os.close(fd)
         else:
             src = self.sources[s]
-            data = os.pread(fd if (fd := src.fd) >= 0 else src.fileno(), want,
-                            start + offset)
+            try:
+                data = os.pread(src.fd, want, start + offset)  # holds the fd until it returns
+            except OSError:
+                if src.fd < 0:
+                    raise src.closed_error() from None
+                raise
         if len(data) != want:
             raise self._short_read(i, len(data), want, offset)
         return data
+
+    def close(self) -> None:
+        """Refuse reads of ``img/`` items too (``Project.close`` closes the tars), so that
+        every read after close raises ``ValueError``, not just those of tar items."""
+        self._closed = True
 
     def _short_read(self, i: int, got: int, want: int, offset: int) -> OSError:
         s = self._src[i]
@@ -269,12 +320,17 @@ class ItemIndex:
         return self._reads(paths, self.sources[self._src[0]])
 
     def _reads(self, paths: list[str], src: BlobSource) -> Iterator[tuple[str, bytes]]:
-        # ``src.fd`` is read per item, not once: after the project is closed a kept number
-        # could name a file opened since, whose bytes would be served as images.
+        # ``src.fd`` is taken per item and held only by the call, never by a local across
+        # ``yield``: a suspended iterator must not keep the tar open after ``close()``.
         pread = os.pread
         for i, (path, start, end) in enumerate(zip(paths, self._starts, self._ends)):
             want = end - start
-            data = pread(fd if (fd := src.fd) >= 0 else src.fileno(), want, start)
+            try:
+                data = pread(src.fd, want, start)
+            except OSError:
+                if src.fd < 0:
+                    raise src.closed_error() from None
+                raise
             if len(data) != want:
                 raise self._short_read(i, len(data), want, 0)
             yield path, data

@@ -151,8 +151,13 @@ class Project:
         return sum(len(ds.items) for ds in self.datasets)
 
     def close(self) -> None:
-        """Close the tars. Reads must be done: one still running in another thread may fail."""
+        """Close the tars; every read started after this raises ``ValueError``. A read that
+        is already running in another thread still returns its own bytes: its tar's
+        descriptor is released when that read ends (``blobfs.model.items._Descriptor``),
+        never under it, where another file opened meanwhile could take its number."""
         self._closed = True
+        for ds in self.datasets:
+            ds.items.close()
         for s in self.sources:
             s.close()
 

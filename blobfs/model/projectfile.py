@@ -12,11 +12,14 @@ if TYPE_CHECKING:
 class ProjectFile(io.RawIOBase):
     """File object over a view path; every read is a positional read (no shared offset), so
     two of them over one project never disturb each other. Wrap it in ``io.BufferedReader``
-    for many small reads (``PIL.Image.open`` takes it as it is)."""
+    for many small reads (``PIL.Image.open`` takes it as it is). Once its project is closed,
+    every read raises ``ValueError``, as the project's own reads do — at the end of the file
+    too, and for files whose bytes are not in a tar (annotations, ``meta.json``)."""
 
     def __init__(self, view: "ClassicView", path: str) -> None:
         super().__init__()
         self._view = view
+        self._project = view.project
         self._path = "/" + path.strip("/")
         self._size = view.getattr(self._path).size
         self._pos = 0
@@ -44,6 +47,8 @@ class ProjectFile(io.RawIOBase):
 
     def readinto(self, buf) -> int:  # type: ignore[override]
         self._checkClosed()  # type: ignore[attr-defined]
+        if self._project._closed:
+            self._project._check_open()  # raises the project's ValueError
         data = self._view.read(self._path, len(buf), self._pos)
         n = len(data)
         buf[:n] = data
@@ -52,6 +57,8 @@ class ProjectFile(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         self._checkClosed()  # type: ignore[attr-defined]
+        if self._project._closed:
+            self._project._check_open()  # raises the project's ValueError
         if size is None or size < 0:
             size = max(self._size - self._pos, 0)
         data = self._view.read(self._path, size, self._pos)
