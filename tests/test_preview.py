@@ -295,8 +295,9 @@ def test_cli_preview(blob_project: Path, tmp_path: Path) -> None:
     usage = CliRunner().invoke(cli, ["preview", str(blob_project), "-o", str(out), "--columns", "0"])
     assert usage.exit_code == 2
     notdir = CliRunner().invoke(cli, ["preview", str(blob_project), "-o", str(tmp_path / "no/such/x.png")])
-    # The output cannot be written: 1, as `pack -o no/such/x.tar` and `unpack SRC no/such/out`.
-    assert notdir.exit_code == 1 and "output folder does not exist" in notdir.output
+    # No folder to write into: a usage error (2), as `pack -o no/such/x.tar` and `unpack SRC
+    # no/such/out` (1 is for an output that could not be written: full disk, permissions).
+    assert notdir.exit_code == 2 and "output folder does not exist" in notdir.output
     assert "Traceback" not in notdir.output
 
 
