@@ -304,7 +304,7 @@ def test_cli_preview(blob_project: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["--columns", "1000", "--thumb", "2048"],
                                   ["--columns", "11", "--thumb", "2048", "--limit", "500"]])
 def test_cli_preview_rows_over_the_memory_budget(tmp_path: Path, args: list[str]) -> None:
-    """A row of 48 (the --limit) 2048 px thumbnails is 98,598 px wide: 585 MiB per strip, ~3 GiB
+    """A row of 48 (the --limit) 2048 px thumbnails is 98,598 px wide: 584 MiB per strip, ~3 GiB
     of peak memory. Refused with one line naming the options and the limit, before the source
     is even opened: here a file that is no tar, which would be its own error."""
     junk = tmp_path / "junk.tar"
@@ -323,7 +323,7 @@ def test_preview_row_budget_follows_the_layout(blob_project: Path) -> None:
     """The budget is the strip the sheet renders: what fits is accepted, whatever --columns
     says when --limit keeps the row short, and the row size it checks is the layout's."""
     from blobfs.errors import InputError
-    from blobfs.preview.options import MAX_ROW_BYTES, row_size
+    from blobfs.preview.options import MAX_IMAGE_BYTES, row_size
 
     PreviewOptions(columns=10, thumb=2048)  # the default 8 columns fit at the largest thumb
     PreviewOptions(columns=1000, thumb=2048, limit=10)  # at most 10 thumbnails in a row
@@ -334,7 +334,7 @@ def test_preview_row_budget_follows_the_layout(blob_project: Path) -> None:
         layout = sheet_mod.layout_for(columns, PreviewOptions(columns=columns, thumb=thumb, limit=columns))
         assert row_size(columns, thumb) == (layout.size[0], layout.cell_h)
     w, h = row_size(10, 2048)
-    assert w * h * 3 <= MAX_ROW_BYTES < row_size(11, 2048)[0] * h * 3
+    assert w * h * 3 <= MAX_IMAGE_BYTES < row_size(11, 2048)[0] * h * 3
     with blobfs.open_project(blob_project) as p:
         opts = PreviewOptions(limit=3, columns=3, thumb=40)
         strips = list(sheet_mod.iter_strips(p, None, opts)[1])
@@ -353,6 +353,22 @@ def test_cli_preview_sheet_too_large_for_format(blob_project: Path, tmp_path: Pa
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and "too large for" in r.stderr and "2060x82886" in r.stderr, r.stderr
     assert not out.exists() and sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["sheet.jpg", "sheet.tiff"])
+def test_cli_preview_whole_sheet_over_the_memory_budget(blob_project: Path, tmp_path: Path, name: str) -> None:
+    """Formats other than PNG hold the whole sheet in memory: 10 x 4 thumbnails of 2048 px
+    (each row within the budget) make a 488 MiB sheet, 1.4 GiB of peak memory for a JPEG.
+    Refused before any image is read, saying that .png is written row by row."""
+    out = tmp_path / name
+    r = subprocess.run([sys.executable, "-m", "blobfs", "preview", str(blob_project), "-o", str(out),
+                        "--columns", "10", "--thumb", "2048", "--limit", "40"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line, = r.stderr.splitlines()
+    assert line.startswith(f"blobfs: {out}: a 20,546x8,294 px sheet"), line
+    assert "at most 128 MiB" in line and ".png" in line, line
+    assert sorted(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name, why", [("sheet.xbm", "cannot write mode RGB"),

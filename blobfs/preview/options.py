@@ -12,12 +12,13 @@ Sampling = Literal["random", "first"]
 
 PAD = 6  # pixels around and between cells
 
-#: Largest sheet row (one row of thumbnails with their captions, RGB, rendered as one image)
-#: a preview takes. Peak memory measured ~5.5 times the row (the row, its bytes, the filtered
-#: PNG scanlines, the previous row still being compressed): 128 MiB keeps a preview under
-#: ~750 MiB, and still admits the default 8 columns at the largest --thumb (97 MiB; 10 fit).
-#: --columns 1000 --thumb 2048 would be a 2-million-pixel-wide row of 12 GiB.
-MAX_ROW_BYTES = 128 << 20
+#: Largest image (RGB) a preview renders at once: a sheet row (thumbnails with their captions)
+#: of a PNG, which is streamed row by row; the whole sheet in other formats. A PNG's peak memory
+#: was measured at about 4 rows (the row, its bytes, the filtered scanlines, the previous row
+#: still being compressed) plus the work on one thumbnail: 940 MiB for 10 columns of 2048 px
+#: (122 MiB rows), the widest that fit; the default 8 columns fit at any --thumb. Without it
+#: --columns 1000 --thumb 2048 made a 2-million-pixel-wide row of 12 GiB.
+MAX_IMAGE_BYTES = 128 << 20
 
 
 def caption_px(thumb: int) -> int:
@@ -58,14 +59,14 @@ class PreviewOptions:
         self._check_row_budget()
 
     def _check_row_budget(self) -> None:
-        """Refuse, before any image is read, a row over ``MAX_ROW_BYTES``. A row holds at most
+        """Refuse, before any image is read, a row over ``MAX_IMAGE_BYTES``. A row holds at most
         --limit thumbnails, so a long --columns with a short --limit is fine."""
         w, h = row_size(min(self.columns, self.limit), self.thumb)
-        if w * h * 3 <= MAX_ROW_BYTES:
+        if w * h * 3 <= MAX_IMAGE_BYTES:
             return
-        fit = (MAX_ROW_BYTES // (h * 3) - PAD) // (self.thumb + PAD)  # >= 1 for any --thumb
+        fit = (MAX_IMAGE_BYTES // (h * 3) - PAD) // (self.thumb + PAD)  # >= 1 for any --thumb
         given = f"--columns {self.columns} --thumb {self.thumb}" + (
             f" --limit {self.limit}" if self.limit < self.columns else "")
         raise InputError(f"{given}: a sheet row of {w:,}x{h:,} px takes {_mib(w * h * 3)}, and a "
-                         f"row may take at most {_mib(MAX_ROW_BYTES)} (at --thumb {self.thumb} "
+                         f"row may take at most {_mib(MAX_IMAGE_BYTES)} (at --thumb {self.thumb} "
                          f"at most {fit} columns); use fewer --columns or a smaller --thumb")

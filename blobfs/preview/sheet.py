@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from blobfs.errors import InputError, one_line
 from blobfs.preview.draw import RGB, Scale, class_colors, draw_annotation
-from blobfs.preview.options import PAD, PreviewOptions, caption_px, row_size
+from blobfs.preview.options import MAX_IMAGE_BYTES, PAD, PreviewOptions, caption_px, row_size
 from blobfs.preview.pngstream import PngStreamWriter
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,8 @@ MAX_SIDE = {"JPEG": 65500, "MPO": 65500, "WEBP": 16383, "GIF": 65535, "TGA": 655
 
 
 def _check_format(path: Path, fmt: str, layout: SheetLayout) -> None:
-    """Refuse, before any image is read, a format Pillow cannot write or a sheet too large for it."""
+    """Refuse, before any image is read, a format Pillow cannot write or a sheet too large for
+    it, or for memory: Pillow encodes only a whole image, so the sheet is held whole."""
     if fmt not in Image.SAVE:
         raise InputError(f"{path}: cannot write a sheet as {fmt} (Pillow reads it but has no writer)")
     w, h = layout.size
@@ -295,6 +296,11 @@ def _check_format(path: Path, fmt: str, layout: SheetLayout) -> None:
     if limit is not None and max(w, h) > limit:
         raise InputError(f"{path}: a {w}x{h} px sheet is too large for {fmt} (at most {limit} px "
                          f"a side); use fewer --columns, a smaller --thumb or --limit, or .png")
+    if w * h * 3 > MAX_IMAGE_BYTES:
+        mib = 1 << 20
+        raise InputError(f"{path}: a {w:,}x{h:,} px sheet takes {w * h * 3 / mib:,.0f} MiB, held "
+                         f"whole as {fmt}, and a preview may take at most {MAX_IMAGE_BYTES // mib} "
+                         f"MiB; use .png (written row by row), or a smaller --limit, --columns or --thumb")
 
 
 def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path: str | Path) -> SheetLayout:
