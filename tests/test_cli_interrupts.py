@@ -269,3 +269,74 @@ def test_a_second_interrupt_while_the_line_is_written_keeps_exit_130(
         assert b"Traceback" not in rest
     finally:
         os.close(r)
+
+
+# -- click's Abort path (an interrupt in the top-level options, an aborted prompt) with a
+# -- stderr that cannot be written ----------------------------------------------------------
+
+def broken_stderr(kind: str) -> tuple[dict, list[int]]:
+    """Popen keywords for a stderr that cannot be written, and the fds to close after start:
+    "pipe" nobody reads any more (EPIPE), "full" (/dev/full: ENOSPC), "closed" (``2>&-``)."""
+    if kind == "pipe":
+        r, w = os.pipe()
+        os.close(r)
+        return {"stderr": w}, [w]
+    if kind == "full":
+        fd = os.open("/dev/full", os.O_WRONLY)
+        return {"stderr": fd}, [fd]
+    return {"stderr": subprocess.DEVNULL, "preexec_fn": lambda: os.close(2)}, []
+
+
+@pytest.mark.parametrize("kind", ["pipe", "full", "closed"])
+def test_interrupted_in_the_top_level_options_with_stderr_broken(kind: str) -> None:
+    """``blobfs --help`` blocked on a full stdout: the Ctrl-C lands in click's option parsing,
+    where click writes a blank line on stderr before it raises Abort. That write failing made
+    it exit 141 (pipe) or 1 (/dev/full), as for a failed output, instead of 130."""
+    r, w = full_pipe()
+    streams_kw, close_after = broken_stderr(kind)
+    try:
+        proc = subprocess.Popen([*BLOBFS, "--help"], stdin=subprocess.DEVNULL, stdout=w,
+                                **streams_kw)
+    finally:
+        os.close(w)
+        for fd in close_after:
+            os.close(fd)
+    with os.fdopen(r, "rb") as f:
+        wait_blocked_on_pipe(proc)
+        proc.send_signal(signal.SIGINT)
+        f.read()
+    assert proc.wait(timeout=60) == 130
+
+
+_PROMPT = """
+import sys
+import click
+import blobfs.cli.main as m
+
+@click.command("ask")
+def ask():
+    click.prompt("name")  # stdin at its end: click raises Abort
+
+m.COMMANDS["ask"] = (__name__, "ask")
+sys.argv = ["blobfs", "ask"]
+m.main()
+"""
+
+
+@pytest.mark.parametrize("kind", ["ok", "pipe", "full"])  # no stderr at all: input() refuses
+def test_a_prompt_at_the_end_of_its_input_is_aborted_not_interrupted(kind: str) -> None:
+    """A prompt that reads the end of stdin: "Aborted!" and exit 1, as click says it (it said
+    "blobfs: interrupted", 130); with stderr broken, still exit 1 and no second error at
+    shutdown (exit 120). No command prompts today; a plugin or a future one may."""
+    streams_kw, close_after = ({"stderr": subprocess.PIPE}, []) if kind == "ok" else broken_stderr(kind)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _PROMPT], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, **streams_kw)
+    finally:
+        for fd in close_after:
+            os.close(fd)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert out == b"name: "
+    if kind == "ok":
+        assert err.decode().splitlines() == ["Aborted!"], err

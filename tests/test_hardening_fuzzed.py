@@ -182,7 +182,7 @@ def test_index_refuses_what_is_no_regular_file_and_reports_write_failures(blob_p
         assert r.returncode == 2 and "not a regular file" in one_line(r)
     tar = blob_project / "blob" / "small_images.tar"
     r = run("index", str(tar), "-o", str(tmp_path / "no" / "such"))
-    assert r.returncode == 1 and "no/such: output folder does not exist" in one_line(r)  # as pack
+    assert r.returncode == 2 and "no/such: output folder does not exist" in one_line(r)  # as pack
 
 
 def test_copy_file_refuses_a_fifo_instead_of_blocking(tmp_path):

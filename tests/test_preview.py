@@ -295,22 +295,80 @@ def test_cli_preview(blob_project: Path, tmp_path: Path) -> None:
     usage = CliRunner().invoke(cli, ["preview", str(blob_project), "-o", str(out), "--columns", "0"])
     assert usage.exit_code == 2
     notdir = CliRunner().invoke(cli, ["preview", str(blob_project), "-o", str(tmp_path / "no/such/x.png")])
-    # The output cannot be written: 1, as `pack -o no/such/x.tar` and `unpack SRC no/such/out`.
-    assert notdir.exit_code == 1 and "output folder does not exist" in notdir.output
+    # No folder to write into: a usage error (2), as `pack -o no/such/x.tar` and `unpack SRC
+    # no/such/out` (1 is for an output that could not be written: full disk, permissions).
+    assert notdir.exit_code == 2 and "output folder does not exist" in notdir.output
     assert "Traceback" not in notdir.output
+
+
+@pytest.mark.parametrize("args", [["--columns", "1000", "--thumb", "2048"],
+                                  ["--columns", "11", "--thumb", "2048", "--limit", "500"]])
+def test_cli_preview_rows_over_the_memory_budget(tmp_path: Path, args: list[str]) -> None:
+    """A row of 48 (the --limit) 2048 px thumbnails is 98,598 px wide: 584 MiB per strip, ~3 GiB
+    of peak memory. Refused with one line naming the options and the limit, before the source
+    is even opened: here a file that is no tar, which would be its own error."""
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"no tar at all" * 100)
+    out = tmp_path / "sheet.png"
+    r = subprocess.run([sys.executable, "-m", "blobfs", "preview", str(junk), "-o", str(out), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line, = r.stderr.splitlines()
+    assert line.startswith(f"blobfs: --columns {args[1]} --thumb 2048"), line
+    assert "MiB" in line and "at most 128 MiB" in line and "at most 10 columns" in line, line
+    assert sorted(tmp_path.iterdir()) == [junk]
+
+
+def test_preview_row_budget_follows_the_layout(blob_project: Path) -> None:
+    """The budget is the strip the sheet renders: what fits is accepted, whatever --columns
+    says when --limit keeps the row short, and the row size it checks is the layout's."""
+    from blobfs.errors import InputError
+    from blobfs.preview.options import MAX_IMAGE_BYTES, row_size
+
+    PreviewOptions(columns=10, thumb=2048)  # the default 8 columns fit at the largest thumb
+    PreviewOptions(columns=1000, thumb=2048, limit=10)  # at most 10 thumbnails in a row
+    PreviewOptions(columns=1000, thumb=160, limit=1000)  # the default thumb fits any --columns
+    with pytest.raises(InputError, match="at most 10 columns"):
+        PreviewOptions(columns=11, thumb=2048)
+    for columns, thumb in ((3, 40), (10, 2048), (7, 333)):
+        layout = sheet_mod.layout_for(columns, PreviewOptions(columns=columns, thumb=thumb, limit=columns))
+        assert row_size(columns, thumb) == (layout.size[0], layout.cell_h)
+    w, h = row_size(10, 2048)
+    assert w * h * 3 <= MAX_IMAGE_BYTES < row_size(11, 2048)[0] * h * 3
+    with blobfs.open_project(blob_project) as p:
+        opts = PreviewOptions(limit=3, columns=3, thumb=40)
+        strips = list(sheet_mod.iter_strips(p, None, opts)[1])
+    assert strips[1].size == row_size(3, 40)
 
 
 @pytest.mark.parametrize("name", ["sheet.jpg", "sheet.gif", "sheet.webp"])
 def test_cli_preview_sheet_too_large_for_format(blob_project: Path, tmp_path: Path, name: str) -> None:
-    # 40 columns of 2048 px: 82,166 px wide. libjpeg printed its own line on stderr and Pillow
-    # "broken data stream" (exit 1, as for a full disk); GIF died with an OverflowError traceback.
+    # 40 rows of one 2048 px thumbnail: 82,886 px high (a row is within the memory budget).
+    # libjpeg printed its own line on stderr and Pillow "broken data stream" (exit 1, as for a
+    # full disk); GIF died with an OverflowError traceback.
     out = tmp_path / name
     r = subprocess.run([sys.executable, "-m", "blobfs", "preview", str(blob_project), "-o", str(out),
-                        "--columns", "40", "--thumb", "2048", "--limit", "40"],
+                        "--columns", "1", "--thumb", "2048", "--limit", "40"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.count("\n") == 1 and "too large for" in r.stderr and "82166x" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "too large for" in r.stderr and "2060x82886" in r.stderr, r.stderr
     assert not out.exists() and sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["sheet.jpg", "sheet.tiff"])
+def test_cli_preview_whole_sheet_over_the_memory_budget(blob_project: Path, tmp_path: Path, name: str) -> None:
+    """Formats other than PNG hold the whole sheet in memory: 10 x 4 thumbnails of 2048 px
+    (each row within the budget) make a 488 MiB sheet, 1.4 GiB of peak memory for a JPEG.
+    Refused before any image is read, saying that .png is written row by row."""
+    out = tmp_path / name
+    r = subprocess.run([sys.executable, "-m", "blobfs", "preview", str(blob_project), "-o", str(out),
+                        "--columns", "10", "--thumb", "2048", "--limit", "40"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line, = r.stderr.splitlines()
+    assert line.startswith(f"blobfs: {out}: a 20,546x8,294 px sheet"), line
+    assert "at most 128 MiB" in line and ".png" in line, line
+    assert sorted(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name, why", [("sheet.xbm", "cannot write mode RGB"),

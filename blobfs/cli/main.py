@@ -107,6 +107,18 @@ def end_interrupted(state: str | None = None, *, newline: bool = True) -> NoRetu
     sys.exit(130)
 
 
+def end_aborted(e: click.Abort) -> NoReturn:
+    """click's Abort: Ctrl-C is an interrupt (exit 130); the end of stdin at a prompt is
+    "Aborted!" and exit 1, as click says it. A prompt raises Abort ``from None``: what it
+    caught is the context, not the cause. stderr may be broken: the exit code still says it."""
+    if isinstance(e.__cause__ or e.__context__, EOFError):
+        with contextlib.suppress(OSError):
+            click.echo("Aborted!", err=True)  # no interrupt
+        streams.silence_failed()  # no second error when Python flushes stderr at exit
+        sys.exit(1)
+    end_interrupted(newline=False)
+
+
 def end_output_failed(failure: streams.StreamFailure) -> NoReturn:
     """stdout or stderr could not be written: one line, exit 1 (or 141 for a closed pipe). A
     write command's outputs were renamed into place before its summary: the line says so."""
@@ -130,7 +142,12 @@ def main() -> None:
                 code = e.exit_code
             except SystemExit as e:
                 code = e.code
-            except OSError:
+            except OSError as e:
+                if isinstance(e.__context__, (KeyboardInterrupt, EOFError)):
+                    # click's blank line on stderr, written as it turns Ctrl-C (or the end
+                    # of stdin) into Abort, failed: the interrupt, not the stream, says how
+                    # this ends (it was exit 141 or 1 with stderr broken).
+                    raise click.Abort() from e.__context__
                 if streams.failure() is None:
                     raise  # not a write to stdout or stderr: a bug, with its traceback
                 code = 1
@@ -142,10 +159,7 @@ def main() -> None:
             if failure is not None and code != 130:  # an interrupt's line and code stand
                 end_output_failed(failure)
     except click.Abort as e:  # click's KeyboardInterrupt (or EOFError), after a newline
-        if isinstance(e.__cause__, EOFError):
-            click.echo("Aborted!", err=True)  # as click says it: no interrupt
-            sys.exit(1)
-        end_interrupted(newline=False)
+        end_aborted(e)
     except KeyboardInterrupt:
         end_interrupted()
     sys.exit(code)

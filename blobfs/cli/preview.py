@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from blobfs.cli.inspect import warn_left_out
-from blobfs.cli.params import NonEmptyPath
+from blobfs.cli.params import NonEmptyPath, OutputFile
 from blobfs.cli.reporting import interrupts, reporting
 from blobfs.errors import one_line
 from blobfs.preview.options import PreviewOptions
 from blobfs.preview.report import format_images_report, images_report
-from blobfs.write.atomic import check_apart
+from blobfs.write.atomic import check_apart, check_output_folder
 from blobfs.write.errors import WriteFailedError
 
 __all__ = ["preview_cmd", "demo_cmd", "images_report", "format_images_report"]
@@ -25,7 +25,7 @@ _D = PreviewOptions()  # defaults shown in --help
 @click.command("preview")
 @click.argument("source", type=NonEmptyPath(exists=True, path_type=Path))
 @click.argument("dataset", required=False)
-@click.option("-o", "--output", required=True, type=NonEmptyPath(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=OutputFile(path_type=Path),
               help="Sheet to write (.png is streamed row by row; .jpg/.webp also work).")
 @click.option("--limit", type=click.IntRange(min=1), default=_D.limit, show_default=True,
               help="At most this many items.")
@@ -51,6 +51,7 @@ def preview_cmd(source: Path, dataset: str | None, output: Path, limit: int, sam
     options = PreviewOptions(limit=limit, sample=sample, seed=seed, columns=columns, thumb=thumb,  # type: ignore[arg-type]
                              no_ann=no_ann, labels=not no_labels, output=output)
     check_apart(source, output)  # never over one of the source's own files
+    check_output_folder(output)  # before the project is opened, which can take a while
     # Input problems go on to the group (exit 2, as before); Ctrl-C is exit 130 as for the
     # write commands.
     with interrupts():  # the summary too: an interrupt there says the sheet is in place

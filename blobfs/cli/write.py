@@ -3,11 +3,11 @@
 Thin: parse options into one frozen dataclass, run ``blobfs.write``, report. Exit codes:
 0 done; 1 for ``unpack`` when the source had problems (entries skipped as the mount skips
 them, or hidden files such as FIFOs: the output is written and equals the mount, each problem
-is printed); 2 bad input, refused output (exists, no ``--force``; another ``pack`` writing it)
-or usage; 1 the output could not
-be written (full disk, permissions); 130 interrupted (Ctrl-C, SIGTERM, SIGHUP). In every
-failure case before the output is renamed into place nothing is left under its name; an
-interrupt after that says the new output is in place (blobfs.cli.reporting).
+is printed); 2 bad input, refused output (exists, no ``--force``; another ``pack`` writing it;
+its folder missing or no folder; a file output written as a folder, ``-o out.tar/``) or usage;
+1 the output could not be written (full disk, permissions); 130 interrupted (Ctrl-C, SIGTERM,
+SIGHUP). In every failure case before the output is renamed into place nothing is left under
+its name; an interrupt after that says the new output is in place (blobfs.cli.reporting).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Callable
 
 import click
 
-from blobfs.cli.params import NonEmptyPath
+from blobfs.cli.params import NonEmptyPath, OutputFile
 from blobfs.cli.reporting import reporting
 from blobfs.errors import one_line
 from blobfs.write.options import PackOptions, PackProjectOptions, UnpackOptions
@@ -114,7 +114,7 @@ def _seconds(t0: float) -> str:
 
 @click.command("pack")
 @click.argument("images_dir", type=NonEmptyPath(file_okay=False, path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=NonEmptyPath(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", "out", required=True, type=OutputFile(path_type=Path),
               help="The tar to write (NAME.tar); NAME_offsets.pkl is written beside it.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Pack files matching GLOB instead of the SDK image extensions (repeatable; "

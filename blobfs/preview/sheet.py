@@ -24,12 +24,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from blobfs.errors import InputError, one_line
 from blobfs.preview.draw import RGB, Scale, class_colors, draw_annotation
-from blobfs.preview.options import PreviewOptions
+from blobfs.preview.options import MAX_IMAGE_BYTES, PAD, PreviewOptions, caption_px, row_size
 from blobfs.preview.pngstream import PngStreamWriter
 
 log = logging.getLogger(__name__)
 
-PAD = 6  # pixels around and between cells
 BACKGROUND = (32, 32, 32)
 CAPTION_COLOR = (230, 230, 230)
 PLACEHOLDER_BG = (96, 0, 0)
@@ -82,12 +81,10 @@ def fit_size(width: int, height: int, box: int) -> tuple[int, int]:
 
 
 def layout_for(count: int, options: PreviewOptions) -> SheetLayout:
-    font_px = _caption_px(options.thumb)
-    return SheetLayout(count, min(options.columns, max(1, count)), options.thumb, font_px + 4)
-
-
-def _caption_px(thumb: int) -> int:
-    return max(10, min(14, thumb // 12))
+    columns = min(options.columns, max(1, count))
+    # The row PreviewOptions checked against its memory budget is this one.
+    _w, cell_h = row_size(columns, options.thumb)
+    return SheetLayout(count, columns, options.thumb, cell_h - options.thumb - PAD)
 
 
 # -- which items --------------------------------------------------------------------------------
@@ -190,7 +187,7 @@ class _Renderer:
     def __init__(self, project: Any, options: PreviewOptions) -> None:
         self.project = project
         self.options = options
-        self.caption_font = _font(_caption_px(options.thumb))
+        self.caption_font = _font(caption_px(options.thumb))
         self.label_font = _font(max(9, min(13, options.thumb // 14)))
         self.colors: dict[str, RGB] = {} if options.no_ann else self._colors()
 
@@ -290,7 +287,8 @@ MAX_SIDE = {"JPEG": 65500, "MPO": 65500, "WEBP": 16383, "GIF": 65535, "TGA": 655
 
 
 def _check_format(path: Path, fmt: str, layout: SheetLayout) -> None:
-    """Refuse, before any image is read, a format Pillow cannot write or a sheet too large for it."""
+    """Refuse, before any image is read, a format Pillow cannot write or a sheet too large for
+    it, or for memory: Pillow encodes only a whole image, so the sheet is held whole."""
     if fmt not in Image.SAVE:
         raise InputError(f"{path}: cannot write a sheet as {fmt} (Pillow reads it but has no writer)")
     w, h = layout.size
@@ -298,6 +296,11 @@ def _check_format(path: Path, fmt: str, layout: SheetLayout) -> None:
     if limit is not None and max(w, h) > limit:
         raise InputError(f"{path}: a {w}x{h} px sheet is too large for {fmt} (at most {limit} px "
                          f"a side); use fewer --columns, a smaller --thumb or --limit, or .png")
+    if w * h * 3 > MAX_IMAGE_BYTES:
+        mib = 1 << 20
+        raise InputError(f"{path}: a {w:,}x{h:,} px sheet takes {w * h * 3 / mib:,.0f} MiB, held "
+                         f"whole as {fmt}, and a preview may take at most {MAX_IMAGE_BYTES // mib} "
+                         f"MiB; use .png (written row by row), or a smaller --limit, --columns or --thumb")
 
 
 def write_sheet(project: Any, dataset: str | None, options: PreviewOptions, path: str | Path) -> SheetLayout:

@@ -42,11 +42,12 @@ from typing import Iterator
 from blobfs.errors import InputError
 from blobfs.pids import alive
 from blobfs.signals import interrupt_guard
-from blobfs.write.errors import InterruptedAfterPublish, OutputExistsError, WriteFailedError, output_failed
+from blobfs.write.errors import (InterruptedAfterPublish, OutputExistsError, OutputPathError,
+                                 WriteFailedError, output_failed)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AtomicOutputs", "check_apart", "commit_mark", "interrupt_guard", "published_since",
+__all__ = ["AtomicOutputs", "check_apart", "check_output_folder", "commit_mark", "interrupt_guard", "published_since",
            "remove_stale_old", "temp_name"]
 
 #: Every ``AtomicOutputs`` of this process that committed, in order: an interrupt that lands
@@ -114,6 +115,15 @@ def check_apart(src: Path, out: Path) -> None:
         raise InputError(f"{out}: output holds the source {src} (replacing it would delete the source)")
     if (real_out + "/").startswith(real_src + "/"):
         raise InputError(f"{out}: output inside the source {src}")
+
+
+def check_output_folder(final: Path) -> None:
+    """Refuse an output whose folder is missing or no folder: what the user typed, as an
+    existing output is, so exit 2 before any input is read (1 is for a write that failed)."""
+    parent = Path(final).parent
+    if not parent.is_dir():
+        what = "is not a folder" if os.path.lexists(parent) else "does not exist"
+        raise OutputPathError(f"{parent}: output folder {what}")
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -203,8 +213,7 @@ class AtomicOutputs:
         return InterruptedAfterPublish(text)
 
     def _check(self, final: Path) -> None:
-        if not final.parent.is_dir():
-            raise WriteFailedError(f"{final.parent}: output folder does not exist")
+        check_output_folder(final)
         if os.path.lexists(final) and not self.force and not _is_empty_dir(final):
             raise OutputExistsError(f"{final}: already exists (use --force to replace it)")
 

@@ -1,7 +1,8 @@
 """Errors of the write side (pack, pack-project, unpack).
 
-Input problems reuse ``blobfs.errors.InputError`` (CLI exit code 2); a failure while writing the
-output (full disk, permission denied on the destination) is a ``WriteFailedError`` (exit 1).
+Input problems reuse ``blobfs.errors.InputError`` (CLI exit code 2), and so does an output path
+that cannot be used (exists without ``--force``, its folder missing); a failure while writing
+the output (full disk, permission denied on the destination) is a ``WriteFailedError`` (exit 1).
 """
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from blobfs.errors import BlobfsError, InputError
 
 class OutputExistsError(InputError):
     """The destination exists and ``--force`` was not given."""
+
+
+class OutputPathError(InputError):
+    """The output path cannot name an output (its folder is missing or no folder): a usage
+    error, found before anything is read, not an output that failed to be written."""
 
 
 class WriteFailedError(BlobfsError):

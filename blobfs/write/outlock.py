@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Iterator
 
 from blobfs.errors import InputError
-from blobfs.write.errors import WriteFailedError, output_failed
+from blobfs.write.atomic import check_output_folder
+from blobfs.write.errors import output_failed
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def lock_path(final: Path) -> Path:
 def _open(path: Path, final: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        raise WriteFailedError(f"{final.parent}: output folder does not exist") from None
     except OSError as e:
+        if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+            check_output_folder(final)  # the usual reason: exit 2, as AtomicOutputs says it
         raise output_failed(final, e) from None
 
 
