@@ -1,0 +1,45 @@
+"""Hostile input found by an exploratory pass over every read command (issue #5's contract).
+
+As in test_hardening_input.py: the real ``blobfs`` command in a subprocess, one line naming the
+file and the problem, no traceback, bounded memory, and the rest still served or reported.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_hardening_input import copy_project, run
+
+NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def _as_nobody(base: Path) -> tuple[str, ...]:
+    """setpriv prefix running as uid 65534, with ``base`` and its parents traversable."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop to another user")
+    for p in (base, *base.parents):
+        if p != Path("/") and not p.stat().st_mode & 0o001:
+            p.chmod(p.stat().st_mode | 0o011)
+    return (shutil.which("setpriv"), *NOBODY)
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o644], ids=["no_access", "not_searchable"])
+def test_unsearchable_ann_folder_is_one_problem_for_verify(blob_project, tmp_path_factory, mode):
+    """ann/ that the user cannot search made ``verify`` print a PermissionError traceback (its
+    annotation lookup stat'ed each file); now one line for the folder, exit 1."""
+    base = tmp_path_factory.mktemp("annperm")
+    nobody = _as_nobody(base)
+    proj = copy_project(blob_project, base / "proj")
+    for p in [proj, *proj.rglob("*")]:
+        p.chmod(p.stat().st_mode | (0o055 if p.is_dir() else 0o044))
+    ann = proj / "ds2" / "ann"
+    ann.chmod(mode)
+    for args in (("verify", str(proj)), ("verify", "--decode", str(proj))):
+        r = run(*args, prefix=nobody)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith(str(ann))]
+        assert lines == [f"{ann}: cannot read (Permission denied): no item has an annotation "
+                         "(the SDK drops the dataset)"], r.stdout
