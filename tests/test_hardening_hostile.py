@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_hardening_input import copy_project, run
+from test_hardening_input import PRLIMIT, copy_project, run
 
 NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
 
@@ -43,3 +43,28 @@ def test_unsearchable_ann_folder_is_one_problem_for_verify(blob_project, tmp_pat
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith(str(ann))]
         assert lines == [f"{ann}: cannot read (Permission denied): no item has an annotation "
                          "(the SDK drops the dataset)"], r.stdout
+
+
+def test_huge_json_files_are_not_read_whole(blob_project, tmp_path):
+    """A sparse 3 GB annotation or meta.json (a few bytes on disk) was read whole and decoded:
+    ``verify`` and ``preview`` needed 2-3x its size in memory (a MemoryError traceback under a
+    limit). Now it is one problem line and the rest is checked or drawn."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ann = proj / "ds2" / "ann" / "scan 00.jpg.json"
+    meta = proj / "meta.json"
+    os.truncate(ann, 3 << 30)
+    os.truncate(meta, 3 << 30)
+    limit = (PRLIMIT, "--as=1000000000") if PRLIMIT else ()
+    for args in (("verify", str(proj)), ("verify", "--decode", str(proj))):
+        r = run(*args, prefix=limit)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        for path in (ann, meta):
+            got = [ln for ln in r.stdout.splitlines() if ln.startswith(f"{path}:")]
+            assert len(got) == 1 and "too large to read (3221225472 bytes, at most 64 MiB)" in got[0], r.stdout
+    out = tmp_path / "sheet.png"
+    r = run("preview", str(proj), "ds2", "-o", str(out), "--sample", "first", "--limit", "4", "--thumb", "32",
+            prefix=limit)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert out.stat().st_size > 0
+    assert any(str(ann) in ln and "annotation not drawn: too large" in ln for ln in r.stderr.splitlines()), r.stderr
+    assert any(str(meta) in ln and "too large" in ln for ln in r.stderr.splitlines()), r.stderr

@@ -5,7 +5,6 @@ Every check produces one-line problems naming the file; nothing here raises for 
 from __future__ import annotations
 
 import io
-import json
 import os
 import stat
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Callable
 
 from blobfs.errors import BlobfsError
 from blobfs.format.names import ann_names
+from blobfs.model.jsonfile import JsonTooLarge, load_json
 from blobfs.model.project import Dataset, Project
 from blobfs.model.items import BlobSource
 
@@ -178,12 +178,11 @@ def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[st
 def _load_json(path: Path, problems: list[str], consequence: str = "") -> object:
     """The parsed JSON at ``path``, or None with one problem line (unreadable or not JSON)."""
     try:
-        raw = path.read_bytes()
+        return load_json(path)
     except OSError as e:
         problems.append(f"{path}: cannot read ({e.strerror}){consequence}")
-        return None
-    try:
-        return json.loads(raw)
+    except JsonTooLarge as e:
+        problems.append(f"{path}: {e}{consequence}")
     except ValueError as e:  # also UnicodeDecodeError
         problems.append(f"{path}: not valid JSON ({e}){consequence}")
     except RecursionError:  # json's decoder recurses once per level of nesting
