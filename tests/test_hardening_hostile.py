@@ -5,11 +5,16 @@ file and the problem, no traceback, bounded memory, and the rest still served or
 """
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from test_hardening_input import PRLIMIT, copy_project, run
 
@@ -68,3 +73,44 @@ def test_huge_json_files_are_not_read_whole(blob_project, tmp_path):
     assert out.stat().st_size > 0
     assert any(str(ann) in ln and "annotation not drawn: too large" in ln for ln in r.stderr.splitlines()), r.stderr
     assert any(str(meta) in ln and "too large" in ln for ln in r.stderr.splitlines()), r.stderr
+
+
+def _bitmap_ann(data: str) -> str:
+    return json.dumps({"size": {"height": 10, "width": 10}, "tags": [], "objects": [
+        {"classTitle": "x", "geometryType": "bitmap", "bitmap": {"data": data, "origin": [0, 0]}}]})
+
+
+def _zlib_bomb(gib: int) -> str:
+    z = zlib.compressobj(9)
+    zeros = bytes(1 << 24)
+    out = [z.compress(zeros) for _ in range(64 * gib)]
+    return base64.b64encode(b"".join(out) + z.flush()).decode()
+
+
+def _png_of(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, "PNG")
+    return base64.b64encode(zlib.compress(buf.getvalue())).decode()
+
+
+@pytest.mark.parametrize("kind,words", [("zlib_bomb", "decompresses to more than 64 MiB"),
+                                        ("pixel_bomb", "bitmap mask too large"),
+                                        ("big_mask", "too large to draw")])
+def test_bitmap_bombs_are_skipped_by_preview(blob_project, tmp_path, kind, words):
+    """A bitmap label's ``data`` was decompressed whole (1.5 MB of annotation: 1 GiB of memory)
+    and a mask past Pillow's pixel limit raised DecompressionBombError (a traceback). Now the
+    object is skipped with one warning line and the sheet is drawn."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ann = proj / "ds2" / "ann" / "scan 00.jpg.json"
+    data = {"zlib_bomb": lambda: _zlib_bomb(1), "pixel_bomb": lambda: _png_of(60000, 60000),
+            "big_mask": lambda: _png_of(9000, 9000)}[kind]()
+    ann.write_text(_bitmap_ann(data))
+    out = tmp_path / "sheet.png"
+    limit = (PRLIMIT, "--as=1000000000") if PRLIMIT else ()
+    r = run("preview", str(proj), "ds2", "-o", str(out), "--sample", "first", "--limit", "2",
+            "--thumb", "32", prefix=limit)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(ann) in lines[0] and "object 0 skipped" in lines[0] and words in lines[0], r.stderr
+    with Image.open(out) as im:
+        assert im.width > 0
