@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from blobfs.errors import BlobfsError
-from blobfs.format.names import ann_names
+from blobfs.format.names import ann_names, quoted
 from blobfs.model.jsonfile import JsonTooLarge, load_json
 from blobfs.model.project import Dataset, Project
 from blobfs.model.items import BlobSource
@@ -61,7 +61,7 @@ def check_ranges(project: Project, problems: list[str]) -> None:
                                 f"[{start}, {end}) is not the data of a member of this tar")
             elif member != name and name in bases:
                 problems.append(f"{src.path}: item {ds.relpath}/img/{name} range [{start}, {end}) "
-                                f"is the data of member {member!r}, though the tar has a member "
+                                f"is the data of member {quoted(member)}, though the tar has a member "
                                 f"{name!r} (an offsets file written for another tar?)")
 
 
