@@ -10,13 +10,15 @@ import io
 import json
 import os
 import shutil
+import tarfile
 import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from test_hardening_input import PRLIMIT, copy_project, run
+from tar_helpers import members_tar
+from test_hardening_input import PRLIMIT, copy_project, one_line, run
 
 NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
 
@@ -114,3 +116,38 @@ def test_bitmap_bombs_are_skipped_by_preview(blob_project, tmp_path, kind, words
     assert len(lines) == 1 and str(ann) in lines[0] and "object 0 skipped" in lines[0] and words in lines[0], r.stderr
     with Image.open(out) as im:
         assert im.width > 0
+
+
+LONG = "n" * (1 << 20) + ".png"  # a GNU long name (or PAX path) may be up to 64 MiB
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "truncated"])
+def test_a_megabyte_member_name_is_cut_in_problem_lines(tmp_path, cut):
+    """A member name of 1 MiB (a GNU ``././@LongLink``) was printed whole, twice, in one
+    "line" of 2 MiB by info, verify, ls and index. Now at most 100 characters and its length."""
+    bare = members_tar(tmp_path / "long.tar", [(LONG, b"x" * 700), ("ok.png", b"y" * 10)], tarfile.GNU_FORMAT)
+    if cut:  # the error names the member too: "truncated: member ... needs N bytes"
+        data = bare.read_bytes()
+        bare.write_bytes(data[:data.index(b"x" * 700) + 100])
+    shown = f"{LONG[:100]!r}... ({len(LONG)} characters)"
+    for args in (("info", str(bare)), ("verify", str(bare)), ("ls", str(bare)),
+                 ("index", str(bare), "-o", str(tmp_path))):
+        r = run(*args)
+        assert "Traceback" not in r.stderr, r.stderr[-2000:]
+        out = r.stdout + r.stderr
+        assert shown in out, (args, out[:1000])
+        assert max(len(ln) for ln in out.splitlines()) < 400, args
+        if cut:
+            assert r.returncode == 2 and "truncated" in one_line(r), args
+
+
+def test_index_with_no_usable_member_says_why_in_one_line(tmp_path):
+    """Nothing to index printed a warning about the unusable members and then the error: two
+    lines for one problem (exit 2). Now the error line says why."""
+    bare = members_tar(tmp_path / "dots.tar", [(".", b"x"), ("a/..", b"y"), (LONG, b"z")], tarfile.GNU_FORMAT)
+    r = run("index", str(bare), "-o", str(tmp_path))
+    line = one_line(r)
+    assert r.returncode == 2 and line == (
+        f"blobfs: {bare}: no regular member with a usable name (member '.': name '.' is not a file "
+        "name, 2 more such member(s)); nothing written")
+    assert not (tmp_path / "dots_offsets.pkl").exists()
