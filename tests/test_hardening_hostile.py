@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from offsets_helpers import pint, su
 from tar_helpers import members_tar
-from test_hardening_input import PRLIMIT, copy_project, one_line, run
+from test_hardening_input import PRLIMIT, copy_project, info_json, one_line, run
 
 NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
 
@@ -151,3 +152,30 @@ def test_index_with_no_usable_member_says_why_in_one_line(tmp_path):
         f"blobfs: {bare}: no regular member with a usable name (member '.': name '.' is not a file "
         "name, 2 more such member(s)); nothing written")
     assert not (tmp_path / "dots_offsets.pkl").exists()
+
+
+def _api_dict(name: str, start: int, end: int) -> bytes:
+    return (b"}(" + su("title") + su(name) + su("sourceBlob") + b"}(" + su("offsetStart") + pint(start)
+            + su("offsetEnd") + pint(end) + b"uu")
+
+
+@pytest.mark.parametrize("ref", [b"h\x00", b"2"], ids=["BINGET", "DUP"])
+def test_an_api_dict_listed_again_by_reference_is_refused(blob_project, tmp_path, ref):
+    """The reader also takes the platform's API dicts as entries; one of them fetched again
+    2,000,000 times (4 MB) became 2M entries: 6 s and 300 MB for ``ls``, shadow lines for each.
+    Refused like a BlobImageInfo listed again."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    pkl = proj / "ds2" / "more_images_offsets.pkl"
+    one = _api_dict("x.png", 1536, 1600)
+    body = one + b"\x94" + ref * 2_000_000 if ref != b"2" else one + ref * 2_000_000
+    pkl.write_bytes(b"\x80\x04](" + body + b"e.")
+    r = run("ls", str(proj), "ds2/img")
+    line = one_line(r)
+    assert r.returncode == 2 and str(pkl) in line and "refused: an entry listed again by reference" in line
+    code, rep = info_json(proj)
+    assert code == 1 and [d["items"] for d in rep["datasets"]] == [62, 0]
+    assert [p for p in rep["problems"] if str(pkl) in p and "listed again" in p], rep["problems"]
+    # the same dicts, each its own object (as pickle writes a list of them), are entries
+    pkl.write_bytes(b"\x80\x04](" + _api_dict("x.png", 1536, 1600) + _api_dict("y.png", 1536, 1600) + b"e.")
+    r = run("ls", str(proj), "ds2/img")
+    assert r.returncode == 0 and r.stdout.split() == ["x.png", "y.png"]
