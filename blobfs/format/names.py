@@ -27,6 +27,18 @@ _BAD_BYTES = re.compile(b"[\x00-\x1f\x7f/]")
 _C1_CHARS = re.compile("[\x80-\x9f]")
 
 
+#: Characters of a name quoted in a problem line: a member name from a tar's PAX or GNU
+#: extension header may be megabytes long, and the line must stay readable.
+QUOTE_MAX = 100
+
+
+def quoted(name: str) -> str:
+    """``repr(name)``, cut to ``QUOTE_MAX`` characters with the length said."""
+    if len(name) <= QUOTE_MAX:
+        return repr(name)
+    return f"{name[:QUOTE_MAX]!r}... ({len(name)} characters)"
+
+
 def is_image_name(name: str) -> bool:
     """True when ``name`` has one of the SDK's image extensions (case-insensitive)."""
     dot = name.rfind(".")
@@ -48,11 +60,11 @@ def name_problem(name: object) -> str | None:
         return f"name {name!r} is not a file name"
     m = _BAD_CHARS.search(name)
     if m:
-        return f"name {name!r} contains {m.group()!r}"
+        return f"name {quoted(name)} contains {m.group()!r}"
     try:
         n = len(name.encode("utf-8"))
     except UnicodeEncodeError:
-        return f"name {name!r} is not valid UTF-8"
+        return f"name {quoted(name)} is not valid UTF-8"
     if n > NAME_MAX - len(".json"):
         return f"name of {n} bytes is too long (at most {NAME_MAX - len('.json')})"
     return None
@@ -65,7 +77,7 @@ def new_name_problem(name: object) -> str | None:
     if problem is None and isinstance(name, str) and not name.isascii():
         m = _C1_CHARS.search(name)
         if m:
-            return f"name {name!r} contains {m.group()!r}"
+            return f"name {quoted(name)} contains {m.group()!r}"
     return problem
 
 

@@ -37,7 +37,8 @@ from blobfs.errors import OffsetsError
 from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_bytes_problem
 from blobfs.format.offsets_fast import Scanner
-from blobfs.format.pickle_vm import NeedMore, Obj, PickleVM, Refused, Run, Unreadable
+from blobfs.format.pickle_vm import (REPEATED_ENTRY, NeedMore, Obj, PickleVM, Refused, Run,
+                                     Unreadable)
 from blobfs.format.regular import open_regular
 
 CHUNK = 1 << 20
@@ -159,11 +160,21 @@ class _Reader:
     def collect(self, vm: PickleVM, top, start: int) -> None:
         t = type(top)
         if t is list or t is tuple:
+            seen: set[int] = set()
             for x in top:
-                if type(x) is Run:
+                tx = type(x)
+                if tx is Run:
                     self.add_run(vm, x)
-                else:
-                    self.entry(x)
+                    continue
+                if tx is dict:
+                    # An API dict is an entry too: listed again by reference (a memo get or DUP
+                    # per copy, 1-2 bytes), it would stand for millions of entries, as a
+                    # BlobImageInfo would (which the VM refuses when fetched).
+                    if id(x) in seen:
+                        raise OffsetsError(f"{self.path}: refused: {REPEATED_ENTRY} (entry "
+                                           f"#{self.index} of the pickle at byte {start})")
+                    seen.add(id(x))
+                self.entry(x)
         elif t is Obj:
             self.entry(top)
         elif t is dict:

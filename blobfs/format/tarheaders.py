@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from blobfs.errors import TarFormatError
+from blobfs.format.names import quoted
 from blobfs.format.regular import open_regular
 from blobfs.format.tarfields import (BLOCK, COMPRESSED_MAGIC, DIRTYPE, EXT_TYPE_FLAGS, EXT_TYPES,
                                       GNU_TYPES, HEADER, MAX_EXT_DEPTH, MAX_EXT_SIZE,
@@ -282,7 +283,7 @@ class _Parser:
             except ValueError:
                 size = 0                 # tarfile's fallback for a bad number
             if size < 0:
-                raise self.error(f"negative PAX size {size} for member {name!r} at offset "
+                raise self.error(f"negative PAX size {size} for member {quoted(name)} at offset "
                                  f"{offset}")
         if "mtime" in pax:
             try:
@@ -355,10 +356,10 @@ class _Parser:
                 if kind != b"g":
                     header_offset = ext_offset
             if sparse:
-                raise self.error(f"member {name!r} at offset {header_offset} is sparse: its "
+                raise self.error(f"member {quoted(name)} at offset {header_offset} is sparse: its "
                                  "data is not stored contiguously, blobfs refuses to serve it")
             if end > self.filesize:
-                raise self.error(f"truncated: member {name!r} needs {size} bytes from offset "
+                raise self.error(f"truncated: member {quoted(name)} needs {size} bytes from offset "
                                  f"{data_at}, the file ends at {self.filesize}")
             yield _member(name, header_offset, data_at, size, t, mode, float(mtime), linkname)
             offset = end

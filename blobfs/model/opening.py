@@ -19,7 +19,7 @@ from pathlib import Path
 
 from blobfs.errors import InputError, ProjectError
 from blobfs.format.entries import EntryTable
-from blobfs.format.names import name_problem
+from blobfs.format.names import name_problem, quoted
 from blobfs.format.tarfields import COMPRESSED_MAGIC
 from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
 from blobfs.model.hidden import Tally
@@ -105,7 +105,7 @@ class _Opener:
         for name, start, end in entries:
             why = name_problem(name)
             if why:
-                self.problems.append(f"{tar.path}: member {name!r}: {why} (skipped)")
+                self.problems.append(f"{tar.path}: member {quoted(name)}: {why} (skipped)")
             else:
                 table.append(name.encode("utf-8"), start, end)
         return table

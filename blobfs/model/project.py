@@ -61,8 +61,11 @@ class Dataset:
         for candidate in ann_names(name):
             if candidate is not None:
                 p = self.ann_dir / candidate
-                if p.is_file() and (not p.is_symlink() or self._inside(p)):
-                    return p
+                try:
+                    if p.is_file() and (not p.is_symlink() or self._inside(p)):
+                        return p
+                except OSError:  # ann/ not searchable (EACCES): no annotation a reader can use
+                    continue
         return None
 
     def __reduce__(self) -> object:

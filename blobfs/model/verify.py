@@ -5,13 +5,14 @@ Every check produces one-line problems naming the file; nothing here raises for 
 from __future__ import annotations
 
 import io
-import json
+import os
 import stat
 from pathlib import Path
 from typing import Callable
 
 from blobfs.errors import BlobfsError
-from blobfs.format.names import ann_names
+from blobfs.format.names import ann_names, quoted
+from blobfs.model.jsonfile import JsonTooLarge, load_json
 from blobfs.model.project import Dataset, Project
 from blobfs.model.items import BlobSource
 
@@ -60,7 +61,7 @@ def check_ranges(project: Project, problems: list[str]) -> None:
                                 f"[{start}, {end}) is not the data of a member of this tar")
             elif member != name and name in bases:
                 problems.append(f"{src.path}: item {ds.relpath}/img/{name} range [{start}, {end}) "
-                                f"is the data of member {member!r}, though the tar has a member "
+                                f"is the data of member {quoted(member)}, though the tar has a member "
                                 f"{name!r} (an offsets file written for another tar?)")
 
 
@@ -73,20 +74,22 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
     where = ds.path or ds.relpath
     if ds.ann_dir is None:
         problems.append(f"{where}: no ann/ folder (the SDK skips this dataset)")
+    ann_dir = ds.ann_dir
+    if ann_dir is not None:
+        try:
+            os.stat(os.path.join(ann_dir, "."))  # every lookup needs ann/ searchable
+        except OSError as e:
+            problems.append(f"{ann_dir}: cannot read ({e.strerror}): no item has an annotation "
+                            "(the SDK drops the dataset)")
+            ann_dir = None  # one line for the folder, not one per item
     owners: dict[str, str] = {}
     items = ds.items
     for i in range(len(items)):
         name = items.name(i)
-        ann = ds.ann_path(name) if ds.ann_dir is not None else None
-        if ds.ann_dir is not None and ann is None:
+        ann = ds.ann_path(name) if ann_dir is not None else None
+        if ann_dir is not None and ann is None:
             new, _old = ann_names(name)
-            hidden = ds.ann_dir / new
-            if hidden.is_symlink() and hidden.is_file():
-                problems.append(f"{hidden}: symlink leads outside the project; the mount hides it, "
-                                f"so item {name!r} has no annotation there (the SDK drops the dataset)")
-            else:
-                problems.append(f"{hidden}: missing: item {name!r} has no annotation "
-                                "(the SDK drops the dataset)")
+            problems.append(_no_annotation(ann_dir / new, name))
         doc = None
         if ann is not None:
             if ann.name in owners:
@@ -98,6 +101,17 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
             _check_decode(ds, i, name, doc, problems)
         if progress:
             progress(1)
+
+
+def _no_annotation(path: Path, name: str) -> str:
+    """The problem line of item ``name`` whose annotation ``path`` no reader can use."""
+    try:
+        if path.is_symlink() and path.is_file():
+            return (f"{path}: symlink leads outside the project; the mount hides it, so item "
+                    f"{name!r} has no annotation there (the SDK drops the dataset)")
+    except OSError as e:
+        return f"{path}: cannot read ({e.strerror}): item {name!r} has no annotation (the SDK drops the dataset)"
+    return f"{path}: missing: item {name!r} has no annotation (the SDK drops the dataset)"
 
 
 def check_hidden_annotations(project: Project, ds: Dataset, problems: list[str]) -> None:
@@ -164,12 +178,11 @@ def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[st
 def _load_json(path: Path, problems: list[str], consequence: str = "") -> object:
     """The parsed JSON at ``path``, or None with one problem line (unreadable or not JSON)."""
     try:
-        raw = path.read_bytes()
+        return load_json(path)
     except OSError as e:
         problems.append(f"{path}: cannot read ({e.strerror}){consequence}")
-        return None
-    try:
-        return json.loads(raw)
+    except JsonTooLarge as e:
+        problems.append(f"{path}: {e}{consequence}")
     except ValueError as e:  # also UnicodeDecodeError
         problems.append(f"{path}: not valid JSON ({e}){consequence}")
     except RecursionError:  # json's decoder recurses once per level of nesting

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import io
 import logging
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -28,6 +29,11 @@ RGB = tuple[int, int, int]
 
 #: Opacity of polygon and bitmap fills (0..255).
 FILL_ALPHA = 128
+#: Bounds on a bitmap label's mask (annotations come from strangers): its PNG after zlib,
+#: and its pixels (converted to RGBA: 4 bytes each). A label's mask covers its object's
+#: bounding box, so real ones are far smaller.
+MAX_BITMAP_BYTES = 64 << 20
+MAX_BITMAP_PIXELS = 1 << 26
 #: Outline of points, so a point in a similar colour to the image stays visible.
 POINT_OUTLINE = (0, 0, 0)
 #: Largest coordinate taken from an annotation (pixels, either sign). Pillow's drawing calls
@@ -69,8 +75,19 @@ def decode_bitmap(data: str) -> Image.Image:
     Mirrors ``sly.Bitmap.base64_2_data``: a PNG with alpha (the SDK writes a palette PNG with
     index 0 transparent) uses its alpha channel, a flat PNG its non-zero pixels.
     """
-    png = zlib.decompress(base64.b64decode(data))
-    with Image.open(io.BytesIO(png)) as im:
+    z = zlib.decompressobj()
+    png = z.decompress(base64.b64decode(data), MAX_BITMAP_BYTES)
+    if z.unconsumed_tail:  # a zlib bomb: a few MB of data for GBs of output
+        raise ValueError(f"bitmap data decompresses to more than {MAX_BITMAP_BYTES >> 20} MiB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # a warning prints 2 lines
+        try:
+            im = Image.open(io.BytesIO(png))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ValueError(f"bitmap mask too large: {e}") from None
+    with im:
+        if im.width * im.height > MAX_BITMAP_PIXELS:
+            raise ValueError(f"bitmap mask of {im.width}x{im.height} pixels is too large to draw")
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             alpha = im.convert("RGBA").getchannel("A")
         else:

@@ -9,7 +9,6 @@ pastes them into one image for API callers.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ from typing import Any, Iterator, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from blobfs.errors import InputError, one_line
+from blobfs.model.jsonfile import load_json
 from blobfs.preview.draw import RGB, Scale, class_colors, draw_annotation
 from blobfs.preview.options import MAX_IMAGE_BYTES, PAD, PreviewOptions, caption_px, row_size
 from blobfs.preview.pngstream import PngStreamWriter
@@ -196,7 +196,7 @@ class _Renderer:
         if path is None:
             return {}
         try:
-            return class_colors(json.loads(Path(path).read_bytes()))
+            return class_colors(load_json(path))
         except (OSError, ValueError, AttributeError, RecursionError) as e:  # json recurses per level
             log.warning("%s: cannot read class colours: %s", path, e)
             return {}
@@ -206,7 +206,7 @@ class _Renderer:
         if path is None:
             return None
         try:
-            ann = json.loads(Path(path).read_bytes())
+            ann = load_json(path)
         except (OSError, ValueError, RecursionError) as e:  # json recurses per level
             log.warning("%s: annotation not drawn: %s", path, e)
             return None

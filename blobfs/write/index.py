@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blobfs.errors import InputError, one_line
-from blobfs.format.names import nfc_twins, twins_note
+from blobfs.format.names import nfc_twins, quoted, twins_note
 from blobfs.format.offsets_write import offsets_batches
 from blobfs.format.tarindex import index_tar, split_unusable
 from blobfs.write.atomic import AtomicOutputs
@@ -37,18 +37,18 @@ def write_index(tar: Path, out: Path, opts: IndexOptions) -> IndexResult:
     # fsync: the file was always synced before its rename; index has no --fsync to opt in.
     with AtomicOutputs([out], force=opts.force, fsync=True) as outputs:
         entries, unusable = split_unusable(index_tar(tar, opts.include, opts.exclude))
-        if unusable:
-            name, why = unusable[0]
-            more = f"; {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
-            log.warning("%s", one_line(f"{tar}: member {name!r}: {why}; not indexed{more}"))
-        twins = nfc_twins([name for name, _start, _end in entries])
-        if twins:
-            log.warning("%s", one_line(twins_note(twins, str(tar))))
-        if not entries:
-            what = ("no regular member with a usable name" if unusable
+        if not entries:  # one line: the error says why the members it saw were left out
+            what = (f"no regular member with a usable name ({_unusable_note(unusable)})" if unusable
                     else "no member matches --include/--exclude" if opts.include or opts.exclude
                     else "no regular member")
             raise InputError(f"{tar}: {what}; nothing written")
+        if unusable:
+            name, why = unusable[0]
+            more = f"; {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
+            log.warning("%s", one_line(f"{tar}: member {quoted(name)}: {why}; not indexed{more}"))
+        twins = nfc_twins([name for name, _start, _end in entries])
+        if twins:
+            log.warning("%s", one_line(twins_note(twins, str(tar))))
         fd, _tmp = outputs.file(out)
         try:
             for data in offsets_batches(entries):
@@ -57,3 +57,10 @@ def write_index(tar: Path, out: Path, opts: IndexOptions) -> IndexResult:
             os.close(fd)
         outputs.commit()
     return IndexResult(out, len(entries), len(unusable))
+
+
+def _unusable_note(unusable: list[tuple[str, str]]) -> str:
+    """The first member left out and why, with how many more."""
+    name, why = unusable[0]
+    more = f", {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
+    return f"member {quoted(name)}: {why}{more}"

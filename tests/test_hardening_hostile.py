@@ -1,0 +1,181 @@
+"""Hostile input found by an exploratory pass over every read command (issue #5's contract).
+
+As in test_hardening_input.py: the real ``blobfs`` command in a subprocess, one line naming the
+file and the problem, no traceback, bounded memory, and the rest still served or reported.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from offsets_helpers import pint, su
+from tar_helpers import members_tar
+from test_hardening_input import PRLIMIT, copy_project, info_json, one_line, run
+
+NOBODY = ("--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def _as_nobody(base: Path) -> tuple[str, ...]:
+    """setpriv prefix running as uid 65534, with ``base`` and its parents traversable."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop to another user")
+    for p in (base, *base.parents):
+        if p != Path("/") and not p.stat().st_mode & 0o001:
+            p.chmod(p.stat().st_mode | 0o011)
+    return (shutil.which("setpriv"), *NOBODY)
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o644], ids=["no_access", "not_searchable"])
+def test_unsearchable_ann_folder_is_one_problem_for_verify(blob_project, tmp_path_factory, mode):
+    """ann/ that the user cannot search made ``verify`` print a PermissionError traceback (its
+    annotation lookup stat'ed each file); now one line for the folder, exit 1."""
+    base = tmp_path_factory.mktemp("annperm")
+    nobody = _as_nobody(base)
+    proj = copy_project(blob_project, base / "proj")
+    for p in [proj, *proj.rglob("*")]:
+        p.chmod(p.stat().st_mode | (0o055 if p.is_dir() else 0o044))
+    ann = proj / "ds2" / "ann"
+    ann.chmod(mode)
+    for args in (("verify", str(proj)), ("verify", "--decode", str(proj))):
+        r = run(*args, prefix=nobody)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith(str(ann))]
+        assert lines == [f"{ann}: cannot read (Permission denied): no item has an annotation "
+                         "(the SDK drops the dataset)"], r.stdout
+
+
+def test_huge_json_files_are_not_read_whole(blob_project, tmp_path):
+    """A sparse 3 GB annotation or meta.json (a few bytes on disk) was read whole and decoded:
+    ``verify`` and ``preview`` needed 2-3x its size in memory (a MemoryError traceback under a
+    limit). Now it is one problem line and the rest is checked or drawn."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ann = proj / "ds2" / "ann" / "scan 00.jpg.json"
+    meta = proj / "meta.json"
+    os.truncate(ann, 3 << 30)
+    os.truncate(meta, 3 << 30)
+    limit = (PRLIMIT, "--as=1000000000") if PRLIMIT else ()
+    for args in (("verify", str(proj)), ("verify", "--decode", str(proj))):
+        r = run(*args, prefix=limit)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        for path in (ann, meta):
+            got = [ln for ln in r.stdout.splitlines() if ln.startswith(f"{path}:")]
+            assert len(got) == 1 and "too large to read (3221225472 bytes, at most 64 MiB)" in got[0], r.stdout
+    out = tmp_path / "sheet.png"
+    r = run("preview", str(proj), "ds2", "-o", str(out), "--sample", "first", "--limit", "4", "--thumb", "32",
+            prefix=limit)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert out.stat().st_size > 0
+    assert any(str(ann) in ln and "annotation not drawn: too large" in ln for ln in r.stderr.splitlines()), r.stderr
+    assert any(str(meta) in ln and "too large" in ln for ln in r.stderr.splitlines()), r.stderr
+
+
+def _bitmap_ann(data: str) -> str:
+    return json.dumps({"size": {"height": 10, "width": 10}, "tags": [], "objects": [
+        {"classTitle": "x", "geometryType": "bitmap", "bitmap": {"data": data, "origin": [0, 0]}}]})
+
+
+def _zlib_bomb(gib: int) -> str:
+    z = zlib.compressobj(9)
+    zeros = bytes(1 << 24)
+    out = [z.compress(zeros) for _ in range(64 * gib)]
+    return base64.b64encode(b"".join(out) + z.flush()).decode()
+
+
+def _png_of(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, "PNG")
+    return base64.b64encode(zlib.compress(buf.getvalue())).decode()
+
+
+@pytest.mark.parametrize("kind,words", [("zlib_bomb", "decompresses to more than 64 MiB"),
+                                        ("pixel_bomb", "bitmap mask too large"),
+                                        ("big_mask", "too large to draw")])
+def test_bitmap_bombs_are_skipped_by_preview(blob_project, tmp_path, kind, words):
+    """A bitmap label's ``data`` was decompressed whole (1.5 MB of annotation: 1 GiB of memory)
+    and a mask past Pillow's pixel limit raised DecompressionBombError (a traceback). Now the
+    object is skipped with one warning line and the sheet is drawn."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ann = proj / "ds2" / "ann" / "scan 00.jpg.json"
+    data = {"zlib_bomb": lambda: _zlib_bomb(1), "pixel_bomb": lambda: _png_of(60000, 60000),
+            "big_mask": lambda: _png_of(9000, 9000)}[kind]()
+    ann.write_text(_bitmap_ann(data))
+    out = tmp_path / "sheet.png"
+    limit = (PRLIMIT, "--as=1000000000") if PRLIMIT else ()
+    r = run("preview", str(proj), "ds2", "-o", str(out), "--sample", "first", "--limit", "2",
+            "--thumb", "32", prefix=limit)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(ann) in lines[0] and "object 0 skipped" in lines[0] and words in lines[0], r.stderr
+    with Image.open(out) as im:
+        assert im.width > 0
+
+
+LONG = "n" * (1 << 20) + ".png"  # a GNU long name (or PAX path) may be up to 64 MiB
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "truncated"])
+def test_a_megabyte_member_name_is_cut_in_problem_lines(tmp_path, cut):
+    """A member name of 1 MiB (a GNU ``././@LongLink``) was printed whole, twice, in one
+    "line" of 2 MiB by info, verify, ls and index. Now at most 100 characters and its length."""
+    bare = members_tar(tmp_path / "long.tar", [(LONG, b"x" * 700), ("ok.png", b"y" * 10)], tarfile.GNU_FORMAT)
+    if cut:  # the error names the member too: "truncated: member ... needs N bytes"
+        data = bare.read_bytes()
+        bare.write_bytes(data[:data.index(b"x" * 700) + 100])
+    shown = f"{LONG[:100]!r}... ({len(LONG)} characters)"
+    for args in (("info", str(bare)), ("verify", str(bare)), ("ls", str(bare)),
+                 ("index", str(bare), "-o", str(tmp_path))):
+        r = run(*args)
+        assert "Traceback" not in r.stderr, r.stderr[-2000:]
+        out = r.stdout + r.stderr
+        assert shown in out, (args, out[:1000])
+        assert max(len(ln) for ln in out.splitlines()) < 400, args
+        if cut:
+            assert r.returncode == 2 and "truncated" in one_line(r), args
+
+
+def test_index_with_no_usable_member_says_why_in_one_line(tmp_path):
+    """Nothing to index printed a warning about the unusable members and then the error: two
+    lines for one problem (exit 2). Now the error line says why."""
+    bare = members_tar(tmp_path / "dots.tar", [(".", b"x"), ("a/..", b"y"), (LONG, b"z")], tarfile.GNU_FORMAT)
+    r = run("index", str(bare), "-o", str(tmp_path))
+    line = one_line(r)
+    assert r.returncode == 2 and line == (
+        f"blobfs: {bare}: no regular member with a usable name (member '.': name '.' is not a file "
+        "name, 2 more such member(s)); nothing written")
+    assert not (tmp_path / "dots_offsets.pkl").exists()
+
+
+def _api_dict(name: str, start: int, end: int) -> bytes:
+    return (b"}(" + su("title") + su(name) + su("sourceBlob") + b"}(" + su("offsetStart") + pint(start)
+            + su("offsetEnd") + pint(end) + b"uu")
+
+
+@pytest.mark.parametrize("ref", [b"h\x00", b"2"], ids=["BINGET", "DUP"])
+def test_an_api_dict_listed_again_by_reference_is_refused(blob_project, tmp_path, ref):
+    """The reader also takes the platform's API dicts as entries; one of them fetched again
+    2,000,000 times (4 MB) became 2M entries: 6 s and 300 MB for ``ls``, shadow lines for each.
+    Refused like a BlobImageInfo listed again."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    pkl = proj / "ds2" / "more_images_offsets.pkl"
+    one = _api_dict("x.png", 1536, 1600)
+    body = one + b"\x94" + ref * 2_000_000 if ref != b"2" else one + ref * 2_000_000
+    pkl.write_bytes(b"\x80\x04](" + body + b"e.")
+    r = run("ls", str(proj), "ds2/img")
+    line = one_line(r)
+    assert r.returncode == 2 and str(pkl) in line and "refused: an entry listed again by reference" in line
+    code, rep = info_json(proj)
+    assert code == 1 and [d["items"] for d in rep["datasets"]] == [62, 0]
+    assert [p for p in rep["problems"] if str(pkl) in p and "listed again" in p], rep["problems"]
+    # the same dicts, each its own object (as pickle writes a list of them), are entries
+    pkl.write_bytes(b"\x80\x04](" + _api_dict("x.png", 1536, 1600) + _api_dict("y.png", 1536, 1600) + b"e.")
+    r = run("ls", str(proj), "ds2/img")
+    assert r.returncode == 0 and r.stdout.split() == ["x.png", "y.png"]
