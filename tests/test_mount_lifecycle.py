@@ -160,6 +160,38 @@ def test_mount_errors_give_one_line(blob_project, tmp_path, case):
     assert not os.path.exists("/tmp/blobfs-pwned")
 
 
+def test_mountpoint_that_a_symlink_places_inside_the_source_is_refused(blob_project, tmp_path):
+    # mount(2) follows the link: the daemon would serve a folder of its own source, and a
+    # listing of that folder through the mount waits on the daemon itself (a hang).
+    src = shutil.copytree(blob_project, tmp_path / "proj")
+    real = src / "ds1" / "empty"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with cleanup_mountpoint(real), cleanup_mountpoint(link):
+        r = _blobfs("mount", str(src), str(link))
+        assert r.returncode == 2, r.stderr
+        assert "inside the source" in _one_line(r.stderr)
+        assert not is_mounted(real)
+
+
+def test_symlinked_mountpoint_is_checked_and_unmounted_by_its_real_path(blob_project, tmp_path):
+    real = tmp_path / "mp"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with cleanup_mountpoint(real), cleanup_mountpoint(link):
+        r = _blobfs("mount", "-o", "workers=1", str(blob_project), str(link))
+        assert r.returncode == 0, r.stderr
+        assert is_mounted(real) and "ds1" in os.listdir(link)
+        # nonempty would otherwise let a second daemon stack on the first
+        r = _blobfs("mount", "-o", "nonempty", str(blob_project), str(link))
+        assert r.returncode == 1 and "already mounted" in _one_line(r.stderr)
+        r = _blobfs("umount", str(link))
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(real)
+
+
 @pytest.mark.parametrize("libfuse", libfuse_params())
 def test_mounting_twice_is_refused(blob_project, tmp_path, libfuse):
     with mounted(blob_project, tmp_path, libfuse=libfuse):
