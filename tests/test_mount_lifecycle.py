@@ -111,6 +111,24 @@ def test_background_mode_logs_to_file(blob_project, tmp_path):
         assert "mounted" in log.read_text()
 
 
+def test_global_quiet_and_verbose_apply_to_mount(blob_project, tmp_path):
+    # `blobfs -q mount` logs errors only, `blobfs -vv mount` debug lines too (the group's -q/-v).
+    for i, (flag, absent, present) in enumerate((("-q", "mounted", None),
+                                                 ("-vv", None, "ignored generic mount options: ro"))):
+        mp = tmp_path / f"mp{i}"
+        mp.mkdir()
+        log = tmp_path / f"blobfs{i}.log"
+        with cleanup_mountpoint(mp):
+            r = _blobfs(flag, "mount", "-o", f"ro,workers=1,log={log}", str(blob_project), str(mp))
+            assert r.returncode == 0, r.stderr
+            assert _blobfs("umount", str(mp)).returncode == 0
+            out = r.stderr + log.read_text()
+            if absent:
+                assert absent not in out, out
+            if present:
+                assert present in out, out
+
+
 # -- mount errors: one line on stderr, non-zero, nothing mounted -----------------------------
 def _hostile_project(blob_project: Path, dst: Path) -> Path:
     shutil.copytree(blob_project, dst)

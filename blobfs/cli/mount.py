@@ -29,7 +29,17 @@ def _setup_logging(debug: bool) -> None:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("blobfs: %(levelname)s: %(message)s"))
         root.addHandler(h)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # A mount's own lines ("mounted ... on ...") are INFO and shown by default, but the group's
+    # -q ("only errors") and -vv ("debug") still hold, in the daemon's log too.
+    group = click.get_current_context().parent
+    params = group.params if group is not None else {}
+    if debug or params.get("verbose", 0) >= 2:
+        level = logging.DEBUG
+    elif params.get("quiet"):
+        level = logging.ERROR
+    else:
+        level = logging.INFO
+    root.setLevel(level)
 
 
 @click.command("mount", context_settings={"help_option_names": ["-h", "--help"]})
