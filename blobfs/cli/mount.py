@@ -48,11 +48,12 @@ def _setup_logging(debug: bool) -> None:
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached (do not daemonize); log to stderr.")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="Mount options as mount(8) passes them: allow_other, auto_unmount, nonempty, "
-                   "threads, nothreads, workers=N|auto (daemon processes, default one per CPU), spin_us=N (default 50 with one process, 0 with workers), uring|nouring (FUSE over io_uring; default: whenever the kernel has it on), overlay (root, with allow_other: overlayfs on top answers ioctls such as Python's isatty() in the kernel; faster Python open(), slower plain open), libfuse=2|3, fuse_api=lowlevel|highlevel, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
+                   "threads, nothreads, workers=N|auto (daemon processes, default one per CPU, at most 8), spin_us=N (default 50 with one process, 0 with workers), uring|nouring (FUSE over io_uring; default: whenever the kernel has it on), overlay (root, with allow_other: overlayfs on top answers ioctls such as Python's isatty() in the kernel; faster Python open(), slower plain open), libfuse=2|3, fuse_api=lowlevel|highlevel, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
                    "fsname=NAME, debug. Generic ones (ro, nofail, noauto, user, _netdev, x-systemd.*, "
                    "...) are ignored.")
-@click.option("--offsets", type=NonEmptyPath(), help="Offsets pickle for a bare tar SOURCE.")
-@click.option("--ann", type=NonEmptyPath(), help="Folder of annotation JSONs (bare tar SOURCE).")
+@click.option("--offsets", type=NonEmptyPath(), help="Offsets file for a bare TAR source (default: the sibling "
+                   "STEM_offsets.pkl, else the tar's own headers).")
+@click.option("--ann", type=NonEmptyPath(), help="Annotation folder for a bare TAR source.")
 @click.option("--synthesize-ann", is_flag=True, help="Show an empty annotation for items without one.")
 @click.option("--libfuse", type=click.Choice(["2", "3"]), default=None,
               help="libfuse major version (default: $BLOBFS_LIBFUSE, else 3).")
