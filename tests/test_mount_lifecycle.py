@@ -298,6 +298,14 @@ def test_umount_busy_then_lazy(blob_project, tmp_path, libfuse):
             holder.wait()
 
 
+def test_mount_and_umount_errors_escape_control_characters(tmp_path):
+    bad = tmp_path / "a\nb\x1b[31mc"
+    for args in (("mount", str(bad), str(tmp_path)), ("mount", str(tmp_path), str(bad)), ("umount", str(bad))):
+        r = _blobfs(*args)
+        assert r.returncode == 2
+        assert "a\\nb\\x1b[31mc" in _one_line(r.stderr), args
+
+
 def test_umount_of_a_plain_directory_fails(tmp_path):
     r = _blobfs("umount", str(tmp_path))
     assert r.returncode == 1 and "not mounted" in _one_line(r.stderr)

@@ -13,13 +13,15 @@ from typing import NoReturn
 import click
 
 from blobfs.cli.params import NonEmptyPath
-from blobfs.errors import BlobfsError, InputError
+from blobfs.errors import BlobfsError, InputError, one_line
 
 log = logging.getLogger(__name__)
 
 
 def _fail(prog: str, e: BlobfsError) -> NoReturn:
-    click.echo(f"{prog}: {e}", err=True)
+    # Escaped like every other command's line: a path may hold a newline or an escape sequence
+    # (which click.echo would also strip silently when stderr is no terminal).
+    click.echo(f"{prog}: {one_line(str(e))}", err=True)
     sys.exit(2 if isinstance(e, InputError) else 1)
 
 
