@@ -67,3 +67,22 @@ def test_installed_libraries_are_found_without_sbin_on_path(tmp_path):
     assert _apt_calls(calls) == [], r.stderr
     assert "-m pytest -q -p no:cacheprovider --version" in calls.read_text()
 
+
+
+def test_a_large_library_cache_does_not_make_libraries_look_missing(tmp_path):
+    # On a machine with many libraries `ldconfig -p` writes more than a pipe holds; a reader
+    # that stops at the first match must not turn that into "libfuse missing".
+    repo, fakebin, calls = _sandbox(tmp_path)
+    r = _run(repo, fakebin, ROOT_PATH, "test", "--version")
+    if _apt_calls(calls):
+        pytest.skip(f"this machine lacks a package .ci/setup installs: {_apt_calls(calls)}")
+    calls.write_text("")
+    (fakebin / "ldconfig").write_text(
+        "#!/bin/sh\n"
+        "printf '\\tlibfuse3.so.3 (libc6,x86-64) => /lib/libfuse3.so.3\\n"
+        "\\tlibfuse.so.2 (libc6,x86-64) => /lib/libfuse.so.2\\n'\n"
+        "head -c 1000000 /dev/zero | tr '\\0' 'x'\n")
+    (fakebin / "ldconfig").chmod(0o755)
+    r = _run(repo, fakebin, ROOT_PATH, "test", "--version")
+    assert r.returncode == 0, r.stderr
+    assert _apt_calls(calls) == [], r.stderr
