@@ -32,6 +32,40 @@ def test_version_and_help(runner: CliRunner) -> None:
         assert r.exit_code == 0 and "Usage:" in r.output, cmd
 
 
+def test_every_option_is_documented_in_readme_and_help() -> None:
+    # An operator reads README.md and --help: every option of every command (one of its
+    # spellings) and every -o mount option appears in the README, and each option says what
+    # it does in --help.
+    import re
+
+    import click
+
+    from blobfs.cli.main import COMMANDS
+    from blobfs.fuse.options import OWN_OPTIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+    def in_readme(word: str, pattern: str = r"(?<![\w-]){}(?![\w-])") -> bool:
+        return re.search(pattern.format(re.escape(word)), readme) is not None
+
+    ctx = click.Context(cli)
+    undocumented, no_help = [], []
+    for name in ["", *COMMANDS]:
+        cmd = cli.get_command(ctx, name) if name else cli
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.name == "help":
+                continue
+            spellings = p.opts + p.secondary_opts
+            if not any(in_readme(s) for s in spellings):
+                undocumented.append(f"{name or 'blobfs'} {'/'.join(spellings)}")
+            if not p.help:
+                no_help.append(f"{name or 'blobfs'} {'/'.join(spellings)}")
+    # "subtype": libfuse's generic option, accepted and ignored (the subtype is always blobfs)
+    undocumented += [f"-o {k}" for k in OWN_OPTIONS if k != "subtype" and not in_readme(k, r"`{}[`=]")]
+    assert undocumented == [], undocumented
+    assert no_help == [], no_help
+
+
 def test_entry_points_run() -> None:
     for argv in ([sys.executable, "-m", "blobfs", "--version"],
                  [str(Path(sys.executable).parent / "blobfs"), "--version"]):

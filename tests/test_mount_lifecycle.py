@@ -111,6 +111,24 @@ def test_background_mode_logs_to_file(blob_project, tmp_path):
         assert "mounted" in log.read_text()
 
 
+def test_global_quiet_and_verbose_apply_to_mount(blob_project, tmp_path):
+    # `blobfs -q mount` logs errors only, `blobfs -vv mount` debug lines too (the group's -q/-v).
+    for i, (flag, absent, present) in enumerate((("-q", "mounted", None),
+                                                 ("-vv", None, "ignored generic mount options: ro"))):
+        mp = tmp_path / f"mp{i}"
+        mp.mkdir()
+        log = tmp_path / f"blobfs{i}.log"
+        with cleanup_mountpoint(mp):
+            r = _blobfs(flag, "mount", "-o", f"ro,workers=1,log={log}", str(blob_project), str(mp))
+            assert r.returncode == 0, r.stderr
+            assert _blobfs("umount", str(mp)).returncode == 0
+            out = r.stderr + log.read_text()
+            if absent:
+                assert absent not in out, out
+            if present:
+                assert present in out, out
+
+
 # -- mount errors: one line on stderr, non-zero, nothing mounted -----------------------------
 def _hostile_project(blob_project: Path, dst: Path) -> Path:
     shutil.copytree(blob_project, dst)
@@ -158,6 +176,38 @@ def test_mount_errors_give_one_line(blob_project, tmp_path, case):
         else:
             assert str(mp) in line
     assert not os.path.exists("/tmp/blobfs-pwned")
+
+
+def test_mountpoint_that_a_symlink_places_inside_the_source_is_refused(blob_project, tmp_path):
+    # mount(2) follows the link: the daemon would serve a folder of its own source, and a
+    # listing of that folder through the mount waits on the daemon itself (a hang).
+    src = shutil.copytree(blob_project, tmp_path / "proj")
+    real = src / "ds1" / "empty"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with cleanup_mountpoint(real), cleanup_mountpoint(link):
+        r = _blobfs("mount", str(src), str(link))
+        assert r.returncode == 2, r.stderr
+        assert "inside the source" in _one_line(r.stderr)
+        assert not is_mounted(real)
+
+
+def test_symlinked_mountpoint_is_checked_and_unmounted_by_its_real_path(blob_project, tmp_path):
+    real = tmp_path / "mp"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with cleanup_mountpoint(real), cleanup_mountpoint(link):
+        r = _blobfs("mount", "-o", "workers=1", str(blob_project), str(link))
+        assert r.returncode == 0, r.stderr
+        assert is_mounted(real) and "ds1" in os.listdir(link)
+        # nonempty would otherwise let a second daemon stack on the first
+        r = _blobfs("mount", "-o", "nonempty", str(blob_project), str(link))
+        assert r.returncode == 1 and "already mounted" in _one_line(r.stderr)
+        r = _blobfs("umount", str(link))
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(real)
 
 
 @pytest.mark.parametrize("libfuse", libfuse_params())
@@ -246,6 +296,14 @@ def test_umount_busy_then_lazy(blob_project, tmp_path, libfuse):
         finally:
             holder.kill()
             holder.wait()
+
+
+def test_mount_and_umount_errors_escape_control_characters(tmp_path):
+    bad = tmp_path / "a\nb\x1b[31mc"
+    for args in (("mount", str(bad), str(tmp_path)), ("mount", str(tmp_path), str(bad)), ("umount", str(bad))):
+        r = _blobfs(*args)
+        assert r.returncode == 2
+        assert "a\\nb\\x1b[31mc" in _one_line(r.stderr), args
 
 
 def test_umount_of_a_plain_directory_fails(tmp_path):

@@ -160,8 +160,8 @@ def cat_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str) -> 
 @click.argument("tar", type=NonEmptyPath(path_type=Path, dir_okay=False))
 @click.option("-o", "--output-dir", type=NonEmptyPath(path_type=Path, file_okay=False),
               help="Folder for STEM_offsets.pkl (default: beside the tar).")
-@click.option("--include", multiple=True, help="Only members matching this glob (repeatable).")
-@click.option("--exclude", multiple=True, help="Skip members matching this glob (repeatable).")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only members matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip members matching this glob (repeatable).")
 @click.option("--force", is_flag=True, help="Replace an existing offsets file.")
 def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
               exclude: tuple[str, ...], force: bool) -> None:

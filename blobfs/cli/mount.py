@@ -13,13 +13,15 @@ from typing import NoReturn
 import click
 
 from blobfs.cli.params import NonEmptyPath
-from blobfs.errors import BlobfsError, InputError
+from blobfs.errors import BlobfsError, InputError, one_line
 
 log = logging.getLogger(__name__)
 
 
 def _fail(prog: str, e: BlobfsError) -> NoReturn:
-    click.echo(f"{prog}: {e}", err=True)
+    # Escaped like every other command's line: a path may hold a newline or an escape sequence
+    # (which click.echo would also strip silently when stderr is no terminal).
+    click.echo(f"{prog}: {one_line(str(e))}", err=True)
     sys.exit(2 if isinstance(e, InputError) else 1)
 
 
@@ -29,7 +31,17 @@ def _setup_logging(debug: bool) -> None:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("blobfs: %(levelname)s: %(message)s"))
         root.addHandler(h)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # A mount's own lines ("mounted ... on ...") are INFO and shown by default, but the group's
+    # -q ("only errors") and -vv ("debug") still hold, in the daemon's log too.
+    group = click.get_current_context().parent
+    params = group.params if group is not None else {}
+    if debug or params.get("verbose", 0) >= 2:
+        level = logging.DEBUG
+    elif params.get("quiet"):
+        level = logging.ERROR
+    else:
+        level = logging.INFO
+    root.setLevel(level)
 
 
 @click.command("mount", context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,11 +50,12 @@ def _setup_logging(debug: bool) -> None:
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached (do not daemonize); log to stderr.")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="Mount options as mount(8) passes them: allow_other, auto_unmount, nonempty, "
-                   "threads, nothreads, workers=N|auto (daemon processes, default one per CPU), spin_us=N (default 50 with one process, 0 with workers), uring|nouring (FUSE over io_uring; default: whenever the kernel has it on), overlay (root, with allow_other: overlayfs on top answers ioctls such as Python's isatty() in the kernel; faster Python open(), slower plain open), libfuse=2|3, fuse_api=lowlevel|highlevel, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
+                   "threads, nothreads, workers=N|auto (daemon processes, default one per CPU, at most 8), spin_us=N (default 50 with one process, 0 with workers), uring|nouring (FUSE over io_uring; default: whenever the kernel has it on), overlay (root, with allow_other: overlayfs on top answers ioctls such as Python's isatty() in the kernel; faster Python open(), slower plain open), libfuse=2|3, fuse_api=lowlevel|highlevel, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
                    "fsname=NAME, debug. Generic ones (ro, nofail, noauto, user, _netdev, x-systemd.*, "
                    "...) are ignored.")
-@click.option("--offsets", type=NonEmptyPath(), help="Offsets pickle for a bare tar SOURCE.")
-@click.option("--ann", type=NonEmptyPath(), help="Folder of annotation JSONs (bare tar SOURCE).")
+@click.option("--offsets", type=NonEmptyPath(), help="Offsets file for a bare TAR source (default: the sibling "
+                   "STEM_offsets.pkl, else the tar's own headers).")
+@click.option("--ann", type=NonEmptyPath(), help="Annotation folder for a bare TAR source.")
 @click.option("--synthesize-ann", is_flag=True, help="Show an empty annotation for items without one.")
 @click.option("--libfuse", type=click.Choice(["2", "3"]), default=None,
               help="libfuse major version (default: $BLOBFS_LIBFUSE, else 3).")

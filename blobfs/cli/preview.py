@@ -32,7 +32,8 @@ _D = PreviewOptions()  # defaults shown in --help
 @click.option("--sample", type=click.Choice(["random", "first"]), default=_D.sample,
               show_default=True, help="A seeded random sample, or the first items in index order.")
 @click.option("--seed", type=int, default=_D.seed, show_default=True, help="Random sample seed.")
-@click.option("--columns", type=click.IntRange(1, 1000), default=_D.columns, show_default=True)
+@click.option("--columns", type=click.IntRange(1, 1000), default=_D.columns, show_default=True,
+              help="Thumbnails per row.")
 @click.option("--thumb", type=click.IntRange(16, 2048), default=_D.thumb, show_default=True,
               help="Thumbnail box in pixels; images are scaled up or down to fit.")
 @click.option("--no-ann", is_flag=True, help="Images only, no annotations drawn.")

@@ -155,10 +155,12 @@ def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tup
 @click.argument("classic_dir", type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.argument("out_dir", type=NonEmptyPath(file_okay=False, path_type=Path))
 @click.option("--max-blob-size", type=SIZE, help="Split a dataset's tar into NAME-000.tar, "
-              "NAME-001.tar, ... so that each stays within SIZE (e.g. 2G).")
+              "NAME-001.tar, ... so that each stays within SIZE (e.g. 2G; at least 10K); default: one "
+              "tar per dataset.")
 @click.option("--min-size", type=SIZE, default=0, help="Images smaller than SIZE stay ordinary img/ files.")
 @click.option("--max-size", type=SIZE, help="Images larger than SIZE stay ordinary img/ files.")
-@click.option("--mtime", type=MTIME, help="Member mtime in the tars (epoch seconds or ISO date).")
+@click.option("--mtime", type=MTIME, help="Member mtime in the tars (epoch seconds or ISO date); "
+                                           "default: each file's own mtime.")
 @click.option("--force", is_flag=True, help="Replace an existing OUT_DIR.")
 @click.option("--fsync", is_flag=True, help="fsync the output before renaming it into place.")
 @JOBS

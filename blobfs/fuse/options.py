@@ -245,9 +245,12 @@ def build_options(
     src = str(source)
     if src.startswith("blobfs#"):  # old mount.fuse spelling: "blobfs#SOURCE"
         src = src[len("blobfs#"):]
+    # mount(2) follows symlinks, so the mount table names the real path: checking and later
+    # unmounting the path as typed would miss a mount on a symlinked mount point.
+    mp = "" if mountpoint in (None, "") else os.path.realpath(os.path.expanduser(str(mountpoint)))
     return MountOptions(
         source=_path(src),  # type: ignore[arg-type]
-        mountpoint=_path(mountpoint),  # type: ignore[arg-type]
+        mountpoint=_path(mp),  # type: ignore[arg-type]
         foreground=foreground,
         libfuse=lib,
         fuse_api=api,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat as _stat
+from pathlib import Path
 
 from blobfs.errors import BlobfsError
 from blobfs.fuse.options import MountOptions, MountUsageError
@@ -41,8 +42,9 @@ def check_mountpoint(opts: MountOptions) -> None:
                 f"run 'blobfs umount {mp}' first"
             )
         raise MountError(f"{mp}: already mounted ({entry[0]} from {entry[1]})")
-    src = opts.source
-    if mp == src or src in mp.parents:
+    # Real paths: a mount point that only a symlink places inside the source hangs the same way.
+    src = Path(os.path.realpath(opts.source))
+    if mp == src or src in Path(os.path.realpath(mp)).parents:
         # The daemon would stat its own mount through the project and wait on itself.
         raise MountUsageError(f"{mp}: mount point is inside the source {src}")
     if not opts.nonempty:

@@ -105,6 +105,11 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False, timeout: 
     """
     mp = os.path.abspath(mountpoint)
     entry = mount_entry(mp)
+    if entry is None and os.path.realpath(mp) != mp:
+        # A symlinked path: the mount table names where it leads (mount(2) followed it).
+        # Only now, so a mount given by its own name is never stat()ed (its daemon may hang).
+        mp = os.path.realpath(mp)
+        entry = mount_entry(mp)
     if entry is None:
         if not os.path.lexists(mp):
             raise InputError(f"{mp}: no such mount point")
