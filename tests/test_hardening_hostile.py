@@ -179,3 +179,31 @@ def test_an_api_dict_listed_again_by_reference_is_refused(blob_project, tmp_path
     pkl.write_bytes(b"\x80\x04](" + _api_dict("x.png", 1536, 1600) + _api_dict("y.png", 1536, 1600) + b"e.")
     r = run("ls", str(proj), "ds2/img")
     assert r.returncode == 0 and r.stdout.split() == ["x.png", "y.png"]
+
+
+def _readable_copy(blob_project: Path, base: Path) -> Path:
+    """A copy of the project that uid 65534 can read throughout."""
+    proj = copy_project(blob_project, base / "proj")
+    for p in [proj, *proj.rglob("*")]:
+        p.chmod(p.stat().st_mode | (0o055 if p.is_dir() else 0o044))
+    return proj
+
+
+def test_an_unreadable_folder_is_a_problem_for_info(blob_project, tmp_path_factory):
+    """A dataset folder the user cannot list was left out by ``info`` without a word (exit 0,
+    ds1 only), though ``verify`` named it. Now ``info`` says so too (exit 1, as for a missing
+    meta.json), and ``verify`` still says it once."""
+    base = tmp_path_factory.mktemp("dsperm")
+    nobody = _as_nobody(base)
+    proj = _readable_copy(blob_project, base)
+    ds2 = proj / "ds2"
+    ds2.chmod(0)
+    want = f"{ds2}: cannot list: Permission denied; any dataset in it is left out"
+    r = run("info", str(proj), prefix=nobody)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"  {want}" in r.stdout.splitlines(), r.stdout
+    r = run("info", "--json", str(proj), prefix=nobody)
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1 and [d["name"] for d in rep["datasets"]] == ["ds1"] and rep["problems"] == [want]
+    r = run("verify", str(proj), prefix=nobody)
+    assert r.returncode == 1 and [ln for ln in r.stdout.splitlines() if str(ds2) in ln] == [want], r.stdout

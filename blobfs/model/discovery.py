@@ -90,11 +90,18 @@ def leads_round(target: str, reals: Iterable[str]) -> bool:
     return any((real + "/").startswith(prefix) for real in reals)
 
 
-def find_datasets(root: Path) -> list[FoundDataset]:
+def unlisted_line(path: Path, why: str) -> str:
+    """The problem line of a folder :func:`find_datasets` could not list (``why``: strerror)."""
+    return f"{path}: cannot list: {why}; any dataset in it is left out"
+
+
+def find_datasets(root: Path, unlisted: list[tuple[str, str]] | None = None) -> list[FoundDataset]:
     """Every folder below ``root`` that could hold items (has offsets, ``img/`` or ``ann/``),
     in sorted order. Whether the SDK would *load* it is decided later, item by item. Symlinked
     folders are followed by the view's rules: inside the project, never round in a circle
-    (which would find the same datasets again, 40 links deep)."""
+    (which would find the same datasets again, 40 links deep). A folder that cannot be listed
+    (EACCES) may hold datasets nobody can see: it is appended to ``unlisted`` as
+    (relpath, why) so that the caller reports it instead of leaving its items out unsaid."""
     found: list[FoundDataset] = []
     root_real = os.path.realpath(root)
     stack: list[tuple[str, tuple[str, ...]]] = [("", (root_real,))]  # folder, reals on the way
@@ -103,7 +110,9 @@ def find_datasets(root: Path) -> list[FoundDataset]:
         try:
             with os.scandir(root / rel if rel else root) as it:
                 subdirs = sorted((e.name, e.is_symlink()) for e in it if is_dir(e))
-        except OSError:
+        except OSError as e:
+            if unlisted is not None:
+                unlisted.append((rel, e.strerror or str(e)))
             continue
         for name, link in reversed(subdirs):
             child = f"{rel}/{name}" if rel else name

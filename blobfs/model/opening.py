@@ -21,7 +21,8 @@ from blobfs.errors import InputError, ProjectError
 from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_problem, quoted
 from blobfs.format.tarfields import COMPRESSED_MAGIC
-from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
+from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
+                                    scan_dataset_dir, unlisted_line)
 from blobfs.model.hidden import Tally
 from blobfs.model.items import BlobSource, ItemIndex
 from blobfs.model.project import Dataset, Project
@@ -217,9 +218,11 @@ def _reopen(source: str, offsets: str | None, ann: str | None, synthesize_ann: b
 
 def _open_folder(op: _Opener, root: Path, synthesize_ann: bool) -> Project:
     root_real = os.path.realpath(root)
-    found = find_datasets(root)
+    unlisted: list[tuple[str, str]] = []
+    found = find_datasets(root, unlisted)
     if not found and not (root / "meta.json").is_file():
         raise ProjectError(f"{root}: not a Supervisely project (no meta.json and no datasets)")
+    op.problems.extend(unlisted_line(root / rel if rel else root, why) for rel, why in unlisted)
     datasets = [op.dataset(f.name, f.relpath, root / f.relpath, f.offsets, root / "blob", root_real)
                 for f in found]
     meta = root / "meta.json"

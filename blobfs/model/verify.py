@@ -12,6 +12,7 @@ from typing import Callable
 
 from blobfs.errors import BlobfsError
 from blobfs.format.names import ann_names, quoted
+from blobfs.model.discovery import unlisted_line
 from blobfs.model.jsonfile import JsonTooLarge, load_json
 from blobfs.model.project import Dataset, Project
 from blobfs.model.items import BlobSource
@@ -138,6 +139,7 @@ def check_hidden_folders(project: Project, problems: list[str]) -> None:
     items = {f"{ds.relpath}/img" for ds in project.datasets}
     anns = {f"{ds.relpath}/ann" for ds in project.datasets}  # check_hidden_annotations
     seen: set[int] = set()  # each real folder once, also where links to siblings lead to it
+    said = set(project.problems)
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -148,12 +150,20 @@ def check_hidden_folders(project: Project, problems: list[str]) -> None:
             seen.add(ino)
             if rel not in anns:
                 problems.extend(f"{path}: {why}; the mount hides it"
-                                for path, why, problem in view.dropped(rel) if problem)
+                                for path, why, problem in view.dropped(rel)
+                                if problem and not _said_unlisted(path, why, said))
             subdirs = sorted(e[0] for e in view.readdir(rel, 2) if stat.S_ISDIR(e[1]))
         except OSError:  # changed since it was listed: the mount would say so the same way
             continue
         children = (f"{rel}/{name}" if rel else name for name in reversed(subdirs))
         stack.extend(c for c in children if c not in items)
+
+
+def _said_unlisted(path: Path, why: str, said: set[str]) -> bool:
+    """Whether opening already said that folder ``path`` cannot be listed (with what that
+    leaves out: ``discovery.unlisted_line``)."""
+    reason = why.removeprefix("cannot list: ")
+    return reason != why and unlisted_line(path, reason) in said
 
 
 def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[str]) -> None:
