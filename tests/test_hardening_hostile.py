@@ -207,3 +207,23 @@ def test_an_unreadable_folder_is_a_problem_for_info(blob_project, tmp_path_facto
     assert r.returncode == 1 and [d["name"] for d in rep["datasets"]] == ["ds1"] and rep["problems"] == [want]
     r = run("verify", str(proj), prefix=nobody)
     assert r.returncode == 1 and [ln for ln in r.stdout.splitlines() if str(ds2) in ln] == [want], r.stdout
+
+
+def test_an_unreadable_meta_json_is_a_problem_for_info(blob_project, tmp_path_factory):
+    """A missing meta.json is an ``info`` problem, but one the user cannot read was not
+    (exit 0, no word; ``cat`` then failed). Now it is, in ``verify``'s words (said once there),
+    for a project folder and a dataset folder alike."""
+    base = tmp_path_factory.mktemp("metaperm")
+    nobody = _as_nobody(base)
+    proj = _readable_copy(blob_project, base)
+    meta = proj / "meta.json"
+    meta.chmod(0)
+    want = f"{meta}: cannot read (Permission denied) (the SDK cannot open this project)"
+    for source in (proj, proj / "ds1"):
+        r = run("info", "--json", str(source), prefix=nobody)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert json.loads(r.stdout)["problems"] == [want], r.stdout
+        r = run("verify", str(source), prefix=nobody)
+        assert r.returncode == 1 and [ln for ln in r.stdout.splitlines() if "meta.json" in ln] == [want], r.stdout
+    r = run("info", str(proj), prefix=nobody)
+    assert r.returncode == 1 and f"  {want}" in r.stdout.splitlines(), r.stdout

@@ -20,6 +20,7 @@ from pathlib import Path
 from blobfs.errors import InputError, ProjectError
 from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_problem, quoted
+from blobfs.format.regular import open_regular
 from blobfs.format.tarfields import COMPRESSED_MAGIC
 from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
                                     scan_dataset_dir, unlisted_line)
@@ -216,6 +217,19 @@ def _reopen(source: str, offsets: str | None, ann: str | None, synthesize_ann: b
     return project
 
 
+def _meta(op: _Opener, meta: Path) -> Path | None:
+    """``meta`` when it is a regular file, else None. One the user cannot read is a problem
+    line (in verify's words, which it then replaces): a missing one is, and a reader of the
+    project (``cat``, the mount, the SDK) fails on both alike."""
+    if not meta.is_file():
+        return None
+    try:
+        os.close(open_regular(str(meta)))
+    except OSError as e:
+        op.problems.append(f"{meta}: cannot read ({e.strerror}) (the SDK cannot open this project)")
+    return meta
+
+
 def _open_folder(op: _Opener, root: Path, synthesize_ann: bool) -> Project:
     root_real = os.path.realpath(root)
     unlisted: list[tuple[str, str]] = []
@@ -228,7 +242,7 @@ def _open_folder(op: _Opener, root: Path, synthesize_ann: bool) -> Project:
     meta = root / "meta.json"
     if not meta.is_file():
         op.problems.append(f"{root}: meta.json is missing (the SDK cannot open this project)")
-    return Project(root, datasets, meta if meta.is_file() else None, list(op.sources.values()),
+    return Project(root, datasets, _meta(op, meta), list(op.sources.values()),
                    op.problems, kind="project", synthesize_ann=synthesize_ann)
 
 
@@ -236,8 +250,7 @@ def _open_dataset(op: _Opener, path: Path, own_offsets: tuple[str, ...],
                   synthesize_ann: bool) -> Project:
     root = _find_root(path.resolve())
     ds = op.dataset(path.name, path.name, path, own_offsets, root / "blob", os.path.realpath(root))
-    meta = root / "meta.json"
-    return Project(root, [ds], meta if meta.is_file() else None, list(op.sources.values()),
+    return Project(root, [ds], _meta(op, root / "meta.json"), list(op.sources.values()),
                    op.problems, kind="dataset", synthesize_ann=synthesize_ann, virtual_root=True)
 
 
@@ -265,6 +278,6 @@ def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
     stem = tar_path.name[:-4] if tar_path.name.endswith(".tar") else tar_path.name
     ds = Dataset(stem, stem, None, items, ann_dir, [pkl.name] if pkl.is_file() else [],
                  os.path.realpath(ann_dir) if ann_dir is not None else None)
-    meta = ann_dir.parent.parent / "meta.json" if ann_dir is not None else None
-    return Project(None, [ds], meta if meta is not None and meta.is_file() else None, [tar],
+    meta = _meta(op, ann_dir.parent.parent / "meta.json") if ann_dir is not None else None
+    return Project(None, [ds], meta, [tar],
                    op.problems, kind="tar", synthesize_ann=synthesize_ann, virtual_root=True)
