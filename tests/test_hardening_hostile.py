@@ -227,3 +227,48 @@ def test_an_unreadable_meta_json_is_a_problem_for_info(blob_project, tmp_path_fa
         assert r.returncode == 1 and [ln for ln in r.stdout.splitlines() if "meta.json" in ln] == [want], r.stdout
     r = run("info", str(proj), prefix=nobody)
     assert r.returncode == 1 and f"  {want}" in r.stdout.splitlines(), r.stdout
+
+
+HIDES = "the mount hides it"
+
+
+@pytest.mark.parametrize("entry", ["meta_fifo", "meta_dev_zero", "ann_fifo", "ann_link_out",
+                                   "img_fifo", "img_no_image_name", "img_subfolder"])
+def test_cat_and_ls_of_an_entry_the_view_hides_say_why_in_one_line(blob_project, tmp_path, entry):
+    """``cat P meta.json`` of a FIFO (or a link to /dev/zero) printed the view's warning, then
+    "meta.json: No such file or directory": two lines, the second not saying why. Now one line
+    naming the real file and why the mount hides it (exit 2, as for other unreadable input)."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    rel, why = {
+        "meta_fifo": ("meta.json", "not a regular file (FIFO)"),
+        "meta_dev_zero": ("meta.json", "symlink leads outside the project"),
+        "ann_fifo": ("ds1/ann/img_000.png.json", "not a regular file (FIFO)"),
+        "ann_link_out": ("ds2/ann/scan 00.jpg.json", "symlink leads outside the project"),
+        "img_fifo": ("ds1/img/pipe.png", "not a regular file (FIFO)"),
+        "img_no_image_name": ("ds1/img/notes.txt", "no image file extension, no item"),
+        "img_subfolder": ("ds1/img/sub", "sub-folder of img/, no item (only the files of img/ are)"),
+    }[entry]
+    path = proj / rel
+    if path.exists():
+        path.unlink()
+    if entry.endswith("fifo"):
+        os.mkfifo(path)
+    elif entry == "meta_dev_zero":
+        path.symlink_to("/dev/zero")
+    elif entry == "ann_link_out":
+        path.symlink_to(outside)
+    elif entry == "img_subfolder":
+        path.mkdir()
+    else:
+        path.write_text("notes")
+    want = f"blobfs: {path}: {why}; {HIDES}"
+    for args in (("cat", str(proj), rel), ("ls", str(proj), rel), ("ls", "-l", str(proj), rel)):
+        r = run(*args, timeout=30)
+        if args[0] == "ls" and entry == "img_subfolder":  # a folder: ls lists it
+            continue
+        assert r.returncode == 2 and one_line(r) == want and r.stdout == "", (args, r.stderr)
+    # a name that is not there at all is still the plain error
+    r = run("cat", str(proj), "ds1/ann/nothing.json")
+    assert r.returncode == 2 and one_line(r) == "blobfs: ds1/ann/nothing.json: No such file or directory"

@@ -171,7 +171,7 @@ def file_kind(mode: int) -> str:
     return "special file"
 
 
-def _mode_or_why(entry: os.DirEntry, link: str) -> int | str:
+def _mode_or_why(entry: os.DirEntry | Path, link: str) -> int | str:
     """``entry``'s mode with symlinks followed, or why there is none, worded with ``link``
     ("link leading" for the view's log line, "symlink leads" for a problem line)."""
     try:
@@ -203,7 +203,7 @@ def img_entry_kind(entry: os.DirEntry) -> str:
     return entry_kind(entry)
 
 
-def not_regular_why(entry: os.DirEntry) -> str:
+def not_regular_why(entry: os.DirEntry | Path) -> str:
     """Why ``entry`` (symlinks followed) is not read as a regular file."""
     mode = _mode_or_why(entry, "symlink leads")
     if isinstance(mode, str):
