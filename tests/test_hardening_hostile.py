@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tarfile
+import unicodedata
 import zlib
 from pathlib import Path
 
@@ -272,3 +273,27 @@ def test_cat_and_ls_of_an_entry_the_view_hides_say_why_in_one_line(blob_project,
     # a name that is not there at all is still the plain error
     r = run("cat", str(proj), "ds1/ann/nothing.json")
     assert r.returncode == 2 and one_line(r) == "blobfs: ds1/ann/nothing.json: No such file or directory"
+
+
+def test_verify_tells_nfc_twins_from_a_pickle_apart(blob_project, tmp_path):
+    """Two items from an offsets file whose names are one after Unicode normalization (NFC)
+    had two identical-looking "missing annotation" lines in ``verify``; ``pack`` and ``index``
+    warn about such names. Now the names are shown with the combining character escaped, and
+    one warning line says what ``pack``'s says."""
+    from blobfs.format.offsets_write import dumps_offsets
+    from blobfs.format.tarheaders import regular_members
+
+    nfc, nfd = (unicodedata.normalize(form, "café.png") for form in ("NFC", "NFD"))
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ms = regular_members(proj / "blob" / "more_images.tar")
+    entries = [(m.name, m.offset_data, m.offset_data + m.size) for m in ms]
+    entries += [(name, ms[k].offset_data, ms[k].offset_data + ms[k].size) for k, name in enumerate((nfc, nfd))]
+    (proj / "ds2" / "more_images_offsets.pkl").write_bytes(dumps_offsets(entries))
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    missing = [ln for ln in r.stdout.splitlines() if "has no annotation" in ln]
+    assert len(missing) == 2 and len(set(missing)) == 2, r.stdout
+    assert "item 'café.png' has" in missing[0] and "item 'cafe\\u0301.png' has" in missing[1], missing
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        f"blobfs: WARNING: {proj / 'ds2'}: items 'café.png' and 'cafe\\u0301.png' are one name after "
+        "Unicode normalization (NFC): both are kept, but a macOS file system cannot hold both after unpack"]

@@ -5,17 +5,21 @@ Every check produces one-line problems naming the file; nothing here raises for 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
+import unicodedata
 from pathlib import Path
 from typing import Callable
 
-from blobfs.errors import BlobfsError
-from blobfs.format.names import ann_names, quoted
+from blobfs.errors import BlobfsError, one_line
+from blobfs.format.names import ann_names, nfc_twins, quoted, shown, twins_note
 from blobfs.model.discovery import unlisted_line
 from blobfs.model.jsonfile import JsonTooLarge, load_json
 from blobfs.model.project import Dataset, Project
 from blobfs.model.items import BlobSource
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
@@ -94,8 +98,8 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
         doc = None
         if ann is not None:
             if ann.name in owners:
-                problems.append(f"{ann}: shared by items {owners[ann.name]!r} and {name!r} "
-                                "(the SDK drops the dataset)")
+                problems.append(f"{ann}: shared by items {_item(owners[ann.name])} and "
+                                f"{_item(name)} (the SDK drops the dataset)")
             owners[ann.name] = name
             doc = _load_json(ann, problems)
         if decode:
@@ -104,15 +108,32 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
             progress(1)
 
 
+def warn_twins(ds: Dataset) -> None:
+    """One warning line, as ``pack``'s and ``index``'s, for items whose names are one after
+    Unicode normalization: no problem of the source (the SDK keeps both), but an unpack to a
+    macOS file system keeps only one."""
+    if not ds.items.ascii_names:
+        twins = nfc_twins(ds.items.names())
+        if twins:
+            log.warning("%s", one_line(twins_note(twins, str(ds.path or ds.relpath))))
+
+
 def _no_annotation(path: Path, name: str) -> str:
     """The problem line of item ``name`` whose annotation ``path`` no reader can use."""
     try:
         if path.is_symlink() and path.is_file():
             return (f"{path}: symlink leads outside the project; the mount hides it, so item "
-                    f"{name!r} has no annotation there (the SDK drops the dataset)")
+                    f"{_item(name)} has no annotation there (the SDK drops the dataset)")
     except OSError as e:
-        return f"{path}: cannot read ({e.strerror}): item {name!r} has no annotation (the SDK drops the dataset)"
-    return f"{path}: missing: item {name!r} has no annotation (the SDK drops the dataset)"
+        return (f"{path}: cannot read ({e.strerror}): item {_item(name)} has no annotation "
+                "(the SDK drops the dataset)")
+    return f"{path}: missing: item {_item(name)} has no annotation (the SDK drops the dataset)"
+
+
+def _item(name: str) -> str:
+    """An item name in a problem line: quoted, and what Unicode normalization would change
+    escaped (``names.shown``), so that the lines of two NFC twins do not look the same."""
+    return repr(name) if unicodedata.is_normalized("NFC", name) else shown(name)
 
 
 def check_hidden_annotations(project: Project, ds: Dataset, problems: list[str]) -> None:
@@ -208,6 +229,7 @@ def verify(project: Project, *, decode: bool = False,
         _load_json(project.meta_path, problems, " (the SDK cannot open this project)")
     check_ranges(project, problems)
     for ds in project.datasets:
+        warn_twins(ds)
         check_annotations(ds, decode, problems, progress)
         check_hidden_annotations(project, ds, problems)
     check_hidden_folders(project, problems)
