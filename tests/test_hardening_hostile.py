@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from blobfs.model.opening import open_project
 from offsets_helpers import pint, su
 from tar_helpers import members_tar
 from test_hardening_input import PRLIMIT, copy_project, info_json, one_line, run
@@ -297,3 +298,29 @@ def test_verify_tells_nfc_twins_from_a_pickle_apart(blob_project, tmp_path):
     assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
         f"blobfs: WARNING: {proj / 'ds2'}: items 'café.png' and 'cafe\\u0301.png' are one name after "
         "Unicode normalization (NFC): both are kept, but a macOS file system cannot hold both after unpack"]
+
+
+def test_an_ann_folder_leading_out_of_the_project_is_one_problem(blob_project, tmp_path):
+    """``ds2/ann`` a symlink leading out of the project: the mount hides it, but ``verify``
+    read the annotations through it and then ended in a FileNotFoundError traceback (its
+    hidden-entry check asked the view for the folder it hides); ``info`` said nothing. Now both
+    name it in one line and nothing is read through it (``--synthesize-ann`` made the mount
+    serve its files)."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ann = proj / "ds2" / "ann"
+    shutil.move(ann, tmp_path / "elsewhere")
+    ann.symlink_to(tmp_path / "elsewhere")
+    want = f"{ann}: symlink leads outside the project; the mount hides it"
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stdout.splitlines() == [want, "74 items checked, 1 problem(s)"], r.stdout
+    code, rep = info_json(proj)
+    assert code == 1 and rep["problems"] == [want]
+    r = run("cat", str(proj), "ds2/ann/scan 00.jpg.json")
+    assert r.returncode == 2 and one_line(r) == f"blobfs: {want}"
+    # with synthesized annotations ann/ is the view's own folder: it served any file there
+    (tmp_path / "elsewhere" / "secret.txt").write_text("not the project's")
+    with open_project(proj, synthesize_ann=True) as p:
+        with pytest.raises(FileNotFoundError):
+            p.read("ds2/ann/secret.txt")
+        assert json.loads(p.read("ds2/ann/scan 00.jpg.json"))["objects"] == []  # synthesized

@@ -155,9 +155,15 @@ class _Opener:
 
             cache.store(store_key, parts[0][0], offsets_problems, items.hashed)
         self.problems.extend(f"{path}: {d}" for d in dups)
-        ann = path / "ann"
-        return Dataset(name, relpath, path, items, ann if ann.is_dir() else None, list(offsets),
-                       root_real, no_items)
+        ann: Path | None = path / "ann"
+        if not ann.is_dir():
+            ann = None
+        elif not (os.path.realpath(ann) + "/").startswith(root_real + "/"):
+            # The view hides it (a link leading out of the project): nothing is read through
+            # it, and verify's line for the hidden entry says the same.
+            self.problems.append(f"{ann}: symlink leads outside the project; the mount hides it")
+            ann = None
+        return Dataset(name, relpath, path, items, ann, list(offsets), root_real, no_items)
 
 
 def _find_root(dataset_dir: Path) -> Path:

@@ -77,7 +77,8 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
     symlink leading outside the project is not read: the mount hides it (``view.py``), so for a
     client the item has none."""
     where = ds.path or ds.relpath
-    if ds.ann_dir is None:
+    if ds.ann_dir is None and not (ds.path and os.path.isdir(ds.path / "ann")):
+        # (one that is there but hidden, a link leading out, is a problem of opening)
         problems.append(f"{where}: no ann/ folder (the SDK skips this dataset)")
     ann_dir = ds.ann_dir
     if ann_dir is not None:

@@ -363,12 +363,13 @@ class ClassicView:
 
     def hidden_why(self, path: str) -> tuple[Path, str] | None:
         """(real path, why) when view path ``path``, not found, names a real entry the view
-        hides by its rules (the mount can only say ENOENT; ``cat`` and ``ls`` say why)."""
+        hides by its rules, or a folder on the way to it does (the mount can only say
+        ENOENT; ``cat`` and ``ls`` say why)."""
         parent_rel, _, name = self._rel(path).rpartition("/")
         try:
             node = self._resolve(parent_rel)
-        except OSError:
-            return None
+        except OSError as e:
+            return self.hidden_why(parent_rel) if e.errno == errno.ENOENT and parent_rel else None
         d = self._dirs.get(node[1]) if node[0] == "dir" else None
         if d is not None and d.items_of is not None:
             img = d.items_of.items.img_dir
