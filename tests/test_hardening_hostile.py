@@ -324,3 +324,22 @@ def test_an_ann_folder_leading_out_of_the_project_is_one_problem(blob_project, t
         with pytest.raises(FileNotFoundError):
             p.read("ds2/ann/secret.txt")
         assert json.loads(p.read("ds2/ann/scan 00.jpg.json"))["objects"] == []  # synthesized
+
+
+def test_a_dataset_folder_leading_out_of_the_project_is_a_problem_for_info(blob_project, tmp_path):
+    """A dataset folder that is a symlink leading out of the project is not followed (the
+    mount hides it): ``info`` showed ds1 only and exited 0, ``verify`` named it. Now ``info``
+    does too. ``blob/`` leading out is followed (tars often live on another disk): no problem."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    shutil.move(proj / "blob", tmp_path / "disk2")
+    (proj / "blob").symlink_to(tmp_path / "disk2")
+    code, rep = info_json(proj)
+    assert code == 0 and rep["items"] == 74 and rep["problems"] == [], rep
+    ds2 = proj / "ds2"
+    shutil.move(ds2, tmp_path / "ds2")
+    ds2.symlink_to(tmp_path / "ds2")
+    want = f"{ds2}: symlink leads outside the project; any dataset in it is left out"
+    code, rep = info_json(proj)
+    assert code == 1 and [d["name"] for d in rep["datasets"]] == ["ds1"] and rep["problems"] == [want], rep
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and r.stdout.splitlines() == [want, "62 items checked, 1 problem(s)"], r.stdout

@@ -91,8 +91,8 @@ def leads_round(target: str, reals: Iterable[str]) -> bool:
 
 
 def unlisted_line(path: Path, why: str) -> str:
-    """The problem line of a folder :func:`find_datasets` could not list (``why``: strerror)."""
-    return f"{path}: cannot list: {why}; any dataset in it is left out"
+    """The problem line of a folder :func:`find_datasets` could not look into."""
+    return f"{path}: {why}; any dataset in it is left out"
 
 
 def find_datasets(root: Path, unlisted: list[tuple[str, str]] | None = None) -> list[FoundDataset]:
@@ -100,8 +100,9 @@ def find_datasets(root: Path, unlisted: list[tuple[str, str]] | None = None) -> 
     in sorted order. Whether the SDK would *load* it is decided later, item by item. Symlinked
     folders are followed by the view's rules: inside the project, never round in a circle
     (which would find the same datasets again, 40 links deep). A folder that cannot be listed
-    (EACCES) may hold datasets nobody can see: it is appended to ``unlisted`` as
-    (relpath, why) so that the caller reports it instead of leaving its items out unsaid."""
+    (EACCES) or is a link leading out of the project may hold datasets nobody can see: it is
+    appended to ``unlisted`` as (relpath, why) so that the caller reports it instead of
+    leaving its items out unsaid (``blob/`` is none: opening follows it wherever it leads)."""
     found: list[FoundDataset] = []
     root_real = os.path.realpath(root)
     stack: list[tuple[str, tuple[str, ...]]] = [("", (root_real,))]  # folder, reals on the way
@@ -112,13 +113,16 @@ def find_datasets(root: Path, unlisted: list[tuple[str, str]] | None = None) -> 
                 subdirs = sorted((e.name, e.is_symlink()) for e in it if is_dir(e))
         except OSError as e:
             if unlisted is not None:
-                unlisted.append((rel, e.strerror or str(e)))
+                unlisted.append((rel, f"cannot list: {e.strerror or e}"))
             continue
         for name, link in reversed(subdirs):
             child = f"{rel}/{name}" if rel else name
             real = os.path.realpath(root / child)
             if not (real + "/").startswith(root_real + "/"):
-                continue  # a symlink leading out of the project is never followed
+                # a symlink leading out of the project is never followed
+                if unlisted is not None and not child.endswith(NO_DESCEND_SUFFIXES):
+                    unlisted.append((child, "symlink leads outside the project"))
+                continue
             if link and leads_round(real, reals):
                 continue
             if not child.endswith(NO_DESCEND_SUFFIXES):

@@ -182,10 +182,9 @@ def check_hidden_folders(project: Project, problems: list[str]) -> None:
 
 
 def _said_unlisted(path: Path, why: str, said: set[str]) -> bool:
-    """Whether opening already said that folder ``path`` cannot be listed (with what that
+    """Whether opening already said why it did not look into folder ``path`` (with what that
     leaves out: ``discovery.unlisted_line``)."""
-    reason = why.removeprefix("cannot list: ")
-    return reason != why and unlisted_line(path, reason) in said
+    return unlisted_line(path, why) in said
 
 
 def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[str]) -> None:
