@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import tarfile
+import unicodedata
 import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from blobfs.model.opening import open_project
 from offsets_helpers import pint, su
 from tar_helpers import members_tar
 from test_hardening_input import PRLIMIT, copy_project, info_json, one_line, run
@@ -179,3 +181,165 @@ def test_an_api_dict_listed_again_by_reference_is_refused(blob_project, tmp_path
     pkl.write_bytes(b"\x80\x04](" + _api_dict("x.png", 1536, 1600) + _api_dict("y.png", 1536, 1600) + b"e.")
     r = run("ls", str(proj), "ds2/img")
     assert r.returncode == 0 and r.stdout.split() == ["x.png", "y.png"]
+
+
+def _readable_copy(blob_project: Path, base: Path) -> Path:
+    """A copy of the project that uid 65534 can read throughout."""
+    proj = copy_project(blob_project, base / "proj")
+    for p in [proj, *proj.rglob("*")]:
+        p.chmod(p.stat().st_mode | (0o055 if p.is_dir() else 0o044))
+    return proj
+
+
+def test_an_unreadable_folder_is_a_problem_for_info(blob_project, tmp_path_factory):
+    """A dataset folder the user cannot list was left out by ``info`` without a word (exit 0,
+    ds1 only), though ``verify`` named it. Now ``info`` says so too (exit 1, as for a missing
+    meta.json), and ``verify`` still says it once."""
+    base = tmp_path_factory.mktemp("dsperm")
+    nobody = _as_nobody(base)
+    proj = _readable_copy(blob_project, base)
+    ds2 = proj / "ds2"
+    ds2.chmod(0)
+    want = f"{ds2}: cannot list: Permission denied; any dataset in it is left out"
+    r = run("info", str(proj), prefix=nobody)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"  {want}" in r.stdout.splitlines(), r.stdout
+    r = run("info", "--json", str(proj), prefix=nobody)
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1 and [d["name"] for d in rep["datasets"]] == ["ds1"] and rep["problems"] == [want]
+    r = run("verify", str(proj), prefix=nobody)
+    assert r.returncode == 1 and [ln for ln in r.stdout.splitlines() if str(ds2) in ln] == [want], r.stdout
+
+
+def test_an_unreadable_meta_json_is_a_problem_for_info(blob_project, tmp_path_factory):
+    """A missing meta.json is an ``info`` problem, but one the user cannot read was not
+    (exit 0, no word; ``cat`` then failed). Now it is, in ``verify``'s words (said once there),
+    for a project folder and a dataset folder alike."""
+    base = tmp_path_factory.mktemp("metaperm")
+    nobody = _as_nobody(base)
+    proj = _readable_copy(blob_project, base)
+    meta = proj / "meta.json"
+    meta.chmod(0)
+    want = f"{meta}: cannot read (Permission denied) (the SDK cannot open this project)"
+    for source in (proj, proj / "ds1"):
+        r = run("info", "--json", str(source), prefix=nobody)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert json.loads(r.stdout)["problems"] == [want], r.stdout
+        r = run("verify", str(source), prefix=nobody)
+        assert r.returncode == 1 and [ln for ln in r.stdout.splitlines() if "meta.json" in ln] == [want], r.stdout
+    r = run("info", str(proj), prefix=nobody)
+    assert r.returncode == 1 and f"  {want}" in r.stdout.splitlines(), r.stdout
+
+
+HIDES = "the mount hides it"
+
+
+@pytest.mark.parametrize("entry", ["meta_fifo", "meta_dev_zero", "ann_fifo", "ann_link_out",
+                                   "img_fifo", "img_no_image_name", "img_subfolder"])
+def test_cat_and_ls_of_an_entry_the_view_hides_say_why_in_one_line(blob_project, tmp_path, entry):
+    """``cat P meta.json`` of a FIFO (or a link to /dev/zero) printed the view's warning, then
+    "meta.json: No such file or directory": two lines, the second not saying why. Now one line
+    naming the real file and why the mount hides it (exit 2, as for other unreadable input)."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    rel, why = {
+        "meta_fifo": ("meta.json", "not a regular file (FIFO)"),
+        "meta_dev_zero": ("meta.json", "symlink leads outside the project"),
+        "ann_fifo": ("ds1/ann/img_000.png.json", "not a regular file (FIFO)"),
+        "ann_link_out": ("ds2/ann/scan 00.jpg.json", "symlink leads outside the project"),
+        "img_fifo": ("ds1/img/pipe.png", "not a regular file (FIFO)"),
+        "img_no_image_name": ("ds1/img/notes.txt", "no image file extension, no item"),
+        "img_subfolder": ("ds1/img/sub", "sub-folder of img/, no item (only the files of img/ are)"),
+    }[entry]
+    path = proj / rel
+    if path.exists():
+        path.unlink()
+    if entry.endswith("fifo"):
+        os.mkfifo(path)
+    elif entry == "meta_dev_zero":
+        path.symlink_to("/dev/zero")
+    elif entry == "ann_link_out":
+        path.symlink_to(outside)
+    elif entry == "img_subfolder":
+        path.mkdir()
+    else:
+        path.write_text("notes")
+    want = f"blobfs: {path}: {why}; {HIDES}"
+    for args in (("cat", str(proj), rel), ("ls", str(proj), rel), ("ls", "-l", str(proj), rel)):
+        r = run(*args, timeout=30)
+        if args[0] == "ls" and entry == "img_subfolder":  # a folder: ls lists it
+            continue
+        assert r.returncode == 2 and one_line(r) == want and r.stdout == "", (args, r.stderr)
+    # a name that is not there at all is still the plain error
+    r = run("cat", str(proj), "ds1/ann/nothing.json")
+    assert r.returncode == 2 and one_line(r) == "blobfs: ds1/ann/nothing.json: No such file or directory"
+
+
+def test_verify_tells_nfc_twins_from_a_pickle_apart(blob_project, tmp_path):
+    """Two items from an offsets file whose names are one after Unicode normalization (NFC)
+    had two identical-looking "missing annotation" lines in ``verify``; ``pack`` and ``index``
+    warn about such names. Now the names are shown with the combining character escaped, and
+    one warning line says what ``pack``'s says."""
+    from blobfs.format.offsets_write import dumps_offsets
+    from blobfs.format.tarheaders import regular_members
+
+    nfc, nfd = (unicodedata.normalize(form, "café.png") for form in ("NFC", "NFD"))
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ms = regular_members(proj / "blob" / "more_images.tar")
+    entries = [(m.name, m.offset_data, m.offset_data + m.size) for m in ms]
+    entries += [(name, ms[k].offset_data, ms[k].offset_data + ms[k].size) for k, name in enumerate((nfc, nfd))]
+    (proj / "ds2" / "more_images_offsets.pkl").write_bytes(dumps_offsets(entries))
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    missing = [ln for ln in r.stdout.splitlines() if "has no annotation" in ln]
+    assert len(missing) == 2 and len(set(missing)) == 2, r.stdout
+    assert "item 'café.png' has" in missing[0] and "item 'cafe\\u0301.png' has" in missing[1], missing
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [
+        f"blobfs: WARNING: {proj / 'ds2'}: items 'café.png' and 'cafe\\u0301.png' are one name after "
+        "Unicode normalization (NFC): both are kept, but a macOS file system cannot hold both after unpack"]
+
+
+def test_an_ann_folder_leading_out_of_the_project_is_one_problem(blob_project, tmp_path):
+    """``ds2/ann`` a symlink leading out of the project: the mount hides it, but ``verify``
+    read the annotations through it and then ended in a FileNotFoundError traceback (its
+    hidden-entry check asked the view for the folder it hides); ``info`` said nothing. Now both
+    name it in one line and nothing is read through it (``--synthesize-ann`` made the mount
+    serve its files)."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    ann = proj / "ds2" / "ann"
+    shutil.move(ann, tmp_path / "elsewhere")
+    ann.symlink_to(tmp_path / "elsewhere")
+    want = f"{ann}: symlink leads outside the project; the mount hides it"
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stdout.splitlines() == [want, "74 items checked, 1 problem(s)"], r.stdout
+    code, rep = info_json(proj)
+    assert code == 1 and rep["problems"] == [want]
+    r = run("cat", str(proj), "ds2/ann/scan 00.jpg.json")
+    assert r.returncode == 2 and one_line(r) == f"blobfs: {want}"
+    # with synthesized annotations ann/ is the view's own folder: it served any file there
+    (tmp_path / "elsewhere" / "secret.txt").write_text("not the project's")
+    with open_project(proj, synthesize_ann=True) as p:
+        with pytest.raises(FileNotFoundError):
+            p.read("ds2/ann/secret.txt")
+        assert json.loads(p.read("ds2/ann/scan 00.jpg.json"))["objects"] == []  # synthesized
+
+
+def test_a_dataset_folder_leading_out_of_the_project_is_a_problem_for_info(blob_project, tmp_path):
+    """A dataset folder that is a symlink leading out of the project is not followed (the
+    mount hides it): ``info`` showed ds1 only and exited 0, ``verify`` named it. Now ``info``
+    does too. ``blob/`` leading out is followed (tars often live on another disk): no problem."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    shutil.move(proj / "blob", tmp_path / "disk2")
+    (proj / "blob").symlink_to(tmp_path / "disk2")
+    code, rep = info_json(proj)
+    assert code == 0 and rep["items"] == 74 and rep["problems"] == [], rep
+    ds2 = proj / "ds2"
+    shutil.move(ds2, tmp_path / "ds2")
+    ds2.symlink_to(tmp_path / "ds2")
+    want = f"{ds2}: symlink leads outside the project; any dataset in it is left out"
+    code, rep = info_json(proj)
+    assert code == 1 and [d["name"] for d in rep["datasets"]] == ["ds1"] and rep["problems"] == [want], rep
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and r.stdout.splitlines() == [want, "62 items checked, 1 problem(s)"], r.stdout

@@ -169,7 +169,9 @@ def test_ls_leaves_the_link_out(loop_project: Path) -> None:
     assert r.returncode == 0 and r.stdout.split() == ["alias.json", "img_001.png.json", "sib/"], r
     r = subprocess.run([*BLOBFS, "ls", str(loop_project), "ds1/meta/up"], capture_output=True,
                        text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert r.returncode == 2 and "No such file or directory" in r.stderr, r
+    # one line saying why, as verify does (it was "No such file or directory")
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        f"blobfs: {loop_project / 'ds1/meta/up'}: {ROUND}; the mount hides it"], r
 
 
 def test_file_links_leading_to_each_other_are_hidden_like_a_circle(

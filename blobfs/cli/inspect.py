@@ -2,18 +2,23 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import stat as st
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import click
 
 from blobfs.cli.params import NonEmptyPath
 from blobfs.errors import InputError, one_line
 from blobfs.model.project import SourceSpec
+
+if TYPE_CHECKING:
+    from blobfs.model.project import Project
+    from blobfs.model.view import ClassicView
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,23 @@ def view_path(path: str) -> str:
     out = "/".join(parts)
     folder = path.endswith(("/", "/.", "/..")) or path in (".", "..")
     return out + "/" if folder and out else out
+
+
+def quiet_view(p: Project) -> ClassicView:
+    """The view for ``ls`` and ``cat``: what a lookup by name hides is said in the command's
+    error line (:func:`not_found`), not in a warning before it."""
+    from blobfs.model.view import ClassicView
+
+    return ClassicView(p, log_lookups=False)
+
+
+def not_found(view: ClassicView, shown: str, path: str, e: OSError) -> InputError:
+    """The one error line for a view path that failed: the real file and why the view hides
+    it (a FIFO, a link leading out of the project), else the OS's words."""
+    hidden = view.hidden_why(path) if e.errno == errno.ENOENT else None
+    if hidden is not None:
+        return InputError(f"{hidden[0]}: {hidden[1]}; the mount hides it")
+    return InputError(f"{shown or '/'}: {e.strerror}")
 
 
 @contextlib.contextmanager
@@ -127,16 +149,18 @@ def ls_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str, long
     """List PATH of the classic view of SOURCE (what the mount would show)."""
     shown, path = path, view_path(path)
     with spec(source, offsets, ann).open() as p:
-        warn_left_out(source, p.problems)
+        view = quiet_view(p)
         try:
-            a = p.view.getattr(path)
-            entries = p.view.listdir(path) if st.S_ISDIR(a.mode) else [(path.rsplit("/", 1)[-1], a.mode)]
+            a = view.getattr(path)
+            # The source's problems after the path is found: a path that is not is one line.
+            warn_left_out(source, p.problems)
+            entries = view.listdir(path) if st.S_ISDIR(a.mode) else [(path.rsplit("/", 1)[-1], a.mode)]
         except OSError as e:
-            raise InputError(f"{shown or '/'}: {e.strerror}") from None
+            raise not_found(view, shown, path, e) from None
         for name, mode in entries:
             if long:
                 full = f"{path.strip('/')}/{name}".strip("/") if st.S_ISDIR(a.mode) else path
-                size = p.view.getattr(full).size
+                size = view.getattr(full).size
                 click.echo(f"{'d' if st.S_ISDIR(mode) else '-'} {size:>10} {name}")
             else:
                 click.echo(name + ("/" if st.S_ISDIR(mode) else ""))
@@ -148,10 +172,11 @@ def ls_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str, long
 def cat_cmd(source: Path, offsets: Path | None, ann: Path | None, path: str) -> None:
     """Write the bytes of view PATH (e.g. ds1/img/x.png) of SOURCE to stdout."""
     with spec(source, offsets, ann).open() as p:
+        view = quiet_view(p)
         try:
-            data = p.read(view_path(path))
+            data = view.read_all(view_path(path))
         except OSError as e:
-            raise InputError(f"{path or '/'}: {e.strerror}") from None
+            raise not_found(view, path, view_path(path), e) from None
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 

@@ -90,11 +90,19 @@ def leads_round(target: str, reals: Iterable[str]) -> bool:
     return any((real + "/").startswith(prefix) for real in reals)
 
 
-def find_datasets(root: Path) -> list[FoundDataset]:
+def unlisted_line(path: Path, why: str) -> str:
+    """The problem line of a folder :func:`find_datasets` could not look into."""
+    return f"{path}: {why}; any dataset in it is left out"
+
+
+def find_datasets(root: Path, unlisted: list[tuple[str, str]] | None = None) -> list[FoundDataset]:
     """Every folder below ``root`` that could hold items (has offsets, ``img/`` or ``ann/``),
     in sorted order. Whether the SDK would *load* it is decided later, item by item. Symlinked
     folders are followed by the view's rules: inside the project, never round in a circle
-    (which would find the same datasets again, 40 links deep)."""
+    (which would find the same datasets again, 40 links deep). A folder that cannot be listed
+    (EACCES) or is a link leading out of the project may hold datasets nobody can see: it is
+    appended to ``unlisted`` as (relpath, why) so that the caller reports it instead of
+    leaving its items out unsaid (``blob/`` is none: opening follows it wherever it leads)."""
     found: list[FoundDataset] = []
     root_real = os.path.realpath(root)
     stack: list[tuple[str, tuple[str, ...]]] = [("", (root_real,))]  # folder, reals on the way
@@ -103,13 +111,18 @@ def find_datasets(root: Path) -> list[FoundDataset]:
         try:
             with os.scandir(root / rel if rel else root) as it:
                 subdirs = sorted((e.name, e.is_symlink()) for e in it if is_dir(e))
-        except OSError:
+        except OSError as e:
+            if unlisted is not None:
+                unlisted.append((rel, f"cannot list: {e.strerror or e}"))
             continue
         for name, link in reversed(subdirs):
             child = f"{rel}/{name}" if rel else name
             real = os.path.realpath(root / child)
             if not (real + "/").startswith(root_real + "/"):
-                continue  # a symlink leading out of the project is never followed
+                # a symlink leading out of the project is never followed
+                if unlisted is not None and not child.endswith(NO_DESCEND_SUFFIXES):
+                    unlisted.append((child, "symlink leads outside the project"))
+                continue
             if link and leads_round(real, reals):
                 continue
             if not child.endswith(NO_DESCEND_SUFFIXES):
@@ -162,7 +175,7 @@ def file_kind(mode: int) -> str:
     return "special file"
 
 
-def _mode_or_why(entry: os.DirEntry, link: str) -> int | str:
+def _mode_or_why(entry: os.DirEntry | Path, link: str) -> int | str:
     """``entry``'s mode with symlinks followed, or why there is none, worded with ``link``
     ("link leading" for the view's log line, "symlink leads" for a problem line)."""
     try:
@@ -194,7 +207,7 @@ def img_entry_kind(entry: os.DirEntry) -> str:
     return entry_kind(entry)
 
 
-def not_regular_why(entry: os.DirEntry) -> str:
+def not_regular_why(entry: os.DirEntry | Path) -> str:
     """Why ``entry`` (symlinks followed) is not read as a regular file."""
     mode = _mode_or_why(entry, "symlink leads")
     if isinstance(mode, str):

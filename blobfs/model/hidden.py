@@ -93,8 +93,11 @@ class HiddenLog:
     time a listing or a lookup there hides something. Thread-safe, and shared by processes
     forked after it was made (see :class:`_Said`)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, lookups: bool = True) -> None:
+        """``lookups``: also say what a lookup by name hides (off for a caller that says it
+        in its own error line: ``cat``, ``ls``)."""
         self._said = _Said() if enabled else None
+        self._lookups = lookups
 
     def pending(self, rel: str) -> bool:
         """Whether a line for ``rel`` may still come (a read without the lock: at worst the
@@ -117,7 +120,7 @@ class HiddenLog:
     def looked_up(self, rel: str, kind: str) -> None:
         """A lookup of view path ``rel`` found a real entry of this ``kind`` and hides it."""
         folder, _, name = rel.rpartition("/")
-        if self.pending(folder):
+        if self._lookups and self.pending(folder):
             self._say(folder, f"{_folder(folder)}: the mount hides {_named([(name, kind)])} of "
                               "this folder, looked up by name")
 
@@ -133,7 +136,7 @@ class HiddenLog:
         """Name ``name``, no item of ``ds``: said if the real img/ has it (only while the
         folder's line is to come, and only if its img/ holds anything that is no item)."""
         no_items = ds.img_hidden
-        if no_items is not None and no_items.count and self.pending(rel):
+        if self._lookups and no_items is not None and no_items.count and self.pending(rel):
             kind = kind_of(ds.items.img_dir, name)
             if kind is not None:
                 self.looked_up(f"{rel}/{name}", kind)

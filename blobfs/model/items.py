@@ -223,6 +223,11 @@ class ItemIndex:
     def name(self, i: int) -> str:
         return self.name_bytes(i).decode("utf-8")
 
+    @property
+    def ascii_names(self) -> bool:
+        """Whether every name is ASCII (no two can then be one after Unicode normalization)."""
+        return self._names.isascii()
+
     def names(self) -> Iterator[str]:
         names, ends = self._names, self._name_ends
         lo = 0

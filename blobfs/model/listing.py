@@ -16,7 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol
 
-from blobfs.format.names import is_image_name
+from blobfs.format.names import is_image_name, name_problem
 from blobfs.model.discovery import entry_kind, file_kind, is_dir, is_file, leads_round, not_regular_why
 from blobfs.model.hidden import Tally
 from blobfs.model.numbering import real_ino
@@ -209,15 +209,46 @@ class RealLister:
                     if ((hide is not None and hide(entry.name))
                             or self._entry(entry, around) is not None):
                         continue
-                    if entry.is_symlink() and not self.inside(entry.path):
-                        out.append((entry.name, "symlink leads outside the project"))
-                    elif entry.is_symlink() and is_dir(entry):
-                        out.append((entry.name, ROUND_WHY))
-                    else:
-                        out.append((entry.name, not_regular_why(entry)))
+                    out.append((entry.name, self.why(entry)))
         except OSError as e:
             out.append(("", f"cannot list: {e.strerror or e}"))
         return sorted(out)
+
+    def why(self, entry: os.DirEntry | Path) -> str:
+        """Why the view hides real entry ``entry`` (one :meth:`_entry` leaves out), in the
+        words of a problem line."""
+        if entry.is_symlink() and not self.inside(os.fspath(entry)):
+            return "symlink leads outside the project"
+        if entry.is_symlink() and is_dir(entry):
+            return ROUND_WHY
+        return not_regular_why(entry)
+
+    def hidden_why(self, path: Path, folder: str, dirs: Mapping[str, _Folder]) -> str | None:
+        """:meth:`why` for real entry ``path`` (as :meth:`lookup` takes it) if the view hides
+        it; None when it shows it or there is no such entry."""
+        try:
+            self.lookup(path, folder, dirs)
+        except HiddenEntry:
+            return self.why(path)
+        except OSError:
+            pass
+        return None
+
+    def img_why(self, img: Path, name: str) -> str | None:
+        """Why entry ``name`` of a dataset's real ``img/``, no item, is not shown (the words
+        of :func:`not_items` and of the project's problems); None when there is none."""
+        path = img / name
+        try:
+            s = self.lookup(path, "", {})  # as img_kind: a folder here is "in img/"
+        except HiddenEntry:
+            return self.why(path)
+        except OSError:
+            return None
+        if st.S_ISDIR(s.st_mode):
+            return "sub-folder of img/, no item (only the files of img/ are)"
+        if not is_image_name(name):
+            return "no image file extension, no item"
+        return name_problem(name) or "no item (added since the project was opened?)"
 
     def entries(self, key: str, real: Path, hide: Hide | None, offset: int, base: int,
                 hidden: Callable[[Tally], None] | None = None, around: Around | None = None,

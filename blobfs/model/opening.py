@@ -20,8 +20,10 @@ from pathlib import Path
 from blobfs.errors import InputError, ProjectError
 from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_problem, quoted
+from blobfs.format.regular import open_regular
 from blobfs.format.tarfields import COMPRESSED_MAGIC
-from blobfs.model.discovery import OFFSETS_SUFFIX, find_datasets, list_image_files, scan_dataset_dir
+from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
+                                    scan_dataset_dir, unlisted_line)
 from blobfs.model.hidden import Tally
 from blobfs.model.items import BlobSource, ItemIndex
 from blobfs.model.project import Dataset, Project
@@ -153,9 +155,15 @@ class _Opener:
 
             cache.store(store_key, parts[0][0], offsets_problems, items.hashed)
         self.problems.extend(f"{path}: {d}" for d in dups)
-        ann = path / "ann"
-        return Dataset(name, relpath, path, items, ann if ann.is_dir() else None, list(offsets),
-                       root_real, no_items)
+        ann: Path | None = path / "ann"
+        if not ann.is_dir():
+            ann = None
+        elif not (os.path.realpath(ann) + "/").startswith(root_real + "/"):
+            # The view hides it (a link leading out of the project): nothing is read through
+            # it, and verify's line for the hidden entry says the same.
+            self.problems.append(f"{ann}: symlink leads outside the project; the mount hides it")
+            ann = None
+        return Dataset(name, relpath, path, items, ann, list(offsets), root_real, no_items)
 
 
 def _find_root(dataset_dir: Path) -> Path:
@@ -215,17 +223,32 @@ def _reopen(source: str, offsets: str | None, ann: str | None, synthesize_ann: b
     return project
 
 
+def _meta(op: _Opener, meta: Path) -> Path | None:
+    """``meta`` when it is a regular file, else None. One the user cannot read is a problem
+    line (in verify's words, which it then replaces): a missing one is, and a reader of the
+    project (``cat``, the mount, the SDK) fails on both alike."""
+    if not meta.is_file():
+        return None
+    try:
+        os.close(open_regular(str(meta)))
+    except OSError as e:
+        op.problems.append(f"{meta}: cannot read ({e.strerror}) (the SDK cannot open this project)")
+    return meta
+
+
 def _open_folder(op: _Opener, root: Path, synthesize_ann: bool) -> Project:
     root_real = os.path.realpath(root)
-    found = find_datasets(root)
+    unlisted: list[tuple[str, str]] = []
+    found = find_datasets(root, unlisted)
     if not found and not (root / "meta.json").is_file():
         raise ProjectError(f"{root}: not a Supervisely project (no meta.json and no datasets)")
+    op.problems.extend(unlisted_line(root / rel if rel else root, why) for rel, why in unlisted)
     datasets = [op.dataset(f.name, f.relpath, root / f.relpath, f.offsets, root / "blob", root_real)
                 for f in found]
     meta = root / "meta.json"
     if not meta.is_file():
         op.problems.append(f"{root}: meta.json is missing (the SDK cannot open this project)")
-    return Project(root, datasets, meta if meta.is_file() else None, list(op.sources.values()),
+    return Project(root, datasets, _meta(op, meta), list(op.sources.values()),
                    op.problems, kind="project", synthesize_ann=synthesize_ann)
 
 
@@ -233,8 +256,7 @@ def _open_dataset(op: _Opener, path: Path, own_offsets: tuple[str, ...],
                   synthesize_ann: bool) -> Project:
     root = _find_root(path.resolve())
     ds = op.dataset(path.name, path.name, path, own_offsets, root / "blob", os.path.realpath(root))
-    meta = root / "meta.json"
-    return Project(root, [ds], meta if meta.is_file() else None, list(op.sources.values()),
+    return Project(root, [ds], _meta(op, root / "meta.json"), list(op.sources.values()),
                    op.problems, kind="dataset", synthesize_ann=synthesize_ann, virtual_root=True)
 
 
@@ -262,6 +284,6 @@ def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
     stem = tar_path.name[:-4] if tar_path.name.endswith(".tar") else tar_path.name
     ds = Dataset(stem, stem, None, items, ann_dir, [pkl.name] if pkl.is_file() else [],
                  os.path.realpath(ann_dir) if ann_dir is not None else None)
-    meta = ann_dir.parent.parent / "meta.json" if ann_dir is not None else None
-    return Project(None, [ds], meta if meta is not None and meta.is_file() else None, [tar],
+    meta = _meta(op, ann_dir.parent.parent / "meta.json") if ann_dir is not None else None
+    return Project(None, [ds], meta, [tar],
                    op.problems, kind="tar", synthesize_ann=synthesize_ann, virtual_root=True)

@@ -5,16 +5,21 @@ Every check produces one-line problems naming the file; nothing here raises for 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
+import unicodedata
 from pathlib import Path
 from typing import Callable
 
-from blobfs.errors import BlobfsError
-from blobfs.format.names import ann_names, quoted
+from blobfs.errors import BlobfsError, one_line
+from blobfs.format.names import ann_names, nfc_twins, quoted, shown, twins_note
+from blobfs.model.discovery import unlisted_line
 from blobfs.model.jsonfile import JsonTooLarge, load_json
 from blobfs.model.project import Dataset, Project
 from blobfs.model.items import BlobSource
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
@@ -72,7 +77,8 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
     symlink leading outside the project is not read: the mount hides it (``view.py``), so for a
     client the item has none."""
     where = ds.path or ds.relpath
-    if ds.ann_dir is None:
+    if ds.ann_dir is None and not (ds.path and os.path.isdir(ds.path / "ann")):
+        # (one that is there but hidden, a link leading out, is a problem of opening)
         problems.append(f"{where}: no ann/ folder (the SDK skips this dataset)")
     ann_dir = ds.ann_dir
     if ann_dir is not None:
@@ -93,8 +99,8 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
         doc = None
         if ann is not None:
             if ann.name in owners:
-                problems.append(f"{ann}: shared by items {owners[ann.name]!r} and {name!r} "
-                                "(the SDK drops the dataset)")
+                problems.append(f"{ann}: shared by items {_item(owners[ann.name])} and "
+                                f"{_item(name)} (the SDK drops the dataset)")
             owners[ann.name] = name
             doc = _load_json(ann, problems)
         if decode:
@@ -103,15 +109,32 @@ def check_annotations(ds: Dataset, decode: bool, problems: list[str],
             progress(1)
 
 
+def warn_twins(ds: Dataset) -> None:
+    """One warning line, as ``pack``'s and ``index``'s, for items whose names are one after
+    Unicode normalization: no problem of the source (the SDK keeps both), but an unpack to a
+    macOS file system keeps only one."""
+    if not ds.items.ascii_names:
+        twins = nfc_twins(ds.items.names())
+        if twins:
+            log.warning("%s", one_line(twins_note(twins, str(ds.path or ds.relpath))))
+
+
 def _no_annotation(path: Path, name: str) -> str:
     """The problem line of item ``name`` whose annotation ``path`` no reader can use."""
     try:
         if path.is_symlink() and path.is_file():
             return (f"{path}: symlink leads outside the project; the mount hides it, so item "
-                    f"{name!r} has no annotation there (the SDK drops the dataset)")
+                    f"{_item(name)} has no annotation there (the SDK drops the dataset)")
     except OSError as e:
-        return f"{path}: cannot read ({e.strerror}): item {name!r} has no annotation (the SDK drops the dataset)"
-    return f"{path}: missing: item {name!r} has no annotation (the SDK drops the dataset)"
+        return (f"{path}: cannot read ({e.strerror}): item {_item(name)} has no annotation "
+                "(the SDK drops the dataset)")
+    return f"{path}: missing: item {_item(name)} has no annotation (the SDK drops the dataset)"
+
+
+def _item(name: str) -> str:
+    """An item name in a problem line: quoted, and what Unicode normalization would change
+    escaped (``names.shown``), so that the lines of two NFC twins do not look the same."""
+    return repr(name) if unicodedata.is_normalized("NFC", name) else shown(name)
 
 
 def check_hidden_annotations(project: Project, ds: Dataset, problems: list[str]) -> None:
@@ -138,6 +161,7 @@ def check_hidden_folders(project: Project, problems: list[str]) -> None:
     items = {f"{ds.relpath}/img" for ds in project.datasets}
     anns = {f"{ds.relpath}/ann" for ds in project.datasets}  # check_hidden_annotations
     seen: set[int] = set()  # each real folder once, also where links to siblings lead to it
+    said = set(project.problems)
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -148,12 +172,19 @@ def check_hidden_folders(project: Project, problems: list[str]) -> None:
             seen.add(ino)
             if rel not in anns:
                 problems.extend(f"{path}: {why}; the mount hides it"
-                                for path, why, problem in view.dropped(rel) if problem)
+                                for path, why, problem in view.dropped(rel)
+                                if problem and not _said_unlisted(path, why, said))
             subdirs = sorted(e[0] for e in view.readdir(rel, 2) if stat.S_ISDIR(e[1]))
         except OSError:  # changed since it was listed: the mount would say so the same way
             continue
         children = (f"{rel}/{name}" if rel else name for name in reversed(subdirs))
         stack.extend(c for c in children if c not in items)
+
+
+def _said_unlisted(path: Path, why: str, said: set[str]) -> bool:
+    """Whether opening already said why it did not look into folder ``path`` (with what that
+    leaves out: ``discovery.unlisted_line``)."""
+    return unlisted_line(path, why) in said
 
 
 def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[str]) -> None:
@@ -198,6 +229,7 @@ def verify(project: Project, *, decode: bool = False,
         _load_json(project.meta_path, problems, " (the SDK cannot open this project)")
     check_ranges(project, problems)
     for ds in project.datasets:
+        warn_twins(ds)
         check_annotations(ds, decode, problems, progress)
         check_hidden_annotations(project, ds, problems)
     check_hidden_folders(project, problems)

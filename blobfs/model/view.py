@@ -90,12 +90,14 @@ class ClassicView:
     """Path-level read-only view; every method is thread-safe."""
 
     def __init__(self, project: "Project", *, log_synth_failures: bool = True,
-                 log_hidden: bool | None = None) -> None:
+                 log_hidden: bool | None = None, log_lookups: bool = True) -> None:
         """The mount's log lines for an annotation that cannot be synthesized and for what the
-        view hides (``log_hidden``: as ``log_synth_failures`` unless given) are off for a
-        caller that reports these itself (``unpack``)."""
+        view hides (``log_hidden``: as ``log_synth_failures`` unless given; ``log_lookups``:
+        also what a lookup by name hides) are off for a caller that reports these itself
+        (``unpack``; ``cat`` and ``ls`` say :meth:`hidden_why` in their error line)."""
         self.project = project
-        self._hidden = HiddenLog(log_synth_failures if log_hidden is None else log_hidden)
+        self._hidden = HiddenLog(log_synth_failures if log_hidden is None else log_hidden,
+                                 log_lookups)
         self._root_real = os.path.realpath(project.root) if project.root else None
         self._dirs: dict[str, _DirNode] = {}
         self._lister = RealLister(self._root_real)
@@ -358,6 +360,24 @@ class ClassicView:
             return []
         return [(real / name if name else real, why, True)
                 for name, why in self._lister.dropped(real, hide, Around(rel, self._dirs))]
+
+    def hidden_why(self, path: str) -> tuple[Path, str] | None:
+        """(real path, why) when view path ``path``, not found, names a real entry the view
+        hides by its rules, or a folder on the way to it does (the mount can only say
+        ENOENT; ``cat`` and ``ls`` say why)."""
+        parent_rel, _, name = self._rel(path).rpartition("/")
+        try:
+            node = self._resolve(parent_rel)
+        except OSError as e:
+            return self.hidden_why(parent_rel) if e.errno == errno.ENOENT and parent_rel else None
+        d = self._dirs.get(node[1]) if node[0] == "dir" else None
+        if d is not None and d.items_of is not None:
+            img = d.items_of.items.img_dir
+            why = self._lister.img_why(img, name) if img is not None and name else None
+            return (img / name, why) if why else None
+        real = node[1] if node[0] == "real" else d.real if d and not d.hides(name) else None
+        why = self._lister.hidden_why(real / name, parent_rel, self._dirs) if real and name else None
+        return (real / name, why) if why else None
 
     # -- data ---------------------------------------------------------------------------
     def read(self, path: str, size: int, offset: int) -> bytes:
