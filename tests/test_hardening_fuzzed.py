@@ -247,8 +247,8 @@ def test_a_bare_file_that_is_no_tar_is_unreadable_input_for_every_command(tmp_pa
         line = one_line(r)
         assert r.returncode == 2 and line.startswith(f"blobfs: {notar}:"), (cmd, r.stderr)
         assert "not a tar file" in line and r.stdout == "", cmd
-    # In a project the same tar is one problem among the others, found by reading the project
-    # (its offsets file still serves the items: info, which reads no headers, has no problem).
+    # In a project the same tar is one problem among the others: refused when the project is
+    # opened (its first block is no header), so info, which walks no headers, names it too.
     proj = tmp_path / "proj"
     (proj / "blob").mkdir(parents=True)
     (proj / "ds" / "ann").mkdir(parents=True)
@@ -257,3 +257,5 @@ def test_a_bare_file_that_is_no_tar_is_unreadable_input_for_every_command(tmp_pa
     (proj / "ds" / "x_offsets.pkl").write_bytes(pickle_offsets([("a.png", 512, 600)]))
     r = run("verify", str(proj))
     assert r.returncode == 1 and "not a tar file" in r.stdout, (r.stdout, r.stderr)
+    code, rep = info_json(proj)
+    assert code == 1 and any("x.tar: not a tar file" in p for p in rep["problems"]), rep

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from blobfs.errors import InputError
 from blobfs.model.opening import open_project
 from offsets_helpers import pint, su
 from tar_helpers import members_tar
@@ -343,3 +344,33 @@ def test_a_dataset_folder_leading_out_of_the_project_is_a_problem_for_info(blob_
     assert code == 1 and [d["name"] for d in rep["datasets"]] == ["ds1"] and rep["problems"] == [want], rep
     r = run("verify", str(proj))
     assert r.returncode == 1 and r.stdout.splitlines() == [want, "62 items checked, 1 problem(s)"], r.stdout
+
+
+def test_a_blob_file_that_is_no_tar_is_refused(blob_project, tmp_path):
+    """``blob/`` links are followed wherever they lead (tars often live on another disk), so a
+    stranger's project can point ``blob/more_images.tar`` at any file (``/etc/shadow``) and its
+    offsets file at byte ranges of it: the mount served those bytes as images (to every user,
+    under ``allow_other``). A file whose first block is no tar header is now refused like a
+    compressed one: one problem line, and none of its bytes are served."""
+    proj = copy_project(blob_project, tmp_path / "proj")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:$6$not-for-the-mount$\n" * 4000)   # as long as the tar's ranges
+    tar = proj / "blob" / "more_images.tar"
+    tar.unlink()
+    tar.symlink_to(secret)
+    want = f"{tar}: not a tar file (its first 512 bytes are no tar header)"
+    code, rep = info_json(proj)
+    assert code == 1 and want in rep["problems"], rep
+    r = run("verify", str(proj))
+    assert r.returncode == 1 and want in r.stdout.splitlines(), r.stdout
+    with pytest.raises(InputError, match="not a tar file"):
+        open_project(proj)
+    with open_project(proj, lenient=True) as p:     # as the mount opens it
+        assert p.problems.count(want) == 1, p.problems
+        served = [data for _path, data in p.iter_bytes()]
+        assert len(served) == 62 and not any(b"not-for-the-mount" in d for d in served)
+    # A real tar behind the same link is still followed.
+    tar.unlink()
+    tar.symlink_to(blob_project / "blob" / "more_images.tar")
+    code, rep = info_json(proj)
+    assert code == 0 and rep["problems"] == [], rep

@@ -21,6 +21,7 @@ from blobfs.format.offsets_write import dumps_offsets
 from blobfs.format.tarheaders import regular_members
 from blobfs.model import cache
 from mount_helpers import BLOBFS, libfuse_params, mounted, requires_fuse
+from tar_helpers import header_block
 
 NFC = unicodedata.normalize("NFC", "café.png")
 NFD = unicodedata.normalize("NFD", "café.png")
@@ -142,7 +143,9 @@ def test_duplicate_winner_is_stable_with_the_index_cache(blob_project, tmp_path,
     (proj / "ds" / "ann").mkdir(parents=True)
     (proj / "meta.json").write_text('{"classes": [], "tags": []}')
     n = 25_000
-    (proj / "blob" / "t.tar").write_bytes(bytes(range(256)) * (n // 8))
+    data = bytearray(bytes(range(256)) * (n // 8))
+    data[:512] = header_block("t", len(data) - 512)  # a tar's first block, as opening checks
+    (proj / "blob" / "t.tar").write_bytes(data)
     entries = [(f"i{i}.png", i, i + 7) for i in range(n)]
     entries[100] = ("i5.png", 1000, 1010)
     entries.append(("i7.png", 2000, 2005))

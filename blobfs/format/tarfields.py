@@ -82,3 +82,20 @@ def nti(field: bytes) -> int:
 
 def signed_checksum(buf: bytes) -> int:
     return 256 + sum(struct.unpack_from("148b8x356b", buf))
+
+
+def starts_like_tar(head: bytes) -> bool:
+    """Whether a file beginning with ``head`` (its first block, or all of a shorter file) can be a
+    tar archive: empty, a zero block (an empty archive), or a header whose checksum holds, as
+    ``tarfile`` checks it (unsigned or signed sum). A link in ``blob/`` may lead anywhere: this
+    keeps an offsets file from serving byte ranges of a file that is no tar (``/etc/shadow``)."""
+    if not head or head == ZERO_BLOCK:
+        return True
+    if len(head) < BLOCK:
+        return False
+    try:
+        stored = nti(head[148:156])
+    except (ValueError, IndexError):
+        return False
+    unsigned = 256 + sum(head[:148]) + sum(head[156:BLOCK])
+    return stored in (unsigned, signed_checksum(head))

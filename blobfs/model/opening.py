@@ -21,7 +21,7 @@ from blobfs.errors import InputError, ProjectError
 from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_problem, quoted
 from blobfs.format.regular import open_regular
-from blobfs.format.tarfields import COMPRESSED_MAGIC
+from blobfs.format.tarfields import BLOCK, COMPRESSED_MAGIC, starts_like_tar
 from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
                                     scan_dataset_dir, unlisted_line)
 from blobfs.model.hidden import Tally
@@ -62,13 +62,16 @@ class _Opener:
         except OSError as e:
             why = f"cannot open tar: {e.strerror}"
         if why is None:
-            head = os.pread(src.fd, 6, 0)
+            head = os.pread(src.fd, BLOCK, 0)
             kind = next((k for magic, k in COMPRESSED_MAGIC if head.startswith(magic)), None)
-            if not kind:
+            if kind:
+                why = f"{kind}-compressed; only plain uncompressed tars are supported"
+            elif not starts_like_tar(head):
+                why = "not a tar file (its first 512 bytes are no tar header)"
+            else:
                 self.sources[path] = src
                 return src
             src.close()
-            why = f"{kind}-compressed; only plain uncompressed tars are supported"
         self.refused.add(path)
         self.fail(f"{path}: {why}")
         return None
