@@ -77,7 +77,7 @@ def build(project: Path) -> tuple[bytearray, list[Path]]:
 
     def node(path: str, **kw) -> Node:
         s = view.getattr(path)
-        # Slot 0 stays empty: nid 0 is never handed out (the root's nid is read as a number).
+        # Slot 0 stays empty, so no inode sits where a zeroed nid field would point.
         n = Node((len(nodes) + 1) * SLOT // 32, s.mode, s.nlink, s.size, s.mtime_ns // 10**9,
                  len(nodes) + 1, **kw)
         nodes.append(n)
@@ -145,7 +145,7 @@ def build(project: Path) -> tuple[bytearray, list[Path]]:
         DEVSLOT.pack_into(img, (DEVT_SLOTOFF + dev - 1) * 128, b"", -(-path.stat().st_size // BLK),
                           0, 0, 0, b"")
     SUPER.pack_into(img, 1024, MAGIC, 0, 0, BLKBITS, 0, root.nid, len(nodes), 0, 0,
-                    len(img) // BLK, meta_blkaddr, 0, hashlib.md5(bytes(img[:64])).digest(),
+                    len(img) // BLK, meta_blkaddr, 0, hashlib.md5(str(project).encode()).digest(),
                     b"blobfs", INCOMPAT_CHUNKED_FILE | INCOMPAT_DEVICE_TABLE, 0, len(devices),
                     DEVT_SLOTOFF, 0, 0, 0, 0, 0, b"", 0, 0, 0, 0, 0)
     return img, list(devices)
