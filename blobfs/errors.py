@@ -5,6 +5,8 @@ Every error a user can cause (bad input, unreadable files, usage) is a ``BlobfsE
 """
 from __future__ import annotations
 
+import re
+
 
 class BlobfsError(Exception):
     """Base class: one line, names the file and the problem."""
@@ -38,3 +40,12 @@ def one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def decode_why(e: BaseException) -> str:
+    """``Type: message`` of an exception a decoder raised, without the ``<... object at 0x...>``
+    reprs Pillow puts in its messages ("cannot identify image file <_io.BytesIO object at
+    0x7f...>"): an address changes from run to run, so two reports of one source would differ,
+    and it tells the user nothing."""
+    text = re.sub(r" ?<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(e))
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -103,6 +103,23 @@ def test_unpickling_refuses_a_project_whose_tar_changed(blob_project: Path, tmp_
         pickle.loads(data)
 
 
+@pytest.mark.parametrize("rel", ["sdk_blob_project", "sdk_blob_project/ds1",
+                                 "sdk_blob_project/blob/more_images.tar"])
+def test_project_opened_by_a_relative_path_unpickles(blob_project: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     rel: str) -> None:
+    """A project, dataset or tar opened by a relative path (the usual way) goes to a worker
+    that opens it again, also from another working folder; it was refused as "changed on
+    disk" because its tars were compared by their relative paths."""
+    monkeypatch.chdir(blob_project.parent)
+    with blobfs.open_project(rel) as p:
+        want = digests(p)
+        data = pickle.dumps(p)
+    monkeypatch.chdir(tmp_path)
+    with pickle.loads(data) as q:
+        assert digests(q) == want
+
+
 def test_dataset_and_closed_project_say_they_cannot_be_pickled(blob_project: Path) -> None:
     p = blobfs.open_project(blob_project)
     with pytest.raises(TypeError, match="pickle the Project"):

@@ -140,6 +140,26 @@ def test_verify_clean_and_with_problems(runner: CliRunner, blob_project: Path, t
     assert any("img_005.jpg" in p and "annotation says" in p for p in problems)
 
 
+def test_undecodable_image_lines_hold_no_object_address(blob_project: Path, tmp_path: Path) -> None:
+    """Pillow's "cannot identify image file <_io.BytesIO object at 0x7f...>" reached verify's
+    problem line and preview's warning: an address that changes from run to run (two reports
+    of one source differed) and tells the user nothing."""
+    proj = tmp_path / "proj"
+    shutil.copytree(blob_project, proj)
+    (proj / "ds1/img/photo_a.png").write_bytes(b"\x00" * 300)  # no image any more
+    lines = []
+    sheet = str(tmp_path / "s.png")
+    for args in (["verify", "--decode"], ["preview", "--limit", "100", "-o", sheet]):
+        r = subprocess.run([sys.executable, "-m", "blobfs", *args, str(proj)],
+                           capture_output=True, text=True)
+        lines += [ln for ln in (r.stdout + r.stderr).splitlines() if "photo_a.png:" in ln]
+    assert len(lines) == 2, lines
+    assert all(" object at 0x" not in ln for ln in lines), lines
+    assert all(ln.endswith("UnidentifiedImageError: cannot identify image file")
+               or ln.endswith("UnidentifiedImageError: cannot identify image file)")
+               for ln in lines), lines
+
+
 def test_verify_reports_ranges_that_are_not_members(runner: CliRunner, blob_project: Path,
                                                     tmp_path: Path) -> None:
     from blobfs.format.offsets_write import write_offsets

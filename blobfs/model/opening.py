@@ -210,7 +210,9 @@ def open_project(source: str | os.PathLike, *, offsets: str | os.PathLike | None
 
 def _identity(project: Project) -> tuple:
     """What must be unchanged for a project reopened elsewhere to show the same items."""
-    return (tuple((str(s.path), s.size, s.mtime_ns) for s in project.sources),
+    # Absolute paths: the receiver reopens from the absolute source, so a project opened by a
+    # relative path would otherwise never match its own reopened self.
+    return (tuple((os.path.abspath(s.path), s.size, s.mtime_ns) for s in project.sources),
             tuple(len(ds.items) for ds in project.datasets))
 
 

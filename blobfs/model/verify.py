@@ -12,7 +12,7 @@ import unicodedata
 from pathlib import Path
 from typing import Callable
 
-from blobfs.errors import BlobfsError, one_line
+from blobfs.errors import BlobfsError, decode_why, one_line
 from blobfs.format.names import ann_names, nfc_twins, quoted, shown, twins_note
 from blobfs.model.discovery import unlisted_line
 from blobfs.model.jsonfile import JsonTooLarge, load_json
@@ -197,7 +197,7 @@ def _check_decode(ds: Dataset, i: int, name: str, doc: object, problems: list[st
             img.load()
             size = img.size
     except Exception as e:  # Pillow raises many types for corrupt data; all mean "undecodable"
-        problems.append(f"{where}: image does not decode ({type(e).__name__}: {e})")
+        problems.append(f"{where}: image does not decode ({decode_why(e)})")
         return
     if isinstance(doc, dict):
         want = doc.get("size") if isinstance(doc.get("size"), dict) else {}

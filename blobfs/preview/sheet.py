@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from blobfs.errors import InputError, one_line
+from blobfs.errors import InputError, decode_why, one_line
 from blobfs.model.jsonfile import load_json
 from blobfs.preview.draw import RGB, Scale, class_colors, draw_annotation
 from blobfs.preview.options import MAX_IMAGE_BYTES, PAD, PreviewOptions, caption_px, row_size
@@ -220,7 +220,7 @@ class _Renderer:
         try:
             im, full = decode_thumb(ds.items.read(i), thumb)
         except Exception as e:  # noqa: BLE001 - Pillow raises anything on hostile data
-            log.warning("%s: cannot decode image, placeholder shown: %s: %s", where, type(e).__name__, e)
+            log.warning("%s: cannot decode image, placeholder shown: %s", where, decode_why(e))
             size = (ann or {}).get("size") or {}
             try:
                 full = (int(size["width"]), int(size["height"]))
