@@ -181,3 +181,26 @@ def test_file_object_behaves_like_a_file(blob_project: Path) -> None:
                 f.seek(0, 7)
         with pytest.raises(ValueError, match="closed file"):
             f.read(1)
+
+
+def test_file_object_readinto_takes_any_writable_bytes_like_object(blob_project: Path) -> None:
+    # As FileIO does: the buffer is filled in bytes, whatever its item type (an array of
+    # ints, a memoryview cast to 'I', a ctypes array a decoder preallocated).
+    import array
+    import ctypes
+
+    with blobfs.open_project(blob_project) as p:
+        whole = p.read("ds1/img/img_000.png")
+        for path, want in (("ds1/img/img_000.png", whole), ("meta.json", p.read("meta.json"))):
+            with p.open(path) as f:
+                a = array.array("i", [0, 0, 0])
+                assert f.readinto(a) == 12 and a.tobytes() == want[:12]
+                m = memoryview(bytearray(8)).cast("I")
+                assert f.readinto(m) == 8 and m.tobytes() == want[12:20]
+                c = (ctypes.c_char * 5)()
+                assert f.readinto(c) == 5 and c.raw == want[20:25]
+                assert f.tell() == 25
+        with p.open("ds1/img/img_000.png") as f:
+            f.seek(len(whole) - 2)
+            a = array.array("i", [-1, -1])
+            assert f.readinto(a) == 2 and a.tobytes() == whole[-2:] + b"\xff" * 6

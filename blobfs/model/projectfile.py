@@ -49,9 +49,12 @@ class ProjectFile(io.RawIOBase):
         self._checkClosed()  # type: ignore[attr-defined]
         if self._project._closed:
             self._project._check_open()  # raises the project's ValueError
-        data = self._view.read(self._path, len(buf), self._pos)
-        n = len(data)
-        buf[:n] = data
+        # Any writable bytes-like object, as FileIO takes it (an array of ints, a ctypes
+        # buffer): counted and filled in bytes, not in its own items.
+        with memoryview(buf) as mv, mv.cast("B") as view:
+            data = self._view.read(self._path, view.nbytes, self._pos)
+            n = len(data)
+            view[:n] = data
         self._pos += n
         return n
 
