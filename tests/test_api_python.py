@@ -204,3 +204,17 @@ def test_file_object_readinto_takes_any_writable_bytes_like_object(blob_project:
             f.seek(len(whole) - 2)
             a = array.array("i", [-1, -1])
             assert f.readinto(a) == 2 and a.tobytes() == whole[-2:] + b"\xff" * 6
+
+
+def test_file_object_seek_refuses_what_a_file_refuses(blob_project: Path) -> None:
+    # A float or an offset past what a file position holds fails at the seek, as FileIO's
+    # does, not at the next read (a TypeError or OverflowError far from its cause).
+    with blobfs.open_project(blob_project) as p:
+        for path in ("ds1/img/img_000.png", "meta.json"):
+            with p.open(path) as f:
+                f.seek(3)
+                with pytest.raises(TypeError):
+                    f.seek(1.5)
+                with pytest.raises(OverflowError):
+                    f.seek(2**63)
+                assert f.tell() == 3 and f.seek(2**40) == 2**40 and f.read(4) == b""

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import io
+import operator
 import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from blobfs.model.view import ClassicView
+
+#: The largest position a file offset (off_t, 64-bit) holds.
+_MAX_POS = 2**63 - 1
 
 
 class ProjectFile(io.RawIOBase):
@@ -35,10 +39,14 @@ class ProjectFile(io.RawIOBase):
         self._checkClosed()  # type: ignore[attr-defined]
         if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
             raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
-        base = (0, self._pos, self._size)[whence]
-        if base + offset < 0:
+        # Checked here, as FileIO checks its own: a float or a position no off_t holds would
+        # otherwise fail only at the next read, far from its cause.
+        pos = (0, self._pos, self._size)[whence] + operator.index(offset)
+        if pos < 0:
             raise ValueError("negative seek position")
-        self._pos = base + offset
+        if pos > _MAX_POS:
+            raise OverflowError(f"seek position {pos} past the largest file offset")
+        self._pos = pos
         return self._pos
 
     def tell(self) -> int:
