@@ -346,15 +346,17 @@ def test_a_dataset_folder_leading_out_of_the_project_is_a_problem_for_info(blob_
     assert r.returncode == 1 and r.stdout.splitlines() == [want, "62 items checked, 1 problem(s)"], r.stdout
 
 
-def test_a_blob_file_that_is_no_tar_is_refused(blob_project, tmp_path):
+@pytest.mark.parametrize("lead", [b"", bytes(1024)], ids=["text", "zeros_first"])
+def test_a_blob_file_that_is_no_tar_is_refused(blob_project, tmp_path, lead):
     """``blob/`` links are followed wherever they lead (tars often live on another disk), so a
-    stranger's project can point ``blob/more_images.tar`` at any file (``/etc/shadow``) and its
-    offsets file at byte ranges of it: the mount served those bytes as images (to every user,
-    under ``allow_other``). A file whose first block is no tar header is now refused like a
-    compressed one: one problem line, and none of its bytes are served."""
+    stranger's project can point ``blob/more_images.tar`` at any file (``/etc/shadow``; a file
+    system image, whose first 1024 bytes are zeros) and its offsets file at byte ranges of it:
+    the mount served those bytes as images (to every user, under ``allow_other``). A file whose
+    first block is no tar header, or a zero block (an empty archive) that goes on past one
+    record, is now refused like a compressed one: one problem line, none of its bytes served."""
     proj = copy_project(blob_project, tmp_path / "proj")
     secret = tmp_path / "secret"
-    secret.write_bytes(b"root:$6$not-for-the-mount$\n" * 4000)   # as long as the tar's ranges
+    secret.write_bytes(lead + b"root:$6$not-for-the-mount$\n" * 4000)   # as long as the tar's ranges
     tar = proj / "blob" / "more_images.tar"
     tar.unlink()
     tar.symlink_to(secret)

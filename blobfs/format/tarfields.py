@@ -9,6 +9,8 @@ import struct
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
+#: What an empty archive is padded to by GNU tar and ``tarfile`` (20 blocks).
+RECORDSIZE = 20 * BLOCK
 
 # tarfile's type constants and groups (Lib/tarfile.py).
 REGULAR_TYPES = frozenset((b"0", b"\0", b"7", b"S"))
@@ -84,13 +86,17 @@ def signed_checksum(buf: bytes) -> int:
     return 256 + sum(struct.unpack_from("148b8x356b", buf))
 
 
-def starts_like_tar(head: bytes) -> bool:
-    """Whether a file beginning with ``head`` (its first block, or all of a shorter file) can be a
-    tar archive: empty, a zero block (an empty archive), or a header whose checksum holds, as
+def starts_like_tar(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes beginning with ``head`` (its first block, or all of a
+    shorter file) can be a tar archive: empty, an empty archive (a zero block, no longer than
+    the one record ``tar`` and ``tarfile`` write for it), or a header whose checksum holds, as
     ``tarfile`` checks it (unsigned or signed sum). A link in ``blob/`` may lead anywhere: this
-    keeps an offsets file from serving byte ranges of a file that is no tar (``/etc/shadow``)."""
-    if not head or head == ZERO_BLOCK:
+    keeps an offsets file from serving byte ranges of a file that is no tar (``/etc/shadow``,
+    or a file system image, whose first 1024 bytes are zeros)."""
+    if not head:
         return True
+    if head == ZERO_BLOCK:
+        return size <= RECORDSIZE
     if len(head) < BLOCK:
         return False
     try:

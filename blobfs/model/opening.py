@@ -66,7 +66,7 @@ class _Opener:
             kind = next((k for magic, k in COMPRESSED_MAGIC if head.startswith(magic)), None)
             if kind:
                 why = f"{kind}-compressed; only plain uncompressed tars are supported"
-            elif not starts_like_tar(head):
+            elif not starts_like_tar(head, src.size):
                 why = "not a tar file (its first 512 bytes are no tar header)"
             else:
                 self.sources[path] = src

@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -45,6 +46,10 @@ def build(root: Path, n: int) -> None:
                for i in range(n))
     write_offsets(root / "ds" / "big_offsets.pkl", entries)
     with open(root / "blob" / "big.tar", "wb") as f:
+        # A header block first: opening refuses a file whose first block is no header.
+        head = tarfile.TarInfo("pax-header")
+        head.size = 512
+        f.write(head.tobuf(tarfile.USTAR_FORMAT))
         f.truncate(1536 + n * (size + 1536) + 10240)
 
 

@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,10 @@ def build_sparse(work: Path, n: int) -> Path:
         entries.append((name, pos, pos + 4096))
         pos += 4096 + 512
     with open(proj / "blob" / "images.tar", "wb") as f:
+        # The first member's header: opening refuses a file whose first block is no header.
+        head = tarfile.TarInfo(names_for(1)[0])
+        head.size = 4096
+        f.write(head.tobuf(tarfile.USTAR_FORMAT))
         f.truncate(pos + 1024)
     write_offsets(proj / "ds" / "images_offsets.pkl", entries)
     ann = proj / "ds" / "ann"
