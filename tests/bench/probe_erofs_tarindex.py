@@ -71,7 +71,8 @@ class Node:
 def build(project: Path) -> tuple[bytearray, list[Path]]:
     """The image of ``project``'s classic view, and the tars to pass as ``device=`` in order.
     Everything comes from the view (``blobfs.model.view``), so the image shows what the FUSE
-    mount shows: same names, modes, link counts, sizes and mtimes."""
+    mount shows: the same names, modes, link counts and sizes (mtimes to the second, and every
+    file owned by root: compact inodes hold no more)."""
     p = open_project(project, lenient=True)
     view = p.view
     img_of = {(f"{d.relpath}/img" if d.relpath else "img"): d for d in p.datasets}
