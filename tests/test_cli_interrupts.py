@@ -93,6 +93,27 @@ def test_interrupted_while_writing_stdout(big_tar: Path, args: list[str], sig: i
     assert err.decode().strip() == "blobfs: interrupted"
 
 
+# -- an interrupt that landed in an exec() --------------------------------------------------
+
+def test_an_interrupt_caught_from_an_exec_still_exits_130(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while a module imports lands in an ``exec`` of a string (every
+    dataclass is made so); CPython then ended ``python -m blobfs`` killed by SIGINT (-2, about
+    one interrupted ``verify --decode`` in ten) whatever exit code the command asked for. The
+    interrupt here is raised in such an ``exec``, deterministically, in a module run with -m as
+    blobfs is."""
+    (tmp_path / "interrupted_in_exec.py").write_text(
+        "from blobfs.cli.main import end_interrupted\n"
+        "try:\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "except KeyboardInterrupt:\n"
+        "    end_interrupted()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "interrupted_in_exec"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and r.stderr.strip() == "blobfs: interrupted", (r.returncode, r.stderr)
+
+
 # -- while working ----------------------------------------------------------------------------
 
 def opened(proc: subprocess.Popen, path: Path) -> bool:

@@ -20,7 +20,8 @@ import click
 from blobfs import __version__
 from blobfs.cli import streams
 from blobfs.errors import BlobfsError, one_line
-from blobfs.signals import exit_on_next_interrupt, interrupt_guard, release_stop_signals
+from blobfs.signals import (exit_on_next_interrupt, forget_caught_interrupt, interrupt_guard,
+                            release_stop_signals)
 
 
 #: command name -> (module, attribute). Imported only when the command runs (or for --help),
@@ -104,6 +105,7 @@ def end_interrupted(state: str | None = None, *, newline: bool = True) -> NoRetu
         click.echo(("\n" if newline else "") + "blobfs: interrupted"
                    + (f"; {one_line(state)}" if state else ""), err=True)
     streams.silence_failed()
+    forget_caught_interrupt()
     sys.exit(130)
 
 
