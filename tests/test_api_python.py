@@ -218,3 +218,19 @@ def test_file_object_seek_refuses_what_a_file_refuses(blob_project: Path) -> Non
                 with pytest.raises(OverflowError):
                     f.seek(2**63)
                 assert f.tell() == 3 and f.seek(2**40) == 2**40 and f.read(4) == b""
+
+
+def test_file_object_says_it_is_read_only_binary_as_a_file_does(blob_project: Path) -> None:
+    # write() raised NotImplementedError (io.RawIOBase's placeholder) and there was no mode:
+    # a file opened "rb" raises io.UnsupportedOperation and says "rb" (tarfile.open(fileobj=)
+    # takes its own mode from it).
+    import io
+
+    with blobfs.open_project(blob_project) as p, p.open("ds1/img/img_000.png") as f:
+        assert f.mode == "rb" and not f.writable()
+        with pytest.raises(io.UnsupportedOperation):
+            f.write(b"x")
+        with pytest.raises(OSError):  # what callers catch: UnsupportedOperation is an OSError
+            f.write(b"x")
+    with pytest.raises(ValueError, match="closed file"):
+        f.write(b"x")

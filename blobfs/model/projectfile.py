@@ -28,9 +28,18 @@ class ProjectFile(io.RawIOBase):
         self._size = view.getattr(self._path).size
         self._pos = 0
         self.name = path
+        #: As a file opened ``"rb"`` says it: libraries read ``mode`` to tell binary from text
+        #: (``tarfile.open(fileobj=...)`` takes its own mode from it).
+        self.mode = "rb"
 
     def readable(self) -> bool:
         return True
+
+    def write(self, b: object) -> int:
+        # io.RawIOBase leaves write() unimplemented (NotImplementedError); a read-only file
+        # says io.UnsupportedOperation, which callers catch as an OSError or a ValueError.
+        self._checkClosed()  # type: ignore[attr-defined]
+        raise io.UnsupportedOperation("File not open for writing")
 
     def seekable(self) -> bool:
         return True
