@@ -234,6 +234,29 @@ def test_sub_folder_of_img_is_copied_with_a_warning(classic_project: Path, tmp_p
         assert p.datasets[0].items.find("deep.png") < 0
 
 
+def test_left_in_img_counts_only_items_left_in_a_datasets_img(classic_project: Path,
+                                                               tmp_path: Path) -> None:
+    """The summary's "left in img/" count is of items that stay ordinary img/ files. An image
+    in a sub-folder of img/ that happens to be called img/ is copied but is no item: it was
+    counted as one, because the count looked only at the name of the file's folder."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(classic_project, src)
+    png = (src / "ds1" / "img" / "img_000.png").read_bytes()
+    biggest = max(f.stat().st_size for f in src.glob("*/img/*"))
+    (src / "ds1" / "img" / "img").mkdir()
+    (src / "ds1" / "img" / "img" / "deep.png").write_bytes(png)
+    (src / "ds1" / "img" / "big.png").write_bytes(png + bytes(biggest))  # over --max-size: left
+    out = tmp_path / "out"
+    proc = subprocess.run([*BLOBFS, "pack-project", "--max-size", str(biggest), str(src),
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ", 1 left in img/," in proc.stderr.splitlines()[-1], proc.stderr
+    assert (out / "ds1" / "img" / "img" / "deep.png").read_bytes() == png
+    assert (out / "ds1" / "img" / "big.png").is_file()
+
+
 def test_own_mtimes_out_of_range_warn_once_and_mtime_range(tmp_path: Path) -> None:
     """Images from 1900 in two datasets: one warning for the project, with the count; an
     --mtime no tar header holds is a usage error, as for pack."""

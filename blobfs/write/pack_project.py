@@ -66,8 +66,9 @@ def _stem(name: str, taken: set[str]) -> str:
     return stem
 
 
-def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[str], int]:
-    """(blobs to write, project-relative paths of the images they take, datasets found)."""
+def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[str], list[str]]:
+    """(blobs to write, project-relative paths of the images they take, the ``img/`` folder of
+    every dataset found)."""
     blobs: list[_Blob] = []
     packed: set[str] = set()
     taken: set[str] = set()
@@ -107,7 +108,7 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
         packed.update(m[1] for m in chosen)
     if twins:
         log.warning("%s", one_line(twins_note(twins, twins_where)))
-    return blobs, packed, len(datasets)
+    return blobs, packed, [f"{ds.relpath}/img" for ds in datasets]
 
 
 def _warn_unnamed(img_dir: Path, unnamed: list[tuple[str, str]]) -> None:
@@ -239,7 +240,7 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
         raise InputError(f"{src}: already has a blob/ folder (pack-project takes a classic project)")
     check_apart(src, out_dir)
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs:
-        blobs, packed, n_datasets = plan_blobs(src, opts)
+        blobs, packed, img_dirs = plan_blobs(src, opts)
         tmp = outputs.directory(out_dir)
         copies = _plan_copies(src, tmp, packed)
         total = sum(len(b.members) for b in blobs) + len(copies)
@@ -259,8 +260,11 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
                   for i in range(0, len(rels), CHUNK)]
         run_chunks(chunks, copy, os.fspath(out_dir), progress=progress, jobs=opts.jobs,
                    key=itemgetter(0))
+        # Items only: an image in a sub-folder of img/, or in an img/ of a folder that is no
+        # dataset, is copied too but is no item (a warning names the sub-folders).
+        item_dirs = set(img_dirs)
         plain = sum(1 for rel in copies
-                    if rel.rpartition("/")[0].rpartition("/")[2] == "img" and is_image_name(rel))
+                    if rel.rpartition("/")[0] in item_dirs and is_image_name(rel))
         if blobs:
             os.mkdir(tmp / "blob")
         clamped = 0
@@ -272,7 +276,7 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
         outputs.commit()
     if clamped:
         log.warning("%s: %s", src, clamped_note(clamped))
-    return PackProjectResult(out_dir, n_datasets, len(blobs), len(packed), plain, len(copies))
+    return PackProjectResult(out_dir, len(img_dirs), len(blobs), len(packed), plain, len(copies))
 
 
 def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
