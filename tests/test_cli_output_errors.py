@@ -173,3 +173,49 @@ def test_a_full_stdout_nothing_is_written_to(tmp_path: Path) -> None:
     src = pack_source(tmp_path)
     res = to_full(["pack", str(src), "-o", str(tmp_path / "out.tar")])
     assert res.returncode == 0 and "5 images" in res.stderr, res.stderr
+
+
+# -- stdout or stderr closed before the start (`blobfs ... >&-`, `2>&-`) -------------------
+
+def closed_at_start(args: list[str], fd: int) -> subprocess.CompletedProcess:
+    """``blobfs ARGS`` started with ``fd`` (1 or 2) closed, the other one captured."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {fd}>&-', "sh", *BLOBFS, *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args", [["ls", "{p}"], ["info", "--json", "{p}"], ["verify", "{p}"]])
+def test_stdout_closed_at_start(blob_project: Path, args: list[str]) -> None:
+    """As /dev/full: one line naming the stream (EBADF), exit 1, no traceback."""
+    res = closed_at_start([a.format(p=blob_project) for a in args], 1)
+    assert_one_line(res, "blobfs: cannot write to standard output: Bad file descriptor")
+
+
+def test_unpack_with_stdout_closed_at_start(blob_project: Path, tmp_path: Path) -> None:
+    """unpack writes nothing on stdout: a closed one is no failure, and the fd left free is
+    not taken by an output file (whose bytes a stray write to stdout would then change)."""
+    out = tmp_path / "out"
+    res = closed_at_start(["unpack", str(blob_project), str(out)], 1)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert (out / "meta.json").read_bytes() == (blob_project / "meta.json").read_bytes()
+
+
+@pytest.mark.parametrize("cmd", ["unpack", "pack"])
+def test_write_command_with_stderr_closed_at_start(blob_project: Path, tmp_path: Path,
+                                                   cmd: str) -> None:
+    """The output is written (a progress bar asked a missing stderr whether it was a terminal
+    and nothing was written); the lost summary is exit 1, as with a full stderr."""
+    if cmd == "unpack":
+        out = tmp_path / "out"
+        res = closed_at_start(["unpack", str(blob_project), str(out)], 2)
+        assert (out / "ds1" / "img").is_dir()
+    else:
+        out = tmp_path / "out.tar"
+        res = closed_at_start(["pack", str(pack_source(tmp_path)), "-o", str(out)], 2)
+        assert len(read_offsets(tmp_path / "out_offsets.pkl").table) == 5
+    assert res.returncode == 1 and res.stdout == ""
+
+
+def test_verify_with_stderr_closed_at_start(blob_project: Path) -> None:
+    """Nothing to say on stderr: a closed one changes nothing (exit 0, the report on stdout)."""
+    res = closed_at_start(["verify", str(blob_project)], 2)
+    assert res.returncode == 0 and "0 problem(s)" in res.stdout, res.stdout

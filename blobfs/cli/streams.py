@@ -61,10 +61,33 @@ class _RecordingFile(io.FileIO):
         return done
 
 
+def _closed_at_start(fd: int, label: str):
+    """fd 1 or 2 closed before the start (``>&-``; Python made the stream None): /dev/null
+    opened read-only holds the number, so no file opened later takes it (a stray write would
+    land in an output), and a write fails with EBADF and is recorded like any other."""
+    try:
+        os.fstat(fd)
+        return None  # taken since the start: not ours to replace
+    except OSError:
+        pass
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+    if null != fd:
+        os.dup2(null, fd, inheritable=False)
+        os.close(null)
+    raw = _RecordingFile(fd, label, f"<{label.split()[-1]}>")
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8",
+                            errors="backslashreplace", line_buffering=True)
+
+
 def _recording(stream, fd: int, label: str):
     """A text stream like ``stream`` (encoding, errors, buffering) writing through a
-    ``_RecordingFile``; ``stream`` itself when there is none to replace (fd closed at start)."""
-    if stream is None or not hasattr(stream, "buffer"):
+    ``_RecordingFile``; for a fd closed at start, one whose every write fails (EBADF)."""
+    if stream is None:
+        return _closed_at_start(fd, label)
+    if not hasattr(stream, "buffer"):
         return stream
     try:
         if stream.fileno() != fd:
