@@ -203,6 +203,14 @@ def test_refuses_non_classic_input(blob_project: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_missing_input_says_it_is_missing(tmp_path: Path) -> None:
+    """A CLASSIC_DIR that does not exist is not "not a folder" (what a file was told)."""
+    res = invoke(pack_project_cmd, tmp_path / "nope", tmp_path / "o")
+    assert res.exit_code == 2
+    assert res.output.splitlines() == [f"blobfs: {tmp_path / 'nope'}: No such file or directory"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_subprocess(classic_project: Path, tmp_path: Path) -> None:
     out = tmp_path / "p"
     proc = subprocess.run([*BLOBFS, "pack-project", str(classic_project), str(out)],

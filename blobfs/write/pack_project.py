@@ -232,8 +232,11 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
                  progress_start: Callable[[int], Progress | None] | None = None
                  ) -> PackProjectResult:
     src, out_dir = Path(src), Path(out_dir)
-    if not src.is_dir():
-        raise InputError(f"{src}: not a folder")
+    try:
+        if not stat.S_ISDIR(os.stat(src).st_mode):
+            raise InputError(f"{src}: not a folder")
+    except OSError as e:  # missing, a dangling link, no permission: said as it is
+        raise InputError(f"{src}: {e.strerror}") from None
     if not (src / "meta.json").is_file():
         raise InputError(f"{src}: not a classic project (no meta.json)")
     if (src / "blob").exists():
