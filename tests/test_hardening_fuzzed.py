@@ -194,7 +194,7 @@ def test_copy_file_refuses_a_fifo_instead_of_blocking(tmp_path):
     fifo = tmp_path / "swapped.json"
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="no longer a regular file"):
-        copy_file(str(fifo), str(tmp_path / "out.json"), fifo)
+        copy_file(str(fifo), str(tmp_path / "out.json"), fifo, tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
 
 

@@ -2,6 +2,7 @@
 ``unpack`` and the SDK's rules, on the SDK's fixture and on generated projects."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from blobfs.cli.write import pack_project_cmd, unpack_cmd
@@ -307,3 +309,34 @@ def test_links_leading_to_each_other_are_not_copied(tmp_path: Path) -> None:
     with open_project(out) as p:
         assert sorted(p.files()) == sorted(want)
         assert all(p.read(rel) == data for rel, data in want.items())
+
+
+@pytest.mark.parametrize("fails", ["blob", "val/ann", "meta.json", "only_img"])
+def test_full_disk_names_the_final_path_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     fails: str) -> None:
+    """ENOSPC creating blob/ was a traceback; a folder or file copied into the hidden
+    temporary was named by its temporary path (gone once the run ends). Every failure names
+    the path under OUT_DIR, as the tar and offsets already did, in one line, exit 1."""
+    src, out = tmp_path / "classic", tmp_path / "out"
+    make_classic(src)
+    (src / "only_img" / "img").mkdir(parents=True)  # a dataset of packed images only
+    (src / "only_img" / "img" / "x.png").write_bytes(b"png")
+    real_mkdir, real_sendfile = os.mkdir, os.sendfile
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def mkdir(path, *a, **kw):
+        if os.fspath(path).endswith(f"/{fails}") and ".blobfs-tmp-" in os.fspath(path):
+            raise full
+        return real_mkdir(path, *a, **kw)
+
+    def sendfile(out_fd, in_fd, offset, count):
+        if os.readlink(f"/proc/self/fd/{out_fd}").endswith(f"/{fails}"):
+            raise full
+        return real_sendfile(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    res = invoke(pack_project_cmd, src, out, "-j", "1")
+    assert res.exit_code == 1
+    assert res.output.splitlines() == [f"blobfs: {out / fails}: No space left on device; nothing written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classic"]

@@ -144,8 +144,9 @@ def _split(members: list[Member], limit: int | None) -> list[list[Member]]:
     return parts
 
 
-def copy_file(src: str, dst: str, label_src: Path) -> None:
-    """Copy one regular file byte for byte (in the kernel), keeping its mtime."""
+def copy_file(src: str, dst: str, label_src: Path, label_dst: Path) -> None:
+    """Copy one regular file byte for byte (in the kernel), keeping its mtime. Messages name
+    ``label_dst``, the final path, not the temporary ``dst``."""
     try:
         sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
     except OSError as e:
@@ -157,7 +158,7 @@ def copy_file(src: str, dst: str, label_src: Path) -> None:
         try:
             dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise output_failed(dst, e) from None
+            raise output_failed(label_dst, e) from None
         try:
             done = 0
             while done < st.st_size:
@@ -165,7 +166,7 @@ def copy_file(src: str, dst: str, label_src: Path) -> None:
                     n = os.sendfile(dfd, sfd, done, st.st_size - done)
                 except OSError as e:
                     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                        raise output_failed(dst, e) from None
+                        raise output_failed(label_dst, e) from None
                     raise input_failed(label_src, e, "while copying") from None
                 if n == 0:
                     raise InputError(f"{label_src}: changed size while copying")
@@ -177,9 +178,9 @@ def copy_file(src: str, dst: str, label_src: Path) -> None:
         os.close(sfd)
 
 
-def _plan_copies(src: Path, dst: Path, packed: set[str]) -> list[str]:
-    """Create the output folders; return the relative paths of the files to copy (everything
-    but ``packed``), in walk order."""
+def _plan_copies(src: Path, dst: Path, packed: set[str], label: Path) -> list[str]:
+    """Create the output folders in ``dst`` (the temporary of the final ``label``); return the
+    relative paths of the files to copy (everything but ``packed``), in walk order."""
     files: list[str] = []
     active: set[tuple[int, int]] = set()
     out_st = os.stat(dst)
@@ -212,7 +213,7 @@ def _plan_copies(src: Path, dst: Path, packed: set[str]) -> list[str]:
             try:
                 os.mkdir(dst / rel)
             except OSError as e:
-                raise output_failed(dst / rel, e) from None
+                raise output_failed(label / rel, e) from None
         for child, is_dir, is_file in children:
             if child in packed:
                 continue
@@ -245,14 +246,14 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
     with AtomicOutputs([out_dir], force=opts.force, fsync=opts.fsync) as outputs:
         blobs, packed, img_dirs = plan_blobs(src, opts)
         tmp = outputs.directory(out_dir)
-        copies = _plan_copies(src, tmp, packed)
+        copies = _plan_copies(src, tmp, packed, out_dir)
         total = sum(len(b.members) for b in blobs) + len(copies)
         progress = progress_start(total) if progress_start else None
         base_src, base_dst = os.fspath(src), os.fspath(tmp)
 
         def copy(chunk: tuple[str, list[str]]) -> tuple[int, int]:
             for rel in chunk[1]:
-                copy_file(f"{base_src}/{rel}", f"{base_dst}/{rel}", src / rel)
+                copy_file(f"{base_src}/{rel}", f"{base_dst}/{rel}", src / rel, out_dir / rel)
             return len(chunk[1]), 0
 
         # Chunks per output folder, one worker per folder (see blobfs.write.workers).
@@ -269,17 +270,25 @@ def pack_project(src: Path, out_dir: Path, opts: PackProjectOptions,
         plain = sum(1 for rel in copies
                     if rel.rpartition("/")[0] in item_dirs and is_image_name(rel))
         if blobs:
-            os.mkdir(tmp / "blob")
+            _mkdirs(tmp, "blob", out_dir)
         clamped = 0
         for blob in blobs:
             tar = tmp / "blob" / f"{blob.stem}.tar"
             offsets = Path(offsets_path_for_tar(tar, tmp / blob.dataset_rel))
-            os.makedirs(offsets.parent, exist_ok=True)
+            _mkdirs(tmp, blob.dataset_rel, out_dir)
             clamped += _write_one(src, blob, tar, offsets, out_dir, opts, progress)
         outputs.commit()
     if clamped:
         log.warning("%s: %s", src, clamped_note(clamped))
     return PackProjectResult(out_dir, len(img_dirs), len(blobs), len(packed), plain, len(copies))
+
+
+def _mkdirs(tmp: Path, rel: str, label: Path) -> None:
+    """``tmp/rel`` and its missing parents; a failure names ``label/rel``, the final path."""
+    try:
+        os.makedirs(tmp / rel, exist_ok=True)
+    except OSError as e:
+        raise output_failed(label / rel, e) from None
 
 
 def _write_one(src: Path, blob: _Blob, tar: Path, offsets: Path, out_dir: Path,
