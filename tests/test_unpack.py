@@ -1,6 +1,7 @@
 """``blobfs unpack``: blob project → classic project, equal to what the mount shows."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -298,3 +299,39 @@ def test_non_items_of_img_are_named_but_no_problem(blob_project: Path, tmp_path:
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 2 and all("no item" in line for line in warnings), proc.stderr
     assert not (tmp_path / "out" / "ds1" / "img" / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("fails", ["open", "write"])
+def test_full_disk_for_an_img_file_names_the_final_path(blob_project: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        fails: str) -> None:
+    """An ordinary img/ file (copied through the view) that could not be written was named by
+    its hidden temporary path (``.out.blobfs-tmp-*/ds1/img/photo_a.png``, gone once the run
+    ends); the items and the other files already named the path under OUT_DIR."""
+    import blobfs.write.unpack as unpack_mod
+    real_open, real_write = os.open, os.write
+    opened: set[int] = set()
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fake_open(path, flags, *a, **kw):
+        fd = real_open(path, flags, *a, **kw)
+        if isinstance(path, str) and path.endswith("/ds1/img/photo_a.png") and flags & os.O_CREAT:
+            if fails == "open":
+                os.close(fd)
+                raise full
+            opened.add(fd)
+        return fd
+
+    def fake_write(fd, data):
+        if fd in opened:
+            raise full
+        return real_write(fd, data)
+
+    monkeypatch.setattr(unpack_mod.os, "open", fake_open)
+    monkeypatch.setattr(os, "write", fake_write)
+    out = tmp_path / "out"
+    res = invoke(str(blob_project), str(out), "-j", "1")
+    assert res.exit_code == 1
+    assert res.output.splitlines() == [
+        f"blobfs: {out}/ds1/img/photo_a.png: No space left on device; nothing written"]
+    assert list(tmp_path.iterdir()) == []

@@ -57,9 +57,10 @@ class UnpackResult:
     notes: tuple[str, ...] = ()      # entries no item by the format's rule, left behind
 
 
-def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
-    """Write one view file to ``dst``; returns its size. ``SynthError`` (an annotation to
-    synthesize for an image that does not decode) before anything is created."""
+def _copy_out(view, vpath: str, dst: str, src_label: str, dst_label: str) -> int:
+    """Write one view file to ``dst`` (a failure names ``dst_label``, the final path); returns
+    its size. ``SynthError`` (an annotation to synthesize for an image that does not decode)
+    before anything is created."""
     try:
         st = view.getattr(vpath)
     except SynthError:
@@ -69,7 +70,7 @@ def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
     try:
         fd = os.open(dst, _FLAGS, 0o666)
     except OSError as e:
-        raise output_failed(dst, e) from None
+        raise output_failed(dst_label, e) from None
     try:
         offset = 0
         while offset < st.size:
@@ -79,7 +80,7 @@ def _copy_out(view, vpath: str, dst: str, src_label: str) -> int:
                 raise InputError(f"{src_label}: {e.strerror or e}") from None
             if not data:
                 raise InputError(f"{src_label}: ends after {offset} of {st.size} bytes")
-            write_all(fd, data, dst)
+            write_all(fd, data, dst_label)
             offset += len(data)
         os.utime(fd, ns=(st.mtime_ns, st.mtime_ns))
     finally:
@@ -179,7 +180,8 @@ def _unpack(src: Path, out_dir: Path, opts: UnpackOptions,
                 skipped: list[str] = []
                 for rel in chunk[2]:
                     try:
-                        nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}")
+                        nbytes += _copy_out(view, "/" + rel, f"{base}/{rel}", f"{label}/{rel}",
+                                            f"{out_dir}/{rel}")
                     except SynthError as e:  # one image's problem: skip its annotation, go on
                         skipped.append(f"{label}/{rel}: not written, the image header does not "
                                        f"decode ({one_line(e.reason)})")
