@@ -234,3 +234,16 @@ def test_file_object_says_it_is_read_only_binary_as_a_file_does(blob_project: Pa
             f.write(b"x")
     with pytest.raises(ValueError, match="closed file"):
         f.write(b"x")
+
+
+@pytest.mark.parametrize("which", ["source", "offsets", "ann"])
+def test_empty_path_is_refused_not_the_current_folder(blob_project: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      which: str) -> None:
+    """``open_project("")`` opened whatever folder the process was in (pathlib reads "" as
+    "."), as ``--offsets ""`` or ``--ann ""`` would have; the CLI refuses an empty path."""
+    monkeypatch.chdir(blob_project / "ds1")  # a dataset folder: "" would open as one
+    tar = blob_project / "blob" / "small_images.tar"
+    kwargs = {"source": tar, which: ""} if which != "source" else {"source": ""}
+    with pytest.raises(blobfs.ProjectError, match=f"empty path for {which}"):
+        blobfs.open_project(**kwargs)

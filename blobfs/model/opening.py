@@ -182,6 +182,10 @@ def open_project(source: str | os.PathLike, *, offsets: str | os.PathLike | None
                  ann: str | os.PathLike | None = None, synthesize_ann: bool = False,
                  lenient: bool = False) -> Project:
     """Open a project folder, a dataset folder or a bare tar (see the module docstring)."""
+    for what, path in (("source", source), ("offsets", offsets), ("ann", ann)):
+        # pathlib and every os call read "" as ".": the folder the process happens to be in.
+        if path is not None and not os.fspath(path):
+            raise ProjectError(f"an empty path for {what} (it would mean the current folder)")
     src = Path(source)
     if not src.exists():
         raise ProjectError(f"{src}: no such file or directory")
