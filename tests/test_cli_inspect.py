@@ -240,6 +240,28 @@ def test_index_leaves_out_names_no_reader_can_use(runner: CliRunner, tmp_path: P
     assert [n for n, _, _ in result.table] == ["a.png", "b.png"] and not result.problems
 
 
+def test_index_says_when_two_members_give_one_item_name(tmp_path: Path) -> None:
+    """``a/x.png`` and ``b/x.png`` both become item ``x.png``: both are indexed (the SDK's bytes),
+    but a reader shows only the later one and the SDK skips a dataset with a duplicate item
+    (verify reports it). index wrote it without a word, exit 0; now one warning line, exit 1."""
+    import tarfile
+
+    from blobfs.format.offsets_read import read_offsets
+    from tar_helpers import members_tar
+
+    names = ["a/x.png", "a/y.png", "b/x.png", "c/y.png", "c/x.png"]
+    tar = members_tar(tmp_path / "d.tar", [(n, b"abc") for n in names], tarfile.GNU_FORMAT)
+    r = subprocess.run([sys.executable, "-m", "blobfs", "index", str(tar)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == [
+        f"blobfs: WARNING: {tar}: item 'x.png' is named by 3 members: all are indexed, but a "
+        f"reader shows only the last and the SDK skips the dataset; 1 more such name"], r.stderr
+    assert "5 entries" in r.stdout
+    assert [n for n, _, _ in read_offsets(tmp_path / "d_offsets.pkl").table] == [
+        n.rpartition("/")[2] for n in names]
+
+
 def test_index_refuses_to_write_an_empty_offsets_file(runner: CliRunner, blob_project: Path,
                                                       tmp_path: Path) -> None:
     tar = blob_project / "blob" / "small_images.tar"

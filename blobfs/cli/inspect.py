@@ -196,7 +196,9 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
     member name or its base name. A member whose name no reader can use (".", "..", control
     characters, C1 ones too, not UTF-8) is left out with a warning (exit 1); no member left to
     index at all is refused (exit 2): an empty dataset is a mistake, not a result. Two names
-    that are one after Unicode normalization (NFC) are both indexed, with a warning.
+    that are one after Unicode normalization (NFC) are both indexed, with a warning. Two
+    members of one base name are both indexed, as the SDK does, with a warning (exit 1):
+    readers show only the last, and the SDK skips the dataset.
     """
     from blobfs.cli.reporting import reporting
     from blobfs.format.offsets_write import offsets_path_for_tar
@@ -210,7 +212,7 @@ def index_cmd(tar: Path, output_dir: Path | None, include: tuple[str, ...],
         result = write_index(tar, out, IndexOptions(include=include, exclude=exclude, force=force))
         click.echo(f"{out}: {result.entries} entries" + (
             f", {result.not_indexed} member(s) not indexed" if result.not_indexed else ""))
-    if result.not_indexed:
+    if result.not_indexed or result.duplicates:
         sys.exit(1)
 
 

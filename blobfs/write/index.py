@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class IndexResult:
     offsets: Path
     entries: int
     not_indexed: int  # members whose name no reader can use (a warning said which)
+    duplicates: int = 0  # item names given by more than one member (a warning said which)
 
 
 def write_index(tar: Path, out: Path, opts: IndexOptions) -> IndexResult:
@@ -49,6 +51,7 @@ def write_index(tar: Path, out: Path, opts: IndexOptions) -> IndexResult:
         twins = nfc_twins([name for name, _start, _end in entries])
         if twins:
             log.warning("%s", one_line(twins_note(twins, str(tar))))
+        duplicates = _duplicates(tar, [name for name, _start, _end in entries])
         fd, _tmp = outputs.file(out)
         try:
             for data in offsets_batches(entries):
@@ -56,7 +59,22 @@ def write_index(tar: Path, out: Path, opts: IndexOptions) -> IndexResult:
         finally:
             os.close(fd)
         outputs.commit()
-    return IndexResult(out, len(entries), len(unusable))
+    return IndexResult(out, len(entries), len(unusable), duplicates)
+
+
+def _duplicates(tar: Path, names: list[str]) -> int:
+    """How many item names more than one member gives (``a/x.png`` and ``b/x.png`` are both
+    ``x.png``), with one warning line. All are indexed, as the SDK indexes them, but readers
+    keep the last one and the SDK skips a dataset with a duplicate item."""
+    dups = [(name, n) for name, n in Counter(names).items() if n > 1]
+    if dups:
+        name, n = dups[0]
+        more = len(dups) - 1
+        log.warning("%s", one_line(
+            f"{tar}: item {quoted(name)} is named by {n} members: all are indexed, but a reader "
+            f"shows only the last and the SDK skips the dataset"
+            + (f"; {more} more such name{'' if more == 1 else 's'}" if more else "")))
+    return len(dups)
 
 
 def _unusable_note(unusable: list[tuple[str, str]]) -> str:
