@@ -247,3 +247,26 @@ def test_empty_path_is_refused_not_the_current_folder(blob_project: Path, tmp_pa
     kwargs = {"source": tar, which: ""} if which != "source" else {"source": ""}
     with pytest.raises(blobfs.ProjectError, match=f"empty path for {which}"):
         blobfs.open_project(**kwargs)
+
+
+def test_deep_paths_resolve_without_recursion(blob_project: Path, tmp_path: Path) -> None:
+    """A view path was resolved one Python call per level below the last view folder: 1,100
+    levels of ``x/`` (``blobfs cat P x/x/.../x``) raised RecursionError, a traceback, and so
+    did a real file that deep in a passed-through folder (2,200 bytes: a path Linux takes)."""
+    proj = tmp_path / "p"
+    shutil.copytree(blob_project, proj)
+    deep = "/".join(["a"] * 1100)
+    folder = proj / "ds1" / "meta"  # the fixture has one: passed through
+    for _ in range(1100):  # os.makedirs and Path.mkdir(parents=True) recurse too
+        folder = folder / "a"
+        folder.mkdir()
+    try:
+        (folder / "f.json").write_bytes(b"{}")
+        with blobfs.open_project(proj) as p:
+            assert p.read(f"ds1/meta/{deep}/f.json") == b"{}"
+            with pytest.raises(FileNotFoundError):
+                p.read("/".join(["x"] * 1100))
+            with pytest.raises(NotADirectoryError):
+                p.read(f"ds1/meta/{deep}/f.json/{deep}")
+    finally:  # shutil.rmtree (pytest's clean-up of old temporaries) recurses per level too
+        subprocess.run(["rm", "-rf", str(proj / "ds1" / "meta" / "a")], check=True, timeout=60)

@@ -153,12 +153,27 @@ class ClassicView(OutsideTheView):
         if not name or name in (".", ".."):
             raise _err(errno.ENOENT, rel)
         if parent is None:
-            node = self._resolve(parent_rel)
-            if node[0] == "real" and st.S_ISDIR(node[2].st_mode):
-                return self._real(node[1] / name, rel)
-            if node[0] == "dir":  # unreachable: explicit dirs are in self._dirs
-                raise _err(errno.ENOENT, rel)
-            raise _err(errno.ENOTDIR, rel)
+            # Below the last view folder: up to the first path whose parent is one (checking
+            # each name on the way, as a call per level would), then down through real
+            # folders. A loop: a path thousands of levels deep would overflow the stack.
+            names, top = [name], parent_rel
+            while top not in self._dirs and top.rpartition("/")[0] not in self._dirs:
+                top, _, up = top.rpartition("/")
+                if len(up.encode("utf-8", "surrogateescape")) > 255:
+                    raise _err(errno.ENAMETOOLONG, f"{top}/{up}")
+                if not up or up in (".", ".."):
+                    raise _err(errno.ENOENT, f"{top}/{up}")
+                names.append(up)
+            node, here = self._resolve(top), top
+            for part in reversed(names):
+                here = f"{here}/{part}"
+                if node[0] == "real" and st.S_ISDIR(node[2].st_mode):
+                    node = self._real(node[1] / part, here)
+                elif node[0] == "dir":  # unreachable: explicit dirs are in self._dirs
+                    raise _err(errno.ENOENT, here)
+                else:
+                    raise _err(errno.ENOTDIR, here)
+            return node
         if name in parent.overlay:
             child = parent.overlay[name]
             return self._real(child[1], rel) if child[0] == "link" else child
