@@ -360,3 +360,15 @@ def test_info_prints_names_with_a_newline_on_one_line(runner: CliRunner, blob_pr
     assert len(lines) == 2 + 2 + len(list((proj / "blob").glob("*.tar")))  # kind, items, 2 datasets, blobs
     report = json.loads(run(runner, "info", str(proj), "--json").output)
     assert "d\ns1" in [d["name"] for d in report["datasets"]] and report["source"] == str(proj)
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "ls"])
+def test_source_name_too_long_is_one_line(tmp_path: Path, command: str) -> None:
+    """A SOURCE whose name is longer than the file system takes (ENAMETOOLONG) was a
+    traceback from ``Path.exists()`` (which answers only "missing" quietly): now unreadable
+    input, one line, exit 2."""
+    long = tmp_path / ("a" * 300)
+    r = subprocess.run([sys.executable, "-m", "blobfs", command, str(long)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [f"blobfs: {long}: File name too long"], r.stderr

@@ -187,8 +187,12 @@ def open_project(source: str | os.PathLike, *, offsets: str | os.PathLike | None
         if path is not None and not os.fspath(path):
             raise ProjectError(f"an empty path for {what} (it would mean the current folder)")
     src = Path(source)
-    if not src.exists():
-        raise ProjectError(f"{src}: no such file or directory")
+    try:
+        os.stat(src)
+    except FileNotFoundError:
+        raise ProjectError(f"{src}: no such file or directory") from None
+    except OSError as e:  # a name too long, a loop of links, no permission: said as it is
+        raise ProjectError(f"{src}: {e.strerror or e}") from None
     op = _Opener(lenient)
     try:
         if src.is_file():
