@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import tarfile
 import zlib
@@ -207,8 +208,15 @@ def make_demo(root: str | Path, seed: int = 0, streets: int = 24, rainy: int = 1
     from blobfs.write.errors import output_failed
 
     root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise InputError(f"{root}: exists and is not an empty folder")
+    try:
+        os.stat(root)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a name too long, a loop of links: Path.exists() raises these
+        raise output_failed(root, e) from None
+    else:
+        if not root.is_dir() or any(root.iterdir()):
+            raise InputError(f"{root}: exists and is not an empty folder")
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

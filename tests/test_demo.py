@@ -117,3 +117,13 @@ def test_cli_demo(tmp_path: Path) -> None:
     assert f"{nested.name}: {nested.item_count} items" in res.output
     again = CliRunner().invoke(cli, ["demo", str(tmp_path / "d")])
     assert again.exit_code == 2 and "Traceback" not in again.output
+
+
+def test_directory_name_too_long_is_one_line(tmp_path: Path) -> None:
+    """``blobfs demo`` of a name longer than the file system takes was a traceback (from
+    ``Path.exists()``); now one line and exit 1, as unpack's or pack-project's output."""
+    long = tmp_path / ("d" * 300)
+    res = CliRunner().invoke(cli, ["demo", str(long)])
+    assert res.exit_code == 1 and isinstance(res.exception, (SystemExit, type(None))), res.exception
+    assert res.output.splitlines() == [f"blobfs: {long}: File name too long; nothing written"]
+    assert list(tmp_path.iterdir()) == []
