@@ -346,6 +346,22 @@ def test_a_dataset_folder_leading_out_of_the_project_is_a_problem_for_info(blob_
     assert r.returncode == 1 and r.stdout.splitlines() == [want, "62 items checked, 1 problem(s)"], r.stdout
 
 
+def test_an_empty_file_is_no_tar(blob_project, tmp_path):
+    """A 0-byte file (a truncated copy, a failed download) opened as a tar gave "0 items",
+    exit 0. GNU tar ("does not look like a tar archive") and tarfile refuse it, and no tar
+    writer makes one: it is refused with one line, as a bare tar and as a project's blob."""
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    want = f"{empty}: not a tar file (it is empty)"
+    r = run("info", str(empty))
+    assert r.returncode != 0 and want in r.stdout + r.stderr, (r.stdout, r.stderr)
+    proj = copy_project(blob_project, tmp_path / "proj")
+    tar = proj / "blob" / "more_images.tar"
+    tar.write_bytes(b"")
+    code, rep = info_json(proj)
+    assert code == 1 and f"{tar}: not a tar file (it is empty)" in rep["problems"], rep
+
+
 @pytest.mark.parametrize("lead", [b"", bytes(1024)], ids=["text", "zeros_first"])
 def test_a_blob_file_that_is_no_tar_is_refused(blob_project, tmp_path, lead):
     """``blob/`` links are followed wherever they lead (tars often live on another disk), so a

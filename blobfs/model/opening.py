@@ -67,7 +67,8 @@ class _Opener:
             if kind:
                 why = f"{kind}-compressed; only plain uncompressed tars are supported"
             elif not starts_like_tar(head, src.size):
-                why = "not a tar file (its first 512 bytes are no tar header)"
+                why = ("not a tar file (it is empty)" if not head else
+                       "not a tar file (its first 512 bytes are no tar header)")
             else:
                 self.sources[path] = src
                 return src
