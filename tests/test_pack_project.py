@@ -267,6 +267,23 @@ def test_left_in_img_counts_only_items_left_in_a_datasets_img(classic_project: P
     assert (out / "ds1" / "img" / "big.png").is_file()
 
 
+def test_summaries_count_one_in_the_singular(tmp_path: Path) -> None:
+    """"1 datasets, 1 images in 1 tars": each count of one is now said in the singular, in
+    the summaries of pack-project and pack (unpack's always counts meta.json too)."""
+    src = tmp_path / "src"
+    (src / "ds" / "img").mkdir(parents=True)
+    (src / "meta.json").write_text(json.dumps({"classes": [], "tags": []}))
+    (src / "ds" / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    out = tmp_path / "out"
+    proc = subprocess.run([*BLOBFS, "pack-project", str(src), str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ": 1 dataset, 1 image in 1 tar, 0 left in img/, 1 other file copied (" in proc.stderr
+    proc = subprocess.run([*BLOBFS, "pack", str(src / "ds" / "img"), "-o", str(tmp_path / "one.tar")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "one.tar: 1 image, " in proc.stderr, proc.stderr
+
+
 def test_own_mtimes_out_of_range_warn_once_and_mtime_range(tmp_path: Path) -> None:
     """Images from 1900 in two datasets: one warning for the project, with the count; an
     --mtime no tar header holds is a usage error, as for pack."""

@@ -147,7 +147,7 @@ def pack_cmd(images_dir: Path, out: Path, include: tuple[str, ...], exclude: tup
     with reporting():  # the summary too: an interrupt there says the outputs are in place
         with contextlib.ExitStack() as stack:
             result = pack(images_dir, out, opts, _Progress("packing", stack).start)
-        click.echo(f"{result.tar}: {result.count} images, {result.tar_size:,} bytes; "
+        click.echo(f"{result.tar}: {_count(result.count, 'image')}, {result.tar_size:,} bytes; "
                    f"{result.offsets.name} beside it ({_seconds(t0)})", err=True)
 
 
@@ -187,9 +187,10 @@ def pack_project_cmd(classic_dir: Path, out_dir: Path, max_blob_size: int | None
     with reporting():
         with contextlib.ExitStack() as stack:
             result = pack_project(classic_dir, out_dir, opts, _Progress("packing", stack).start)
-        click.echo(f"{result.out_dir}: {result.datasets} datasets, {result.blob_items} images in "
-                   f"{result.tars} tars, {result.plain_images} left in img/, {result.copied} other "
-                   f"files copied ({_seconds(t0)})", err=True)
+        click.echo(f"{result.out_dir}: {_count(result.datasets, 'dataset')}, "
+                   f"{_count(result.blob_items, 'image')} in {_count(result.tars, 'tar')}, "
+                   f"{result.plain_images} left in img/, {_count(result.copied, 'other file')} "
+                   f"copied ({_seconds(t0)})", err=True)
 
 
 @click.command("unpack")
@@ -212,7 +213,7 @@ def unpack_cmd(blob_project: Path, out_dir: Path, synthesize_ann: bool, force: b
             result = unpack(blob_project, out_dir, opts, _Progress("unpacking", stack).start)
         for line in (*result.notes, *result.problems):
             click.echo(f"blobfs: warning: {one_line(line)}", err=True)
-        click.echo(f"{result.out_dir}: {result.files} files, {result.bytes:,} bytes ({_seconds(t0)})"
+        click.echo(f"{result.out_dir}: {_count(result.files, 'file')}, {result.bytes:,} bytes ({_seconds(t0)})"
                    + (f"; {_count(len(result.notes), 'non-item')} of img/ left behind" if result.notes else "")
                    + (f"; {_count(len(result.problems), 'problem')} in the source" if result.problems else "")
                    + (", see above" if result.notes or result.problems else ""), err=True)
