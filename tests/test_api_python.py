@@ -249,6 +249,28 @@ def test_empty_path_is_refused_not_the_current_folder(blob_project: Path, tmp_pa
         blobfs.open_project(**kwargs)
 
 
+def test_paths_with_dot_and_empty_parts_read_as_in_a_file_system(blob_project: Path) -> None:
+    """``./meta.json`` and ``ds1//img/x`` raised FileNotFoundError naming ``.`` or
+    ``ds1/``; a path walk drops those parts. A trailing ``/`` or ``/.`` still means a folder,
+    ``..`` is still no parent, and bytes give a TypeError that says what a path is."""
+    with blobfs.open_project(blob_project) as p:
+        img = next(f for f in p.files() if "/img/" in f)
+        ds, _, name = img.partition("/img/")
+        want = p.read(img)
+        for form in (f"./{img}", f"{ds}//img/{name}", f"{ds}/./img/./{name}", f"/{img}"):
+            assert p.read(form) == want, form
+            with p.open(form) as f:
+                assert f.read() == want, form
+        assert p.read("./meta.json") == p.read("meta.json")
+        for form in (f"{img}/", f"{img}/."):
+            with pytest.raises(NotADirectoryError):
+                p.read(form)
+        with pytest.raises(FileNotFoundError):
+            p.read(f"{ds}/../meta.json")
+        with pytest.raises(TypeError, match="a view path is a str"):
+            p.read(img.encode())
+
+
 def test_deep_paths_resolve_without_recursion(blob_project: Path, tmp_path: Path) -> None:
     """A view path was resolved one Python call per level below the last view folder: 1,100
     levels of ``x/`` (``blobfs cat P x/x/.../x``) raised RecursionError, a traceback, and so

@@ -121,8 +121,18 @@ class Project:
             raise ValueError(f"{self._name()}: read from a closed project")
 
     def _path(self, path: str | os.PathLike[str]) -> str:
+        """``path`` as the view takes it: empty and ``.`` parts dropped, as a file system's
+        path walk drops them (``./meta.json``, ``ds//img/x.png``); a trailing ``/`` or ``/.``
+        kept as ``/`` (a folder is meant); ``..`` left to the view, which has no parents."""
         self._check_open()
-        return os.fspath(path)
+        p = os.fspath(path)
+        if not isinstance(p, str):
+            raise TypeError(f"a view path is a str (or os.PathLike of one), not {type(p).__name__}")
+        if "//" not in p and "/." not in p and not p.startswith("."):
+            return p
+        parts = p.split("/")
+        norm = "/".join(s for s in parts if s not in ("", "."))
+        return norm + "/" if norm and parts[-1] in ("", ".") else norm
 
     def _name(self) -> str:
         if self._reopen is not None:
