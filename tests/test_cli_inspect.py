@@ -120,6 +120,26 @@ def test_index_matches_sdk_bytes(runner: CliRunner, blob_project: Path, tmp_path
     assert names and all(n.endswith(".png") for n in names) and len(names) < 10
 
 
+def test_index_globs_match_members_named_with_a_leading_dot_slash(runner: CliRunner,
+                                                                  tmp_path: Path) -> None:
+    """``tar cf x.tar ./a ./b`` names its members ``./a/1.png``: ``--include 'a/*'`` matched
+    none of them (nothing indexed, exit 2); it now matches as it does ``a/1.png``."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / f"{d}1.png").write_bytes(b"\x89PNG" + bytes(60))
+    tar = tmp_path / "x.tar"
+    subprocess.run(["tar", "cf", str(tar), "./a", "./b"], cwd=tmp_path, check=True)
+    r = run(runner, "index", str(tar), "-o", str(tmp_path), "--include", "a/*")
+    assert r.exit_code == 0, r.output
+    from blobfs.format.offsets_read import read_offsets
+
+    assert [n for n, _, _ in read_offsets(tmp_path / "x_offsets.pkl").table] == ["a1.png"]
+    r = run(runner, "index", str(tmp_path / "x.tar"), "-o", str(tmp_path), "--force",
+            "--exclude", "a/*")
+    assert r.exit_code == 0, r.output
+    assert [n for n, _, _ in read_offsets(tmp_path / "x_offsets.pkl").table] == ["b1.png"]
+
+
 def test_verify_clean_and_with_problems(runner: CliRunner, blob_project: Path, tmp_path: Path) -> None:
     r = run(runner, "verify", str(blob_project), "--decode")
     assert r.exit_code == 0, r.output

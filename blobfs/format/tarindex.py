@@ -15,7 +15,10 @@ from blobfs.format.tarheaders import iter_members
 
 
 def _matches(patterns: Sequence[str], full: str, base: str) -> bool:
-    return any(fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(base, p) for p in patterns)
+    # `tar cf x.tar ./a` names its members ./a/...: a glob a/* means them too.
+    bare = full.removeprefix("./")
+    return any(fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(base, p)
+               or (bare is not full and fnmatch.fnmatchcase(bare, p)) for p in patterns)
 
 
 def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
@@ -25,7 +28,8 @@ def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
     One ``(basename of member name, offset_data, offset_data + size)`` per regular member,
     in archive order (the SDK: ``member.isfile()``, ``os.path.basename(member.name)``).
     ``include``/``exclude`` are case-sensitive fnmatch globs (``*`` also matches ``/``),
-    each tested against the full member name and against its basename; a member is kept
+    each tested against the full member name (also without a leading ``./``) and against its
+    basename; a member is kept
     when it matches some include (or there are none) and no exclude. Duplicated basenames
     are kept, as the SDK keeps them.
     """
