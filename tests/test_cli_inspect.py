@@ -356,6 +356,15 @@ def test_info_of_a_dataset_folder_names_that_folder(runner: CliRunner, blob_proj
     assert [d["name"] for d in report["datasets"]] == ["ds1"]
 
 
+def test_info_json_of_a_bare_tar_names_the_tar(runner: CliRunner, blob_project: Path) -> None:
+    """``info --json TAR`` gave ``"source": null`` while the text said "tar: TAR"."""
+    tar = blob_project / "blob" / "small_images.tar"
+    r = run(runner, "info", str(tar))
+    assert r.exit_code == 0 and r.output.splitlines()[0] == f"tar: {tar}", r.output
+    report = json.loads(run(runner, "info", str(tar), "--json").output)
+    assert report["kind"] == "tar" and report["source"] == str(tar), report
+
+
 def test_ann_that_is_a_file_is_named_as_such(runner: CliRunner, blob_project: Path) -> None:
     """``--ann meta.json`` said "annotation folder not found" of a file that is there."""
     tar = next((blob_project / "blob").glob("*.tar"))
