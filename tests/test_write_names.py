@@ -179,3 +179,28 @@ def test_index_warns_about_nfc_twins_and_indexes_both(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert warnings(res.stderr) == [f"blobfs: WARNING: {tar}: {twins_line(NFC_SHOWN, NFD_SHOWN)}"]
     assert [n for n, _, _ in read_offsets(tmp_path / "w_offsets.pkl").table] == [NFC, "x.png", NFD]
+
+
+def test_long_legal_output_names_work_and_too_long_ones_are_usage_errors(blob_project: Path,
+                                                                         tmp_path: Path) -> None:
+    """An output name of 230-255 bytes is legal, but its hidden temporary (``.NAME.blobfs-tmp-
+    PID-xxxxxxxx``) was not: unpack, pack-project and --force failed with "File name too
+    long" (exit 1) for a name the folder holds. Longer than NAME_MAX, the name can never be
+    written: a usage error (exit 2) before anything is read, as a missing folder is."""
+    out = tmp_path / ("é" * 120 + "-out")  # 244 bytes
+    for _ in range(2):  # the second run replaces it: the old tree's hidden name is long too
+        r = blobfs("unpack", blob_project, out, "--force")
+        assert r.returncode == 0, r.stderr
+    assert (out / "meta.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no hidden leftovers
+    tar = tmp_path / ("t" * 236 + ".tar")   # 240 bytes; its "_offsets.pkl" would be 248
+    r = blobfs("pack", blob_project / "ds1", "-o", tar)
+    assert r.returncode == 0, r.stderr
+    assert read_offsets(tmp_path / ("t" * 236 + "_offsets.pkl")).table
+    for cmd, name in ((("unpack", blob_project), "x" * 256),
+                      (("pack", blob_project / "ds1", "-o"), "x" * 252 + ".tar")):
+        long_out = tmp_path / name
+        r = blobfs(*cmd, long_out)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == (f"blobfs: {long_out}: a name of 256 bytes is too long for "
+                                    "its folder (at most 255)"), r.stderr

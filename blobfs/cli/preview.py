@@ -13,7 +13,7 @@ from blobfs.cli.reporting import interrupts, reporting
 from blobfs.errors import one_line
 from blobfs.preview.options import PreviewOptions
 from blobfs.preview.report import format_images_report, images_report
-from blobfs.write.atomic import check_apart, check_output_folder
+from blobfs.write.outpaths import check_apart, check_output_folder
 from blobfs.write.errors import WriteFailedError
 
 __all__ = ["preview_cmd", "demo_cmd", "images_report", "format_images_report"]

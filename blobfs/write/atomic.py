@@ -31,7 +31,6 @@ import ctypes
 import errno
 import logging
 import os
-import secrets
 import shutil
 import signal
 import stat
@@ -39,16 +38,15 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from blobfs.errors import InputError
 from blobfs.pids import alive
 from blobfs.signals import interrupt_guard
-from blobfs.write.errors import (InterruptedAfterPublish, OutputExistsError, OutputPathError,
-                                 WriteFailedError, output_failed)
+from blobfs.write.errors import (InterruptedAfterPublish, OutputExistsError, WriteFailedError,
+                                 output_failed)
+from blobfs.write.outpaths import check_output_folder, hidden_stem, temp_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AtomicOutputs", "check_apart", "check_output_folder", "commit_mark", "interrupt_guard", "published_since",
-           "remove_stale_old", "temp_name"]
+__all__ = ["AtomicOutputs", "commit_mark", "interrupt_guard", "published_since", "remove_stale_old"]
 
 #: Every ``AtomicOutputs`` of this process that committed, in order: an interrupt that lands
 #: after its ``with`` block ended (a lock released, the summary printed) must still say that
@@ -107,25 +105,6 @@ def published_since(mark: int) -> InterruptedAfterPublish | None:
     return InterruptedAfterPublish("; ".join(done)) if done else None
 
 
-def check_apart(src: Path, out: Path) -> None:
-    """Refuse an output that is the source or holds it: replacing it (``--force``) would delete
-    the source, and writing into it would read what is being written."""
-    real_src, real_out = os.path.realpath(src), os.path.realpath(out)
-    if (real_src + "/").startswith(real_out + "/"):
-        raise InputError(f"{out}: output holds the source {src} (replacing it would delete the source)")
-    if (real_out + "/").startswith(real_src + "/"):
-        raise InputError(f"{out}: output inside the source {src}")
-
-
-def check_output_folder(final: Path) -> None:
-    """Refuse an output whose folder is missing or no folder: what the user typed, as an
-    existing output is, so exit 2 before any input is read (1 is for a write that failed)."""
-    parent = Path(final).parent
-    if not parent.is_dir():
-        what = "is not a folder" if os.path.lexists(parent) else "does not exist"
-        raise OutputPathError(f"{parent}: output folder {what}")
-
-
 def _is_empty_dir(path: Path) -> bool:
     try:
         with os.scandir(path) as it:
@@ -134,16 +113,11 @@ def _is_empty_dir(path: Path) -> bool:
         return False
 
 
-def temp_name(final: Path, tag: str = "tmp") -> Path:
-    """Hidden sibling of ``final``: same folder, so renaming it is atomic."""
-    return final.parent / f".{final.name}.blobfs-{tag}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
 def remove_stale_old(final: Path) -> None:
     """Delete the ``.NAME.blobfs-old-PID-*`` trees beside ``final`` whose process is gone: the
     rest of an old output that an interrupted ``--force`` replacement had started to delete
     (the new output was already in place). A live PID's tree is left to its owner."""
-    prefix = f".{final.name}.blobfs-old-"
+    prefix = f"{hidden_stem(final)}.blobfs-old-"
     try:
         with os.scandir(final.parent) as it:
             names = [e.name for e in it if e.name.startswith(prefix)]

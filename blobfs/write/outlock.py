@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from blobfs.errors import InputError
-from blobfs.write.atomic import check_output_folder
+from blobfs.write.outpaths import check_output_folder, hidden_stem
 from blobfs.write.errors import output_failed
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class OutputBusyError(InputError):
 
 
 def lock_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.blobfs-lock"
+    return final.parent / f"{hidden_stem(final)}.blobfs-lock"
 
 
 def _open(path: Path, final: Path) -> int:

@@ -30,7 +30,8 @@ from blobfs.format.names import is_image_name, new_name_problem, nfc_twins, twin
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
 from blobfs.model.discovery import is_dir as entry_is_dir, is_file as entry_is_file
-from blobfs.write.atomic import AtomicOutputs, check_apart
+from blobfs.write.atomic import AtomicOutputs
+from blobfs.write.outpaths import check_apart
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed, output_failed
 from blobfs.write.options import PackProjectOptions
