@@ -299,6 +299,12 @@ def test_cli_preview(blob_project: Path, tmp_path: Path) -> None:
     # no/such/out` (1 is for an output that could not be written: full disk, permissions).
     assert notdir.exit_code == 2 and "output folder does not exist" in notdir.output
     assert "Traceback" not in notdir.output
+    # A missing SOURCE is one line naming it, as for every other command (it was click's
+    # three-line usage error).
+    missing = tmp_path / "nope"
+    gone = subprocess.run([sys.executable, "-m", "blobfs", "preview", str(missing), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 2 and gone.stderr == f"blobfs: {missing}: no such file or directory\n"
 
 
 @pytest.mark.parametrize("args", [["--columns", "1000", "--thumb", "2048"],

@@ -23,7 +23,7 @@ _D = PreviewOptions()  # defaults shown in --help
 
 
 @click.command("preview")
-@click.argument("source", type=NonEmptyPath(exists=True, path_type=Path))
+@click.argument("source", type=NonEmptyPath(path_type=Path))
 @click.argument("dataset", required=False)
 @click.option("-o", "--output", required=True, type=OutputFile(path_type=Path),
               help="Sheet to write (.png is streamed row by row; .jpg/.webp also work).")
