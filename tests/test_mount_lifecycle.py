@@ -25,6 +25,17 @@ def _blobfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
+def mount_flags(mountpoint: Path) -> set[str]:
+    """The per-mount flags (``ro``, ``noexec``, ...) of the mount on top at ``mountpoint``."""
+    flags: set[str] = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            if parts[4] == str(mountpoint):
+                flags = set(parts[5].split(","))
+    return flags
+
+
 def _one_line(text: str) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) == 1, text
@@ -217,6 +228,23 @@ def test_mounting_twice_is_refused(blob_project, tmp_path, libfuse):
         assert r.returncode == 1
         assert "already mounted" in _one_line(r.stderr)
         assert "ds1" in os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_noexec_reaches_the_kernel(blob_project, tmp_path, libfuse):
+    # An fstab "noexec" (or "user", for which mount(8) adds it) was accepted and ignored, while
+    # a pass-through file with execute bits stayed executable through the mount.
+    src = shutil.copytree(blob_project, tmp_path / "proj")
+    tool = src / "ds1" / "meta" / "tool.sh"
+    tool.write_text("#!/bin/sh\necho ran\n")
+    tool.chmod(0o755)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(src, mp, libfuse=libfuse, args=("-o", "ro,user,noexec")) as m:
+        assert mount_flags(mp) >= {"ro", "noexec"}, mount_flags(mp)
+        assert not os.access(m.path("ds1/meta/tool.sh"), os.X_OK)
+        with pytest.raises(PermissionError):
+            subprocess.run([str(m.path("ds1/meta/tool.sh"))], capture_output=True, timeout=10)
 
 
 # -- mount(8) and the fstab line -------------------------------------------------------------

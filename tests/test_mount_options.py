@@ -15,9 +15,25 @@ from blobfs.fuse.options import DEFAULT_SPIN_US, MountUsageError, build_options,
 def test_generic_options_are_accepted_and_ignored():
     # what mount(8)/mount.fuse3 actually pass: "rw,dev,suid" are added to every fstab line
     got = parse_o(["rw,dev,suid", "ro,nofail,noauto,user,users,_netdev,defaults,x-systemd.automount,"
-                                  "x-systemd.idle-timeout=10min,comment=hello,auto,nouser,exec,noexec,nosuid,nodev"])
+                                  "x-systemd.idle-timeout=10min,comment=hello,auto,nouser,nosuid,nodev"])
     assert set(got) == {"ignored"}
     assert "x-systemd.idle-timeout=10min" in got["ignored"] and "rw" in got["ignored"]
+
+
+def test_noexec_is_honoured_not_ignored():
+    # fstab's noexec (also what mount(8) adds for "user") must reach the kernel: pass-through
+    # files keep their execute bits, so ignoring it left them executable.
+    from blobfs.fuse.lowlevel import _argv
+
+    o = build_options("s", "m", o=("ro,noexec,nosuid,nodev,user",))
+    assert o.noexec and "noexec" not in o.ignored
+    assert o.fuse_kwargs(3)["noexec"] and o.fuse_kwargs(2)["noexec"]
+    assert b"noexec" in _argv(o, "s")[2].split(b",")
+    # the last of exec / noexec wins, as with mount(8)
+    assert not build_options("s", "m", o=("noexec,exec",)).noexec
+    assert build_options("s", "m", o=("exec", "noexec")).noexec
+    d = build_options("s", "m", o=("exec",))
+    assert not d.noexec and "noexec" not in d.fuse_kwargs(3) and b"noexec" not in _argv(d, "s")[2]
 
 
 def test_own_options():

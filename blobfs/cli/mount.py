@@ -51,7 +51,7 @@ def _setup_logging(debug: bool) -> None:
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="Mount options as mount(8) passes them: allow_other, auto_unmount, nonempty, "
                    "threads, nothreads, workers=N|auto (daemon processes, default one per CPU, at most 8), spin_us=N (default 50 with one process, 0 with workers), uring|nouring (FUSE over io_uring; default: whenever the kernel has it on), overlay (root, with allow_other: overlayfs on top answers ioctls such as Python's isatty() in the kernel; faster Python open(), slower plain open), libfuse=2|3, fuse_api=lowlevel|highlevel, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
-                   "fsname=NAME, debug. Generic ones (ro, nofail, noauto, user, _netdev, x-systemd.*, "
+                   "fsname=NAME, debug, noexec|exec (the kernel flag; the last one wins). Generic ones (ro, nofail, noauto, user, _netdev, x-systemd.*, "
                    "...) are ignored.")
 @click.option("--offsets", type=NonEmptyPath(), help="Offsets file for a bare TAR source (default: the sibling "
                    "STEM_offsets.pkl, else the tar's own headers).")

@@ -247,7 +247,7 @@ def _background(project: Any, fb: _binding.Binding, opts: MountOptions) -> int:
         if status == "OK":
             try:
                 if layers is not None:
-                    overlay.stack(layers, opts.mountpoint, opts.source_name)
+                    overlay.stack(layers, opts.mountpoint, opts.source_name, noexec=opts.noexec)
                 os.listdir(opts.mountpoint)
             except overlay.OverlayError as e:
                 failure = str(e)

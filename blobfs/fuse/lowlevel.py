@@ -214,6 +214,8 @@ def _argv(opts: Any, fsname: str) -> list[bytes]:
         mount_opts.append("allow_other")
     if opts.auto_unmount:
         mount_opts.append("auto_unmount")
+    if opts.noexec:
+        mount_opts.append("noexec")
     # fuse_opt_parse splits -o values on commas; a comma in the name must be escaped.
     argv = ["blobfs", "-o", ",".join(o.replace("\\", "\\\\").replace(",", "\\,") for o in mount_opts)]
     if opts.debug:

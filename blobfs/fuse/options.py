@@ -25,7 +25,7 @@ CACHE_TIMEOUT = 86400.0
 GENERIC_FLAGS = frozenset(
     {
         "ro", "rw", "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner",
-        "group", "_netdev", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async",
+        "group", "_netdev", "suid", "nosuid", "dev", "nodev", "async",
         "sync", "atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
         "diratime", "nodiratime", "lazytime", "nolazytime", "silent", "loud", "nodfltperm",
         "default_permissions", "bg", "fg",
@@ -33,8 +33,11 @@ GENERIC_FLAGS = frozenset(
 )
 GENERIC_PREFIXES = ("x-", "comment=", "uhelper=", "helper=")
 
-#: blobfs's own ``-o`` options (key -> takes a value).
+#: blobfs's own ``-o`` options (key -> takes a value). ``exec``/``noexec`` are kernel flags blobfs
+#: passes on (the last one wins, as with mount(8)): pass-through files keep their execute bits.
 OWN_OPTIONS = {
+    "exec": False,
+    "noexec": False,
     "allow_other": False,
     "auto_unmount": False,
     "debug": False,
@@ -97,6 +100,7 @@ class MountOptions:
     auto_unmount: bool = False
     debug: bool = False
     nonempty: bool = False  #: allow a non-empty mount point
+    noexec: bool = False  #: the kernel's noexec flag (fstab ``noexec``, or ``user``, which implies it)
     offsets: Path | None = None
     ann: Path | None = None
     synthesize_ann: bool = False
@@ -139,6 +143,8 @@ class MountOptions:
             kw["allow_other"] = True
         if self.auto_unmount:
             kw["auto_unmount"] = True
+        if self.noexec:
+            kw["noexec"] = True
         if self.nonempty and libfuse == 2:
             kw["nonempty"] = True  # libfuse 3 dropped the option (it always allows it)
         return kw
@@ -167,6 +173,9 @@ def parse_o(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
                 raise MountUsageError(f"mount option {key!r} needs a value ({key}=...)")
             if not wants_value and eq:
                 raise MountUsageError(f"mount option {key!r} takes no value")
+            if key in ("exec", "noexec"):
+                out["noexec"] = key == "noexec"
+                continue
             out[key] = arg if wants_value else True
     if ignored:
         out["ignored"] = tuple(ignored)
@@ -263,6 +272,7 @@ def build_options(
         auto_unmount=bool(parsed.get("auto_unmount")),
         debug=debug or bool(parsed.get("debug")),
         nonempty=bool(parsed.get("nonempty")),
+        noexec=bool(parsed.get("noexec")),
         offsets=_path(offsets if offsets is not None else parsed.get("offsets")),
         ann=_path(ann if ann is not None else parsed.get("ann")),
         synthesize_ann=synthesize_ann or bool(parsed.get("synthesize_ann")),

@@ -44,7 +44,7 @@ from blobfs.pids import alive
 log = logging.getLogger(__name__)
 
 # include/uapi/linux/mount.h
-MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MNT_DETACH = 2
 _PREFIX = "blobfs-overlay-"
 #: ``blobfs-overlay-PID-RANDOM``: :func:`prepare`'s directories (older names hold no pid).
@@ -118,8 +118,9 @@ def _layers(base: Path) -> Layers:
     return Layers(base, base / "fuse", base / "empty")
 
 
-def stack(layers: Layers, mountpoint: Path, fsname: str) -> None:
-    """Mount the overlay on ``mountpoint`` over the FUSE mount at ``layers.lower``."""
+def stack(layers: Layers, mountpoint: Path, fsname: str, *, noexec: bool = False) -> None:
+    """Mount the overlay on ``mountpoint`` over the FUSE mount at ``layers.lower`` (``noexec``:
+    with the kernel's noexec flag; exec checks the mount on top, not the FUSE one below)."""
     # The FUSE root inode starts with mode 040000 and learns its real mode from the first
     # GETATTR (fs/fuse/inode.c ``fuse_get_root_inode``); overlayfs copies the mode of the
     # inode below into its own root when it mounts, and checks callers against that copy
@@ -129,7 +130,7 @@ def stack(layers: Layers, mountpoint: Path, fsname: str) -> None:
     source = OVERLAY_SOURCE_PREFIX + fsname
     libc = _libc()
     if libc.mount(os.fsencode(source), os.fsencode(mountpoint), b"overlay",
-                  MS_RDONLY | MS_NOSUID | MS_NODEV, os.fsencode(data)) != 0:
+                  MS_RDONLY | MS_NOSUID | MS_NODEV | (MS_NOEXEC if noexec else 0), os.fsencode(data)) != 0:
         e = ctypes.get_errno()
         why = os.strerror(e)
         if e == errno.ENODEV:
