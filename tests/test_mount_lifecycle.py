@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from blobfs.fuse.umount import STALE_ERRNOS
+from blobfs.fuse.umount import STALE_ERRNOS, mount_entry
 from mount_helpers import (BLOBFS, cleanup_mountpoint, daemon_pids, is_mounted, libfuse_params, main_daemon_pid,
                            mount_cmd, mounted, requires_fuse, wait_gone)
 
@@ -245,6 +245,19 @@ def test_noexec_reaches_the_kernel(blob_project, tmp_path, libfuse):
         assert not os.access(m.path("ds1/meta/tool.sh"), os.X_OK)
         with pytest.raises(PermissionError):
             subprocess.run([str(m.path("ds1/meta/tool.sh"))], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_source_path_with_comma_and_backslash(blob_project, tmp_path, libfuse):
+    # The source path is libfuse's fsname=, inside one comma-separated -o string: unescaped, a
+    # comma split it ("fuse: unknown option `b'", no mount) and a backslash was dropped.
+    src = shutil.copytree(blob_project, tmp_path / "proj,b\\c")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(src, mp, libfuse=libfuse):
+        fstype, source = mount_entry(mp)
+        assert source in (str(src), f"blobfs:{src}"), (fstype, source)
+        assert "ds1" in os.listdir(mp)
 
 
 # -- mount(8) and the fstab line -------------------------------------------------------------

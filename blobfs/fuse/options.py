@@ -136,7 +136,10 @@ class MountOptions:
             "entry_timeout": CACHE_TIMEOUT,
             "negative_timeout": CACHE_TIMEOUT,
             "use_ino": True,
-            "fsname": self.source_name,
+            # The binding joins these into one -o string that libfuse splits on commas and
+            # unescapes; a comma or backslash in the source path must be escaped (as
+            # blobfs.fuse.lowlevel does for its own argv).
+            "fsname": self.source_name.replace("\\", "\\\\").replace(",", "\\,"),
             "subtype": "blobfs",
         }
         if self.allow_other:
