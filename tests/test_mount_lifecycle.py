@@ -204,6 +204,27 @@ def test_mountpoint_that_a_symlink_places_inside_the_source_is_refused(blob_proj
         assert not is_mounted(real)
 
 
+def test_source_inside_the_mountpoint_is_refused(blob_project, tmp_path):
+    # -o nonempty over a folder holding the source: the mount hides the source from its own
+    # daemon, which then waited on itself for the first file it read by path, and `blobfs
+    # mount` (listing the new mount) hung in an unkillable wait. nouring: under FUSE over
+    # io_uring that daemon cannot even be killed, so the failure would leave it behind.
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    src = shutil.copytree(blob_project, mp / "proj")
+    with cleanup_mountpoint(mp):
+        proc = subprocess.Popen([*BLOBFS, "mount", "-o", "nonempty,workers=1,nouring", str(src), str(mp)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("blobfs mount hung: its daemon waits on its own mount")  # cleanup kills both
+        assert proc.returncode == 2, err
+        line = _one_line(err)
+        assert str(mp) in line and str(src) in line and "hide" in line
+        assert not is_mounted(mp)
+
+
 def test_symlinked_mountpoint_is_checked_and_unmounted_by_its_real_path(blob_project, tmp_path):
     real = tmp_path / "mp"
     real.mkdir()

@@ -47,6 +47,12 @@ def check_mountpoint(opts: MountOptions) -> None:
     if mp == src or src in Path(os.path.realpath(mp)).parents:
         # The daemon would stat its own mount through the project and wait on itself.
         raise MountUsageError(f"{mp}: mount point is inside the source {src}")
+    # The other way round (-o nonempty over a folder holding the source): the mount hides the
+    # files the daemon reads by path, and it would wait on itself for each of them.
+    mp_real = Path(os.path.realpath(mp))
+    for what, path in (("source", opts.source), ("offsets file", opts.offsets), ("annotation folder", opts.ann)):
+        if path is not None and mp_real in Path(os.path.realpath(path)).parents:
+            raise MountUsageError(f"{mp}: mount point holds the {what} {path}, which the mount would hide")
     if not opts.nonempty:
         try:
             with os.scandir(mp) as it:
