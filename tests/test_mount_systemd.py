@@ -46,6 +46,23 @@ def test_fstab_example_and_helper_script_parse():
     assert r.returncode == 0, r.stderr
 
 
+def test_helper_script_runs_blobfs_from_a_folder_with_a_space(tmp_path):
+    # $BLOBFS, or the blobfs beside the helper, in "/opt/my tools": the helper split the path
+    # at the space ("exec: /opt/my: not found", exit 127).
+    tools = tmp_path / "my tools"
+    tools.mkdir()
+    fake = tools / "blobfs"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    helper = tools / "mount.fuse.blobfs"
+    shutil.copy(SYSTEMD / "mount.fuse.blobfs", helper)
+    want = ["mount", "/data/proj", "/mnt/proj", "-o", "ro,nofail"]
+    for cmd, env in (([str(SYSTEMD / "mount.fuse.blobfs")], {"BLOBFS": str(fake)}), ([str(helper)], {})):
+        r = subprocess.run(["/bin/sh", *cmd, "/data/proj", "/mnt/proj", "-o", "ro,nofail"], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stdout.splitlines() == want, (cmd, r.stdout, r.stderr)
+
+
 @requires_fuse
 @pytest.mark.mount
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
