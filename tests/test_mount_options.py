@@ -105,3 +105,30 @@ def test_route_mount_helper_argv():
     assert route_argv(["info", "/data/p"]) == ["info", "/data/p"]
     assert route_argv(["--help"]) == ["--help"]
     assert route_argv(["/data/p"]) == ["/data/p"]
+
+
+def test_an_automount_trigger_on_the_mount_point_is_no_mount_to_refuse(tmp_path, monkeypatch):
+    """``x-systemd.automount`` (systemd/fstab.example) mounts blobfs on top of an autofs
+    trigger. The check saw that trigger as "already mounted (autofs …)" and refused, and with
+    it gone would have listed the folder, which waits for this very mount. This kernel has no
+    autofs (CONFIG_AUTOFS_FS unset), so the trigger's mount-table entry is stood in for; any
+    other file system there is still refused."""
+    from blobfs.fuse import preflight
+
+    src, mp = tmp_path / "proj", tmp_path / "mp"
+    src.mkdir()
+    mp.mkdir()
+    opts = build_options(src, mp)
+    listed: list[object] = []
+    real_scandir = preflight.os.scandir
+    monkeypatch.setattr(preflight.os, "scandir", lambda p: listed.append(p) or real_scandir(p))
+    monkeypatch.setattr(preflight, "mount_entry", lambda p: ("autofs", "systemd-1"))
+    preflight.check_mountpoint(opts)
+    assert listed == []
+    monkeypatch.setattr(preflight, "mount_entry", lambda p: ("tmpfs", "tmpfs"))
+    with pytest.raises(preflight.MountError, match=r"already mounted \(tmpfs from tmpfs\)"):
+        preflight.check_mountpoint(opts)
+    monkeypatch.setattr(preflight, "mount_entry", lambda p: None)
+    listed.clear()  # (the stale check just made lists the folder too)
+    preflight.check_mountpoint(opts)
+    assert listed == [opts.mountpoint]  # a plain folder is still checked for emptiness

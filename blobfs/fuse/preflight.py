@@ -35,7 +35,12 @@ def check_mountpoint(opts: MountOptions) -> None:
     if not _stat.S_ISDIR(st.st_mode):
         raise MountUsageError(f"{mp}: mount point is not a directory")
     entry = mount_entry(mp)
-    if entry is not None:
+    # x-systemd.automount puts an autofs trigger on the mount point and runs this mount on top
+    # of it when the folder is first used: the trigger is no mount to refuse, and listing it
+    # would wait for this very mount (systemd.automount(5); stat(2) does not trigger it,
+    # opening the folder does: Documentation/filesystems/autofs.rst).
+    trigger = entry is not None and entry[0] == "autofs"
+    if entry is not None and not trigger:
         if is_stale(mp):
             raise MountError(
                 f"{mp}: stale mount left by a dead daemon (Transport endpoint is not connected); "
@@ -53,7 +58,7 @@ def check_mountpoint(opts: MountOptions) -> None:
     for what, path in (("source", opts.source), ("offsets file", opts.offsets), ("annotation folder", opts.ann)):
         if path is not None and mp_real in Path(os.path.realpath(path)).parents:
             raise MountUsageError(f"{mp}: mount point holds the {what} {path}, which the mount would hide")
-    if not opts.nonempty:
+    if not opts.nonempty and not trigger:
         try:
             with os.scandir(mp) as it:
                 nonempty = next(it, None) is not None
