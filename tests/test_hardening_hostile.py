@@ -347,19 +347,18 @@ def test_a_dataset_folder_leading_out_of_the_project_is_a_problem_for_info(blob_
 
 
 def test_an_empty_file_is_no_tar(blob_project, tmp_path):
-    """A 0-byte file (a truncated copy, a failed download) opened as a tar gave "0 items",
-    exit 0. GNU tar ("does not look like a tar archive") and tarfile refuse it, and no tar
-    writer makes one: it is refused with one line, as a bare tar and as a project's blob."""
+    """A 0-byte file (a truncated copy, a failed download) opened as a bare tar gave "0 items",
+    exit 0: read by its own headers it holds no archive (GNU tar: "does not look like a tar
+    archive"; tarfile: "empty file"), so it is refused in one line, exit 2. With an offsets
+    file it is a tar cut short, as in a project (test_short_tar_in_a_project_skips_what_is_missing)."""
     empty = tmp_path / "empty.tar"
     empty.write_bytes(b"")
-    want = f"{empty}: not a tar file (it is empty)"
     r = run("info", str(empty))
-    assert r.returncode != 0 and want in r.stdout + r.stderr, (r.stdout, r.stderr)
-    proj = copy_project(blob_project, tmp_path / "proj")
-    tar = proj / "blob" / "more_images.tar"
-    tar.write_bytes(b"")
-    code, rep = info_json(proj)
-    assert code == 1 and f"{tar}: not a tar file (it is empty)" in rep["problems"], rep
+    assert r.returncode == 2 and r.stderr == f"blobfs: {empty}: not a tar file (it is empty)\n", r.stderr
+    pkl = blob_project / "ds2" / "more_images_offsets.pkl"
+    r = run("info", "--json", str(empty), "--offsets", str(pkl))
+    problems = json.loads(r.stdout)["problems"]
+    assert r.returncode == 1 and sum("past the end of the tar" in p for p in problems) == 12, problems
 
 
 @pytest.mark.parametrize("lead", [b"", bytes(1024)], ids=["text", "zeros_first"])

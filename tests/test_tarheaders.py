@@ -215,7 +215,7 @@ def test_end_of_archive_variants(tmp_path):
         path.write_bytes(variant)               # no marker, one zero block, junk after it
         assert assert_like_tarfile(path) == full
     path.write_bytes(b"")
-    assert list(iter_members(path)) == []       # no members; opening a blob refuses it
+    assert list(iter_members(path)) == []       # no members (a bare tar this empty is refused)
     path.write_bytes(bytes(10240))
     assert assert_like_tarfile(path) == []
 

@@ -88,15 +88,15 @@ def signed_checksum(buf: bytes) -> int:
 
 def starts_like_tar(head: bytes, size: int) -> bool:
     """Whether a file of ``size`` bytes beginning with ``head`` (its first block, or all of a
-    shorter file) can be a tar archive: an empty archive (a zero block, no longer than
+    shorter file) can be a tar archive: empty, an empty archive (a zero block, no longer than
     the one record ``tar`` and ``tarfile`` write for it), or a header whose checksum holds, as
     ``tarfile`` checks it (unsigned or signed sum). A link in ``blob/`` may lead anywhere: this
     keeps an offsets file from serving byte ranges of a file that is no tar (``/etc/shadow``,
-    or a file system image, whose first 1024 bytes are zeros). An empty file is none: GNU tar
-    ("does not look like a tar archive") and ``tarfile`` ("empty file") refuse it, and every
-    tar writer writes at least the end marker."""
+    or a file system image, whose first 1024 bytes are zeros). An empty file passes: offsets
+    into it are a tar cut short (each entry past its end is a problem); read by its own headers
+    it holds no archive (``blobfs.model.opening``)."""
     if not head:
-        return False
+        return True
     if head == ZERO_BLOCK:
         return size <= RECORDSIZE
     if len(head) < BLOCK:

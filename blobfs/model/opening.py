@@ -67,8 +67,7 @@ class _Opener:
             if kind:
                 why = f"{kind}-compressed; only plain uncompressed tars are supported"
             elif not starts_like_tar(head, src.size):
-                why = ("not a tar file (it is empty)" if not head else
-                       "not a tar file (its first 512 bytes are no tar header)")
+                why = "not a tar file (its first 512 bytes are no tar header)"
             else:
                 self.sources[path] = src
                 return src
@@ -102,6 +101,11 @@ class _Opener:
         """Entries of a tar without offsets file: its regular members, by their own headers."""
         from blobfs.format.tarindex import index_tar
 
+        if tar.size == 0:
+            # No archive at all (GNU tar: "does not look like a tar archive"; tarfile: "empty
+            # file"); with an offsets file the same file is a tar cut short instead.
+            self.fail(f"{tar.path}: not a tar file (it is empty)")
+            return None
         try:
             entries = index_tar(tar.path)
         except InputError as e:
