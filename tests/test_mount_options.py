@@ -87,7 +87,12 @@ def test_uring_default_and_values():
                                       ("spin_us=fast", "fast"), ("spin_us=2000000", "spin_us"),
                                       ("spin_us", "spin_us"), ("workers=0", "workers"),
                                       ("workers=-2", "workers"), ("workers=many", "many"),
-                                      ("workers=257", "257"), ("workers", "workers")])
+                                      ("workers=257", "257"), ("workers", "workers"),
+                                      # an empty value is none: it meant "no log file" etc.
+                                      ("log=", "'log' needs a value"),
+                                      ("offsets=", "'offsets' needs a value"),
+                                      ("ann=", "'ann' needs a value"),
+                                      ("fsname=", "'fsname' needs a value")])
 def test_bad_options_are_usage_errors_naming_them(bad, word):
     with pytest.raises(MountUsageError) as e:
         build_options("s", "m", o=(bad,))

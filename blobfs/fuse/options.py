@@ -172,7 +172,7 @@ def parse_o(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
             if key not in OWN_OPTIONS:
                 raise MountUsageError(f"unknown mount option {item!r}")
             wants_value = OWN_OPTIONS[key]
-            if wants_value and not eq:
+            if wants_value and not arg:  # log= is no log file, not "none": say so
                 raise MountUsageError(f"mount option {key!r} needs a value ({key}=...)")
             if not wants_value and eq:
                 raise MountUsageError(f"mount option {key!r} takes no value")
