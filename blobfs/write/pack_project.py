@@ -31,10 +31,10 @@ from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
 from blobfs.model.discovery import is_dir as entry_is_dir, is_file as entry_is_file
 from blobfs.write.atomic import AtomicOutputs
-from blobfs.write.outpaths import check_apart
 from blobfs.write.blobwriter import CHUNK, Member, Progress, write_blob
 from blobfs.write.errors import input_failed, output_failed
 from blobfs.write.options import PackProjectOptions
+from blobfs.write.outpaths import check_apart
 from blobfs.write.tarwriter import archive_size, clamped_note, member_span
 from blobfs.write.workers import run_chunks
 

@@ -36,11 +36,11 @@ from blobfs.model.project import Dataset
 from blobfs.model.synth_ann import SynthError
 from blobfs.model.view import ClassicView
 from blobfs.write.atomic import AtomicOutputs
-from blobfs.write.outpaths import check_apart
 from blobfs.write.blobwriter import Progress, write_all
 from blobfs.write.errors import output_failed
 from blobfs.write.itemcopy import READ, copy_files, copy_items
 from blobfs.write.options import UnpackOptions
+from blobfs.write.outpaths import check_apart
 from blobfs.write.workers import run_chunks
 
 #: Files per unit of work (see blobfs.write.workers).
