@@ -16,9 +16,9 @@ from blobfs.format.tarheaders import iter_members
 
 def _matches(patterns: Sequence[str], full: str, base: str) -> bool:
     # `tar cf x.tar ./a` names its members ./a/...: a glob a/* means them too.
-    bare = full.removeprefix("./")
+    dotted = full.startswith("./")
     return any(fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(base, p)
-               or (bare is not full and fnmatch.fnmatchcase(bare, p)) for p in patterns)
+               or (dotted and fnmatch.fnmatchcase(full[2:], p)) for p in patterns)
 
 
 def index_tar(path: str | os.PathLike[str], include: Sequence[str] = (),
