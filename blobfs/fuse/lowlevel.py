@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from blobfs.fuse import cpuworkers, pollloop, uring
 from blobfs.fuse.lowlevel_abi import FuseArgs, LowLevelOps, Prototypes
+from blobfs.fuse.options import escape_opt
 from blobfs.fuse.nodelog import NodeLog
 from blobfs.fuse.nodes import NodeTable
 
@@ -216,8 +217,7 @@ def _argv(opts: Any, fsname: str) -> list[bytes]:
         mount_opts.append("auto_unmount")
     if opts.noexec:
         mount_opts.append("noexec")
-    # fuse_opt_parse splits -o values on commas; a comma in the name must be escaped.
-    argv = ["blobfs", "-o", ",".join(o.replace("\\", "\\\\").replace(",", "\\,") for o in mount_opts)]
+    argv = ["blobfs", "-o", ",".join(escape_opt(o) for o in mount_opts)]
     if opts.debug:
         argv.append("-d")
     return [a.encode(_ENC, _ERRS) for a in argv]

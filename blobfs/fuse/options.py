@@ -136,10 +136,8 @@ class MountOptions:
             "entry_timeout": CACHE_TIMEOUT,
             "negative_timeout": CACHE_TIMEOUT,
             "use_ino": True,
-            # The binding joins these into one -o string that libfuse splits on commas and
-            # unescapes; a comma or backslash in the source path must be escaped (as
-            # blobfs.fuse.lowlevel does for its own argv).
-            "fsname": self.source_name.replace("\\", "\\\\").replace(",", "\\,"),
+            # The binding joins these into one -o string that libfuse splits on commas.
+            "fsname": escape_opt(self.source_name),
             "subtype": "blobfs",
         }
         if self.allow_other:
@@ -151,6 +149,12 @@ class MountOptions:
         if self.nonempty and libfuse == 2:
             kw["nonempty"] = True  # libfuse 3 dropped the option (it always allows it)
         return kw
+
+
+def escape_opt(value: str) -> str:
+    """``value`` as one item of a libfuse ``-o`` string: fuse_opt_parse splits on commas and
+    unescapes backslashes, so a comma or backslash in a path must be escaped."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def parse_o(values: tuple[str, ...] | list[str]) -> dict[str, Any]:

@@ -49,12 +49,12 @@ def check_mountpoint(opts: MountOptions) -> None:
         raise MountError(f"{mp}: already mounted ({entry[0]} from {entry[1]})")
     # Real paths: a mount point that only a symlink places inside the source hangs the same way.
     src = Path(os.path.realpath(opts.source))
-    if mp == src or src in Path(os.path.realpath(mp)).parents:
+    mp_real = Path(os.path.realpath(mp))
+    if mp == src or src in mp_real.parents:
         # The daemon would stat its own mount through the project and wait on itself.
         raise MountUsageError(f"{mp}: mount point is inside the source {src}")
     # The other way round (-o nonempty over a folder holding the source): the mount hides the
     # files the daemon reads by path, and it would wait on itself for each of them.
-    mp_real = Path(os.path.realpath(mp))
     for what, path in (("source", opts.source), ("offsets file", opts.offsets), ("annotation folder", opts.ann)):
         if path is not None and mp_real in Path(os.path.realpath(path)).parents:
             raise MountUsageError(f"{mp}: mount point holds the {what} {path}, which the mount would hide")

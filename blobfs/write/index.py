@@ -48,10 +48,11 @@ def write_index(tar: Path, out: Path, opts: IndexOptions) -> IndexResult:
             name, why = unusable[0]
             more = f"; {len(unusable) - 1} more such member(s)" if len(unusable) > 1 else ""
             log.warning("%s", one_line(f"{tar}: member {quoted(name)}: {why}; not indexed{more}"))
-        twins = nfc_twins([name for name, _start, _end in entries])
+        names = [name for name, _start, _end in entries]
+        twins = nfc_twins(names)
         if twins:
             log.warning("%s", one_line(twins_note(twins, str(tar))))
-        duplicates = _duplicates(tar, [name for name, _start, _end in entries])
+        duplicates = _duplicates(tar, names)
         fd, _tmp = outputs.file(out)
         try:
             for data in offsets_batches(entries):
