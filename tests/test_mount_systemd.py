@@ -82,3 +82,16 @@ def test_type_notify_ready_once_mounted(blob_project, tmp_path, abstract):
         msg = sock.recv(4096).decode()
         assert "READY=1" in msg.split("\n")
         assert is_mounted(mp) and "ds1" in os.listdir(mp)
+
+
+@pytest.mark.parametrize("tail", [["-o"], ["-o", "ro", "-t"]], ids=["bare-o", "bare-t"])
+def test_helper_script_refuses_an_option_without_its_value(tmp_path, tail):
+    # mount(8) never sends these, but a hand-typed "mount.fuse.blobfs SRC MNT -o" died on
+    # "shift: can't shift that many" and never said which option lacked its value.
+    fake = tmp_path / "blobfs"
+    fake.write_text("#!/bin/sh\necho ran >&2\nexit 0\n")
+    fake.chmod(0o755)
+    r = subprocess.run(["/bin/sh", str(SYSTEMD / "mount.fuse.blobfs"), "/data/proj", "/mnt/proj", *tail],
+                       env={"BLOBFS": str(fake)}, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr == f"mount.fuse.blobfs: option {tail[-1]} needs a value\n"
