@@ -36,6 +36,12 @@ def test_noexec_is_honoured_not_ignored():
     assert not d.noexec and "noexec" not in d.fuse_kwargs(3) and b"noexec" not in _argv(d, "s")[2]
 
 
+def test_subtype_blobfs_from_mount_fuse3_is_accepted():
+    # mount.fuse3 adds subtype=blobfs for an fstab type fuse.blobfs (no helper installed).
+    o = build_options("s", "m", o=("ro,nofail,subtype=blobfs",))
+    assert o.fuse_kwargs(3)["subtype"] == "blobfs"
+
+
 def test_own_options():
     o = build_options("src", "mp", o=("allow_other,auto_unmount", "libfuse=2,threads,log=/tmp/x.log,nonempty"))
     assert (o.allow_other, o.auto_unmount, o.libfuse, o.threads, o.nonempty) == (True, True, 2, True, True)
@@ -92,7 +98,9 @@ def test_uring_default_and_values():
                                       ("log=", "'log' needs a value"),
                                       ("offsets=", "'offsets' needs a value"),
                                       ("ann=", "'ann' needs a value"),
-                                      ("fsname=", "'fsname' needs a value")])
+                                      ("fsname=", "'fsname' needs a value"),
+                                      # was accepted and dropped: the mount stayed fuse.blobfs
+                                      ("subtype=other", "fuse.blobfs")])
 def test_bad_options_are_usage_errors_naming_them(bad, word):
     with pytest.raises(MountUsageError) as e:
         build_options("s", "m", o=(bad,))

@@ -226,6 +226,12 @@ def build_options(
         raise MountUsageError("mount options 'uring' and 'nouring' contradict each other")
     if parsed.get("overlay"):
         _check_overlay(parsed, libfuse)
+    # mount.fuse3 adds subtype=TYPE from an fstab type "fuse.TYPE". The mount table's type is
+    # what "blobfs umount" and "findmnt -t fuse.blobfs" go by, so another name is refused
+    # rather than silently dropped.
+    if parsed.get("subtype", "blobfs") != "blobfs":
+        raise MountUsageError(f"mount option subtype={parsed['subtype']} is not supported: the mount type "
+                              "is always fuse.blobfs")
     lib = libfuse if libfuse is not None else parsed.get("libfuse")
     if lib is not None:
         if str(lib) not in ("2", "3"):
