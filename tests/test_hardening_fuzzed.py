@@ -11,12 +11,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from mount_helpers import BLOBFS, is_mounted
+from mount_helpers import BLOBFS, force_unmount, is_mounted, requires_fuse
 from offsets_helpers import pickle_offsets
 from test_hardening_input import copy_project, info_json, one_line, run
 
@@ -159,6 +161,47 @@ def test_umount_refuses_what_is_not_a_fuse_mount(tmp_path):
         assert is_mounted(mp)
     finally:
         subprocess.run(["umount", str(mp)], check=False)
+
+
+FOREIGN_FS = """
+import sys, errno, stat, mfusepy
+class Empty(mfusepy.Operations):
+    def getattr(self, path, fh=None):
+        if path != "/":
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+    def readdir(self, path, fh):
+        return [".", ".."]
+mfusepy.FUSE(Empty(), sys.argv[1], foreground=True, ro=True, fsname="elsewhere", subtype="otherfs")
+"""
+
+
+@requires_fuse
+@pytest.mark.mount
+def test_umount_refuses_another_fuse_filesystem(tmp_path):
+    """A live sshfs or ratarmount mount is a FUSE mount too: it is not blobfs's to end."""
+    mp = tmp_path / "other"
+    mp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", FOREIGN_FS, str(mp)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not is_mounted(mp):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the foreign filesystem did not mount"
+            time.sleep(0.05)
+        r = run("umount", str(mp))
+        assert r.returncode == 2 and "a fuse.otherfs mount, not blobfs" in one_line(r), r.stderr
+        assert is_mounted(mp) and proc.poll() is None
+    finally:
+        force_unmount(mp)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
 
 
 @pytest.mark.parametrize("args", [("umount", ""), ("mount", "SRC", ""), ("mount", "", "MP"), ("info", ""),

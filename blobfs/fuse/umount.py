@@ -35,6 +35,9 @@ STALE_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
 #: (:mod:`blobfs.fuse.overlay`) starts with this: the fstype alone, "overlay", is Docker's too.
 OVERLAY_SOURCE_PREFIX = "blobfs:"
 
+#: The mount table's type of every blobfs FUSE mount (libfuse's ``subtype=blobfs``).
+BLOBFS_FSTYPE = "fuse.blobfs"
+
 
 def _unescape_mountinfo(field: str) -> str:
     # /proc/self/mountinfo octal-escapes space, tab, newline and backslash (fs/proc_namespace.c).
@@ -97,7 +100,8 @@ def _commands(mountpoint: str, lazy: bool, fuse: bool = True) -> list[list[str]]
 
 
 def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False, timeout: float = 30.0) -> None:
-    """Unmount ``mountpoint`` (live or stale) with fusermount3, fusermount or umount.
+    """Unmount the blobfs mount at ``mountpoint`` (live or stale) with fusermount3, fusermount
+    or umount.
 
     Raises :class:`BusyError` when the mount is in use (suggesting ``lazy``),
     :class:`UnmountError` when it is not mounted or every tool failed, and
@@ -118,6 +122,11 @@ def unmount(mountpoint: str | os.PathLike[str], *, lazy: bool = False, timeout: 
     if not fuse and not is_blobfs_overlay(entry):
         # umount(8), the last fallback below, would unmount anything, a tmpfs or /home alike.
         raise InputError(f"{mp}: not a FUSE mount ({entry[0]}); blobfs umount only unmounts FUSE mounts")
+    if fuse and entry[0] != BLOBFS_FSTYPE:
+        # Every blobfs mount says subtype=blobfs, and a dead daemon's stale mount keeps it, so
+        # another type is someone else's filesystem (sshfs, a ratarmount): not ours to end.
+        raise InputError(f"{mp}: a {entry[0]} mount, not blobfs; blobfs umount only unmounts blobfs mounts "
+                         "(fusermount3 -u unmounts any FUSE mount)")
     errors: list[str] = []
     busy = False
     for cmd in _commands(mp, lazy, fuse):
