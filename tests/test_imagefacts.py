@@ -139,3 +139,23 @@ def test_info_images_cli(blob_project: Path) -> None:
     res = CliRunner().invoke(cli, ["info", str(blob_project), "--images"])
     assert res.exit_code == 0, res.output
     assert "formats:" in res.output and "longest side:" in res.output
+
+
+def test_info_images_exits_1_when_an_image_does_not_decode(classic_project: Path, tmp_path: Path) -> None:
+    # It said "unreadable: 1" and exited 0, so a script checking the status saw no problem.
+    import shutil
+
+    from click.testing import CliRunner
+
+    from blobfs.cli.main import cli
+
+    proj = tmp_path / "p"
+    shutil.copytree(classic_project, proj)
+    assert CliRunner().invoke(cli, ["info", str(proj), "--images"]).exit_code == 0
+    (proj / "ds2/img/scan 04.png").write_bytes(b"broken")
+    plain = CliRunner().invoke(cli, ["info", str(proj)])
+    assert plain.exit_code == 0, plain.output  # without --images nothing reads the header
+    for extra in ([], ["--json"]):
+        res = CliRunner().invoke(cli, ["info", str(proj), "--images", *extra])
+        assert res.exit_code == 1, res.output
+        assert "scan 04.png" in res.output

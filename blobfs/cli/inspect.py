@@ -98,7 +98,8 @@ def info_cmd(source: Path, offsets: Path | None, ann: Path | None, as_json: bool
     """Datasets, item counts, bytes, blobs and problems of SOURCE.
 
     SOURCE is a project folder, a dataset folder or a bare TAR. Exit 1 when problems were
-    found, 2 when SOURCE cannot be read.
+    found (with --images: also when an image header does not decode), 2 when SOURCE cannot
+    be read.
     """
     from blobfs.model.verify import summary
 
@@ -114,7 +115,8 @@ def info_cmd(source: Path, offsets: Path | None, ann: Path | None, as_json: bool
             _print_info(report)
             if images:
                 click.echo(format_images_report(report["images"]))
-    sys.exit(1 if report["problems"] else 0)
+    # An image nothing can decode is a problem the user asked --images to find.
+    sys.exit(1 if report["problems"] or (images and report["images"]["unreadable"]) else 0)
 
 
 def _print_info(r: dict) -> None:
