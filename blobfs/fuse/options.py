@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from blobfs.errors import InputError
+from blobfs.model.ownership import Ownership, parse_id, parse_umask
 
 #: Seconds the kernel may cache attributes, lookups and failed lookups. The view never
 #: changes while mounted, so a day is as good as forever and keeps each stat in the kernel.
@@ -39,6 +40,9 @@ OWN_OPTIONS = {
     "exec": False,
     "noexec": False,
     "allow_other": False,
+    "uid": True,
+    "gid": True,
+    "umask": True,
     "auto_unmount": False,
     "debug": False,
     "nonempty": False,
@@ -97,6 +101,9 @@ class MountOptions:
     #: ``isatty()``) itself; see :mod:`blobfs.fuse.overlay`
     overlay: bool = False
     allow_other: bool = False
+    uid: int | None = None  #: the owner every entry shows (None: its source's)
+    gid: int | None = None  #: the group every entry shows (None: its source's)
+    umask: int | None = None  #: permission bits taken from every entry's mode (see :mod:`blobfs.model.ownership`)
     auto_unmount: bool = False
     debug: bool = False
     nonempty: bool = False  #: allow a non-empty mount point
@@ -107,6 +114,11 @@ class MountOptions:
     log_file: Path | None = None
     fsname: str | None = None
     ignored: tuple[str, ...] = field(default=())  #: generic options accepted and ignored
+
+    @property
+    def ownership(self) -> Ownership | None:
+        """What the view shows instead of each entry's owner, group and permission bits."""
+        return Ownership(self.uid, self.gid, self.umask) or None
 
     @property
     def source_name(self) -> str:
@@ -261,6 +273,12 @@ def build_options(
         else:
             workers = int(workers)
 
+    try:
+        owner = {k: parse_id(k, parsed[k]) for k in ("uid", "gid") if k in parsed}
+        umask = parse_umask(parsed["umask"]) if "umask" in parsed else None
+    except ValueError as e:
+        raise MountUsageError(str(e)) from None
+
     def _path(v: Any) -> Path | None:
         return None if v in (None, "") else Path(os.path.abspath(os.path.expanduser(str(v))))
 
@@ -282,6 +300,9 @@ def build_options(
         uring=True if parsed.get("uring") else (False if parsed.get("nouring") else None),
         overlay=bool(parsed.get("overlay")),
         allow_other=bool(parsed.get("allow_other")),
+        uid=owner.get("uid"),
+        gid=owner.get("gid"),
+        umask=umask,
         auto_unmount=bool(parsed.get("auto_unmount")),
         debug=debug or bool(parsed.get("debug")),
         nonempty=bool(parsed.get("nonempty")),
