@@ -134,7 +134,8 @@ def test_uring_default_and_values():
                                       ("gid=no-such-group-here", "no such group"),
                                       ("umask=999", "umask=999"), ("umask=8", "umask=8"),
                                       ("umask=01000", "umask=01000"), ("umask=-22", "umask=-22"),
-                                      ("umask=0x12", "umask=0x12")])
+                                      ("umask=0x12", "umask=0x12"),
+                                      ("allow_root", "allow_root")])
 def test_bad_options_are_usage_errors_naming_them(bad, word):
     with pytest.raises(MountUsageError) as e:
         build_options("s", "m", o=(bad,))

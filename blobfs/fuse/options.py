@@ -40,6 +40,7 @@ OWN_OPTIONS = {
     "exec": False,
     "noexec": False,
     "allow_other": False,
+    "allow_root": False,
     "uid": True,
     "gid": True,
     "umask": True,
@@ -236,6 +237,15 @@ def build_options(
         threads = bool(parsed.get("threads"))
     if parsed.get("uring") and parsed.get("nouring"):
         raise MountUsageError("mount options 'uring' and 'nouring' contradict each other")
+    if parsed.get("allow_root"):
+        # libfuse refuses other users in the daemon (fuse_lowlevel.c ``deny_others``), but the
+        # kernel answers from its caches for a day (CACHE_TIMEOUT) without asking: with
+        # libfuse 2, 3 and the low-level driver alike, any user could then read every file root
+        # had looked at. The kernel's own mode check (default_permissions) holds for cached
+        # entries too, and root passes it through its capabilities.
+        raise MountUsageError("mount option 'allow_root' is not supported (the kernel's caches would let other "
+                              "users past it); for the shown owner and root only, use -o allow_other,umask=077 "
+                              "(with uid= to choose that owner)")
     if parsed.get("overlay"):
         _check_overlay(parsed, libfuse)
     # mount.fuse3 adds subtype=TYPE from an fstab type "fuse.TYPE". The mount table's type is
