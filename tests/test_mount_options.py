@@ -9,7 +9,9 @@ from click.testing import CliRunner
 
 from blobfs.cli.main import route_argv
 from blobfs.cli.mount import mount_cmd
+from blobfs.fuse.lowlevel import _argv
 from blobfs.fuse.options import DEFAULT_SPIN_US, MountUsageError, build_options, parse_o
+from blobfs.model.ownership import Ownership
 
 
 def test_generic_options_are_accepted_and_ignored():
@@ -56,6 +58,29 @@ def test_own_options():
         o.threads = False  # type: ignore[misc]
 
 
+def test_uid_gid_umask():
+    d = build_options("s", "m")
+    assert (d.uid, d.gid, d.umask, d.ownership) == (None, None, None, None)  # the sources' owners
+    o = build_options("s", "m", o=("ro,allow_other,uid=1000,gid=1001,umask=022,nofail",))
+    assert (o.uid, o.gid, o.umask) == (1000, 1001, 0o022) and o.allow_other
+    assert (o.ownership.uid, o.ownership.gid, o.ownership.umask) == (1000, 1001, 0o022)
+    assert build_options("s", "m", o=("umask=0077",)).umask == 0o077
+    assert build_options("s", "m", o=("umask=0",)).ownership.umask == 0  # given, though it masks nothing
+    assert build_options("s", "m", o=("uid=root,gid=root",)).ownership == Ownership(0, 0)  # names: pwd/grp
+    assert build_options("s", "m", o=("uid=0",)).uid == 0
+    kw, argv = o.fuse_kwargs(3), b",".join(_argv(o, "s"))
+    # applied by the view, never handed to libfuse (whose high-level umask= replaces modes and
+    # fusermount3 refuses uid=)
+    assert not {"uid", "gid", "umask"} & set(kw) and b"uid=" not in argv and b"umask" not in argv
+
+
+def test_cli_bad_uid_exit_2_one_line(tmp_path):
+    r = CliRunner().invoke(mount_cmd, [str(tmp_path), str(tmp_path), "-o", "ro,uid=abc"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == ["blobfs mount: mount option uid=abc: no such user "
+                                             "(give a number or a user name)"]
+
+
 def test_flags_win_over_o_and_defaults():
     o = build_options("s", "m", o=("threads,libfuse=2",), threads=False, libfuse="3")
     assert (o.threads, o.libfuse) == (False, 3)
@@ -100,7 +125,17 @@ def test_uring_default_and_values():
                                       ("ann=", "'ann' needs a value"),
                                       ("fsname=", "'fsname' needs a value"),
                                       # was accepted and dropped: the mount stayed fuse.blobfs
-                                      ("subtype=other", "fuse.blobfs")])
+                                      ("subtype=other", "fuse.blobfs"),
+                                      ("uid=", "'uid' needs a value"), ("gid=", "'gid' needs a value"),
+                                      ("umask=", "'umask' needs a value"),
+                                      ("uid=-1", "uid=-1"), ("gid=-1", "gid=-1"), ("uid=+5", "uid=+5"),
+                                      ("uid=4294967295", "uid=4294967295"),
+                                      ("uid=no-such-user-here", "no such user"),
+                                      ("gid=no-such-group-here", "no such group"),
+                                      ("umask=999", "umask=999"), ("umask=8", "umask=8"),
+                                      ("umask=01000", "umask=01000"), ("umask=-22", "umask=-22"),
+                                      ("umask=0x12", "umask=0x12"),
+                                      ("allow_root", "allow_root")])
 def test_bad_options_are_usage_errors_naming_them(bad, word):
     with pytest.raises(MountUsageError) as e:
         build_options("s", "m", o=(bad,))

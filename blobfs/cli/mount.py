@@ -49,10 +49,13 @@ def _setup_logging(debug: bool) -> None:
 @click.argument("mountpoint", type=NonEmptyPath())
 @click.option("-f", "--foreground", is_flag=True, help="Stay attached (do not daemonize); log to stderr.")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
-              help="Mount options as mount(8) passes them: allow_other, auto_unmount, nonempty, "
+              help="Mount options as mount(8) passes them: allow_other, uid=N|USER and gid=N|GROUP (the owner and "
+                   "group every entry shows), umask=NNN (octal; permission bits taken from every entry's mode, "
+                   "never added), auto_unmount, nonempty, "
                    "threads, nothreads, workers=N|auto (daemon processes, default one per CPU, at most 8), spin_us=N (default 50 with one process, 0 with workers), uring|nouring (FUSE over io_uring; default: whenever the kernel has it on), overlay (root, with allow_other: overlayfs on top answers ioctls such as Python's isatty() in the kernel; faster Python open(), slower plain open), libfuse=2|3, fuse_api=lowlevel|highlevel, log=FILE, offsets=PKL, ann=DIR, synthesize_ann, "
                    "fsname=NAME, debug, noexec|exec (the kernel flag; the last one wins). Generic ones (ro, nofail, noauto, user, _netdev, x-systemd.*, "
-                   "...) are ignored.")
+                   "...) are ignored. allow_root is refused (the kernel's caches would let other users past it; use "
+                   "allow_other,umask=077).")
 @click.option("--offsets", type=NonEmptyPath(), help="Offsets file for a bare TAR source (default: the sibling "
                    "STEM_offsets.pkl, else the tar's own headers).")
 @click.option("--ann", type=NonEmptyPath(), help="Annotation folder for a bare TAR source.")

@@ -64,6 +64,7 @@ def serve(project: Any, fb: _binding.Binding, opts: MountOptions, on_ready: Call
     ``at``: where FUSE mounts when it is not the mount point (``-o overlay``'s private directory)."""
     started = threading.Event()
     lowlevel = fb.lowlevel(opts.fuse_api)
+    project.view.show_as(opts.ownership)
 
     def _init() -> None:
         started.set()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from blobfs.errors import InputError
+from blobfs.model.ownership import Ownership, parse_id, parse_umask
 
 #: Seconds the kernel may cache attributes, lookups and failed lookups. The view never
 #: changes while mounted, so a day is as good as forever and keeps each stat in the kernel.
@@ -39,6 +40,10 @@ OWN_OPTIONS = {
     "exec": False,
     "noexec": False,
     "allow_other": False,
+    "allow_root": False,
+    "uid": True,
+    "gid": True,
+    "umask": True,
     "auto_unmount": False,
     "debug": False,
     "nonempty": False,
@@ -97,6 +102,9 @@ class MountOptions:
     #: ``isatty()``) itself; see :mod:`blobfs.fuse.overlay`
     overlay: bool = False
     allow_other: bool = False
+    uid: int | None = None  #: the owner every entry shows (None: its source's)
+    gid: int | None = None  #: the group every entry shows (None: its source's)
+    umask: int | None = None  #: permission bits taken from every entry's mode (see :mod:`blobfs.model.ownership`)
     auto_unmount: bool = False
     debug: bool = False
     nonempty: bool = False  #: allow a non-empty mount point
@@ -107,6 +115,11 @@ class MountOptions:
     log_file: Path | None = None
     fsname: str | None = None
     ignored: tuple[str, ...] = field(default=())  #: generic options accepted and ignored
+
+    @property
+    def ownership(self) -> Ownership | None:
+        """What the view shows instead of each entry's owner, group and permission bits."""
+        return Ownership(self.uid, self.gid, self.umask) or None
 
     @property
     def source_name(self) -> str:
@@ -224,6 +237,15 @@ def build_options(
         threads = bool(parsed.get("threads"))
     if parsed.get("uring") and parsed.get("nouring"):
         raise MountUsageError("mount options 'uring' and 'nouring' contradict each other")
+    if parsed.get("allow_root"):
+        # libfuse refuses other users in the daemon (fuse_lowlevel.c ``deny_others``), but the
+        # kernel answers from its caches for a day (CACHE_TIMEOUT) without asking: with
+        # libfuse 2, 3 and the low-level driver alike, any user could then read every file root
+        # had looked at. The kernel's own mode check (default_permissions) holds for cached
+        # entries too, and root passes it through its capabilities.
+        raise MountUsageError("mount option 'allow_root' is not supported (the kernel's caches would let other "
+                              "users past it); for the shown owner and root only, use -o allow_other,umask=077 "
+                              "(with uid= to choose that owner)")
     if parsed.get("overlay"):
         _check_overlay(parsed, libfuse)
     # mount.fuse3 adds subtype=TYPE from an fstab type "fuse.TYPE". The mount table's type is
@@ -261,6 +283,12 @@ def build_options(
         else:
             workers = int(workers)
 
+    try:
+        owner = {k: parse_id(k, parsed[k]) for k in ("uid", "gid") if k in parsed}
+        umask = parse_umask(parsed["umask"]) if "umask" in parsed else None
+    except ValueError as e:
+        raise MountUsageError(str(e)) from None
+
     def _path(v: Any) -> Path | None:
         return None if v in (None, "") else Path(os.path.abspath(os.path.expanduser(str(v))))
 
@@ -282,6 +310,9 @@ def build_options(
         uring=True if parsed.get("uring") else (False if parsed.get("nouring") else None),
         overlay=bool(parsed.get("overlay")),
         allow_other=bool(parsed.get("allow_other")),
+        uid=owner.get("uid"),
+        gid=owner.get("gid"),
+        umask=umask,
         auto_unmount=bool(parsed.get("auto_unmount")),
         debug=debug or bool(parsed.get("debug")),
         nonempty=bool(parsed.get("nonempty")),

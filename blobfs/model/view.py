@@ -30,6 +30,7 @@ from blobfs.model.hidden import HiddenLog
 from blobfs.model.listing import (DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, Around,
                                   HiddenEntry, RealLister)
 from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
+from blobfs.model.ownership import Ownership
 from blobfs.model.synth_ann import AnnSynthesizer
 from blobfs.model.view_reports import OutsideTheView
 
@@ -104,7 +105,13 @@ class ClassicView(OutsideTheView):
         self._lister = RealLister(self._root_real)
         self._synth = AnnSynthesizer(project.datasets, log_failures=log_synth_failures)
         self.ids = NodeIds(project.datasets)  #: node ids that need no table (FUSE driver)
+        self._shown_as: Ownership | None = None
         self._build()
+
+    def show_as(self, ownership: Ownership | None) -> None:
+        """Show every entry with ``ownership``'s owner, group and umask (``-o uid=,gid=,umask=``);
+        set before the mount serves, so every adapter and worker process sees the same."""
+        self._shown_as = ownership or None
 
     # -- layout -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -219,6 +226,10 @@ class ClassicView(OutsideTheView):
 
     # -- attributes ---------------------------------------------------------------------
     def getattr(self, path: str) -> Stat:
+        s = self._stat(path)
+        return s if self._shown_as is None else self._shown_as.apply(s)
+
+    def _stat(self, path: str) -> Stat:
         rel, node = self._lookup(path)
         kind = node[0]
         if kind == "item":
