@@ -357,3 +357,27 @@ def test_full_disk_names_the_final_path_in_one_line(tmp_path: Path, monkeypatch:
     assert res.exit_code == 1
     assert res.output.splitlines() == [f"blobfs: {out / fails}: No space left on device; nothing written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classic"]
+
+
+def test_split_stems_do_not_take_the_stem_of_an_earlier_dataset(tmp_path: Path) -> None:
+    """``a/datasets/b-000`` (tar ``a__b-000``) sorts before ``a__b``, whose split tars would
+    be ``a__b-000``, ``a__b-001``: the second dataset gets ``a__b_2-000``, ... instead of
+    failing with "a__b-000.tar: File exists"."""
+    src = tmp_path / "src"
+    files = {"meta.json": b'{"classes": [], "tags": [], "projectSettings": {}}'}
+    for rel in ("a__b/img/x1.png", "a__b/img/x2.png", "a/datasets/b-000/img/n.png"):
+        files[rel] = os.urandom(8000)
+        files[rel.replace("/img/", "/ann/") + ".json"] = ann()
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    out = tmp_path / "out"
+    res = invoke(pack_project_cmd, src, out, "--max-blob-size", "10K")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "blob").iterdir()) == [
+        "a__b-000.tar", "a__b_2-000.tar", "a__b_2-001.tar"]
+    assert_sdk_offsets(out)
+    back = tmp_path / "back"
+    assert invoke(unpack_cmd, out, back).exit_code == 0
+    assert tree(back) == files
+

@@ -58,13 +58,20 @@ class _Blob:
     members: list[Member] = field(default_factory=list)
 
 
-def _stem(name: str, taken: set[str]) -> str:
+def _stems(name: str, parts: int, taken: set[str]) -> list[str]:
+    """The tar stems of a dataset written as ``parts`` tars: ``STEM``, or ``STEM-000``, ...
+    when split. Each of them must be free, not just ``STEM``: a split ``a__b`` would
+    otherwise take the ``a__b-000`` of a dataset ``a/datasets/b-000`` met before it (and the
+    second tar of that name fails to be created)."""
     base = name.replace("/", "__")
     stem, k = base, 1
-    while stem in taken:
+    while True:
+        names = [stem] if parts == 1 else [f"{stem}-{i:03d}" for i in range(parts)]
+        if stem not in taken and taken.isdisjoint(names):
+            taken.update([stem, *names])
+            return names
         k += 1
         stem = f"{base}_{k}"
-    return stem
 
 
 def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[str], list[str]]:
@@ -101,9 +108,7 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
         if not chosen:
             continue
         parts = _split(chosen, opts.max_blob_size)
-        stem = _stem(ds.name, taken)
-        names = [stem] if len(parts) == 1 else [f"{stem}-{i:03d}" for i in range(len(parts))]
-        taken.update([stem, *names])
+        names = _stems(ds.name, len(parts), taken)
         for part_stem, members in zip(names, parts):
             blobs.append(_Blob(part_stem, ds.relpath, members))
         packed.update(m[1] for m in chosen)
