@@ -381,3 +381,19 @@ def test_split_stems_do_not_take_the_stem_of_an_earlier_dataset(tmp_path: Path) 
     assert invoke(unpack_cmd, out, back).exit_code == 0
     assert tree(back) == files
 
+
+def test_refuses_an_offsets_file_in_a_dataset(classic_project: Path, tmp_path: Path) -> None:
+    """A stray ``ds1_offsets.pkl`` in a classic project's dataset: copied, it would name the
+    tar pack-project writes for ds1 (it failed with "File exists", exit 1), and one of
+    another stem would give the dataset the items of that other tar."""
+    src = tmp_path / "src"
+    subprocess.run(["cp", "-r", str(classic_project), str(src)], check=True)
+    stray = src / "ds1" / "ds1_offsets.pkl"
+    stray.write_bytes(dumps_offsets([]))
+    out = tmp_path / "out"
+    res = invoke(pack_project_cmd, src, out)
+    assert res.exit_code == 2
+    assert res.output.splitlines() == [
+        f"blobfs: {stray}: an offsets file in a classic project (pack-project writes them; "
+        "remove it or unpack the blob project first)"]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".blobfs-" in p.name]

@@ -81,6 +81,13 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
     packed: set[str] = set()
     taken: set[str] = set()
     datasets = find_datasets(src)
+    for ds in datasets:
+        if ds.offsets:
+            # Copied as it is, it would give the output's dataset the items of whatever tar
+            # its stem names there (another dataset's), or take the name of the one written.
+            raise InputError(f"{src / ds.relpath / ds.offsets[0]}: an offsets file in a classic "
+                             "project (pack-project writes them; remove it or unpack the blob "
+                             "project first)")
     twins: list[tuple[str, str]] = []
     twins_where = ""
     for ds in datasets:
