@@ -292,3 +292,18 @@ def test_deep_paths_resolve_without_recursion(blob_project: Path, tmp_path: Path
                 p.read(f"ds1/meta/{deep}/f.json/{deep}")
     finally:  # shutil.rmtree (pytest's clean-up of old temporaries) recurses per level too
         subprocess.run(["rm", "-rf", str(proj / "ds1" / "meta" / "a")], check=True, timeout=60)
+
+
+def test_item_number_minus_one_from_find_is_no_item(blob_project: Path) -> None:
+    """``items.read(items.find(name))`` of a name not there raises: -1 (find's "absent")
+    read the last item's bytes, and a negative offset the tar bytes before an item."""
+    with blobfs.open_project(blob_project) as p:
+        items = p.datasets[0].items
+        assert items.find("no_such.png") == -1
+        for method in (items.read, items.name, items.name_bytes, items.size, items.range,
+                       items.is_blob, items.source):
+            with pytest.raises(IndexError, match="negative"):
+                method(-1)
+        with pytest.raises(ValueError, match="negative offset"):
+            items.read(0, 10, -512)
+        assert items.read(0) == items.read(0, -1, 0)  # unchanged for item numbers

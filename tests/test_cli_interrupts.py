@@ -361,3 +361,25 @@ def test_a_prompt_at_the_end_of_its_input_is_aborted_not_interrupted(kind: str) 
     assert out == b"name: "
     if kind == "ok":
         assert err.decode().splitlines() == ["Aborted!"], err
+
+
+def test_interrupted_line_is_the_only_line_in_a_pipe_or_file(tmp_path: Path) -> None:
+    """The newline before "blobfs: interrupted" ends a ^C or a progress bar on a terminal;
+    in a pipe or log file it was an empty line before the one line."""
+    (tmp_path / "interrupted_in_pipe.py").write_text(
+        "from blobfs.cli.main import end_interrupted\n"
+        "end_interrupted('no output written')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "interrupted_in_pipe"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (130, "blobfs: interrupted; no output written\n")
+    master, slave = os.openpty()  # on a terminal the newline stays
+    try:
+        r = subprocess.run([sys.executable, "-m", "interrupted_in_pipe"], cwd=tmp_path, env=env,
+                           stderr=slave, timeout=60)
+        seen = os.read(master, 4096)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 130 and seen == b"\r\nblobfs: interrupted; no output written\r\n"

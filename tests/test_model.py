@@ -286,6 +286,36 @@ def test_index_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.Mo
         assert dict(p.iter_bytes()) == {"ds/img/only.png": bytes([3]) * 4}
 
 
+
+def test_index_cache_problems_name_the_offsets_file_as_opened_now(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached problem line named the offsets file by the path of the run that wrote the
+    cache: opened from another folder (or through a link) it named a path that was not
+    there. A problem of another offsets file (its tar missing) was cached too, and said twice."""
+    from blobfs.model import cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "MIN_ENTRIES", 0)
+    root = tmp_path / "proj"
+    _make_project(root, {"ds": {f"{i}.png": bytes([i]) * (i + 1) for i in range(30)}})
+    pkl = root / "ds/ds_offsets.pkl"
+    with tarfile.open(root / "blob/ds.tar") as tf:
+        entries = [(Path(m.name).name, m.offset_data, m.offset_data + m.size) for m in tf if m.isreg()]
+    write_offsets(pkl, [*entries, ("far.png", 10**9, 10**9 + 1)])
+    write_offsets(root / "ds/gone_offsets.pkl", entries[:1])  # blob/gone.tar does not exist
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other").mkdir()
+    for path in (Path("proj"), root, Path("other/../proj")):
+        with open_project(path, lenient=True) as p:  # as info and verify open it
+            got = sorted(p.problems)
+        opened = path / "ds/ds_offsets.pkl"
+        assert got == sorted([f"{path / 'blob/gone.tar'}: tar not found",
+                              f"{opened}: entry #30 'far.png': offset_end 1000000001 is past "
+                              "the end of the tar (" + str((root / "blob/ds.tar").stat().st_size)
+                              + " bytes) (skipped)"]), path
+    # One cache file, written by the first open: the later ones were served from it.
+    assert len(list((tmp_path / "cache" / "blobfs").glob("*.idx"))) == 1
+
 def test_ann_path_follows_symlinks_only_inside_the_project(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     _make_project(root, {"ds": {"a.png": b"x", "b.png": b"y"}})

@@ -357,3 +357,71 @@ def test_full_disk_names_the_final_path_in_one_line(tmp_path: Path, monkeypatch:
     assert res.exit_code == 1
     assert res.output.splitlines() == [f"blobfs: {out / fails}: No space left on device; nothing written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classic"]
+
+
+def test_split_stems_do_not_take_the_stem_of_an_earlier_dataset(tmp_path: Path) -> None:
+    """``a/datasets/b-000`` (tar ``a__b-000``) sorts before ``a__b``, whose split tars would
+    be ``a__b-000``, ``a__b-001``: the second dataset gets ``a__b_2-000``, ... instead of
+    failing with "a__b-000.tar: File exists"."""
+    src = tmp_path / "src"
+    files = {"meta.json": b'{"classes": [], "tags": [], "projectSettings": {}}'}
+    for rel in ("a__b/img/x1.png", "a__b/img/x2.png", "a/datasets/b-000/img/n.png"):
+        files[rel] = os.urandom(8000)
+        files[rel.replace("/img/", "/ann/") + ".json"] = ann()
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    out = tmp_path / "out"
+    res = invoke(pack_project_cmd, src, out, "--max-blob-size", "10K")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "blob").iterdir()) == [
+        "a__b-000.tar", "a__b_2-000.tar", "a__b_2-001.tar"]
+    assert_sdk_offsets(out)
+    back = tmp_path / "back"
+    assert invoke(unpack_cmd, out, back).exit_code == 0
+    assert tree(back) == files
+
+
+def test_refuses_an_offsets_file_in_a_dataset(classic_project: Path, tmp_path: Path) -> None:
+    """A stray ``ds1_offsets.pkl`` in a classic project's dataset: copied, it would name the
+    tar pack-project writes for ds1 (it failed with "File exists", exit 1), and one of
+    another stem would give the dataset the items of that other tar."""
+    src = tmp_path / "src"
+    subprocess.run(["cp", "-r", str(classic_project), str(src)], check=True)
+    stray = src / "ds1" / "ds1_offsets.pkl"
+    stray.write_bytes(dumps_offsets([]))
+    out = tmp_path / "out"
+    res = invoke(pack_project_cmd, src, out)
+    assert res.exit_code == 2
+    assert res.output.splitlines() == [
+        f"blobfs: {stray}: an offsets file in a classic project (pack-project writes them; "
+        "remove it or unpack the blob project first)"]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".blobfs-" in p.name]
+
+
+def test_dataset_names_too_long_for_a_tar_name(tmp_path: Path) -> None:
+    """A legal dataset folder name of 250 bytes, or a nested dataset whose "A__B" is longer
+    than a file name, failed with "…_offsets.pkl: File name too long" (exit 1): the stem
+    keeps its first bytes and a digest, and the SDK pairs the tar and offsets file by it."""
+    src = tmp_path / "src"
+    long_ds, parent, child = "d" * 250, "é" * 70, "c" * 130  # the parent: 140 bytes of UTF-8
+    files = {"meta.json": b'{"classes": [], "tags": [], "projectSettings": {}}'}
+    for ds, n in ((long_ds, 3), (f"{parent}/datasets/{child}", 1)):
+        for i in range(n):
+            files[f"{ds}/img/x{i}.png"] = os.urandom(6000)
+            files[f"{ds}/ann/x{i}.png.json"] = ann()
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    out = tmp_path / "out"
+    res = invoke(pack_project_cmd, src, out, "--max-blob-size", "10K")
+    assert res.exit_code == 0, res.output
+    tars = sorted(p.name for p in (out / "blob").iterdir())
+    assert len(tars) == 4 and all(len(t.encode()) <= 255 for t in tars)
+    assert_sdk_offsets(out)
+    with open_project(out) as p:
+        assert sorted((ds.name, len(ds.items)) for ds in p.datasets) == [
+            (long_ds, 3), (f"{parent}/{child}", 1)] and not p.problems
+    back = tmp_path / "back"
+    assert invoke(unpack_cmd, out, back).exit_code == 0
+    assert tree(back) == files

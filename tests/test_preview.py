@@ -307,6 +307,30 @@ def test_cli_preview(blob_project: Path, tmp_path: Path) -> None:
     assert gone.returncode == 2 and gone.stderr == f"blobfs: {missing}: no such file or directory\n"
 
 
+
+def test_cli_preview_of_nothing_names_what_was_given(tmp_path: Path) -> None:
+    """"No items" named the project above a dataset folder it was given, and a bare tar as
+    "source" (no file at all); now the folder or tar given, and the DATASET asked for."""
+    from blobfs.format.offsets_write import dumps_offsets
+
+    proj = tmp_path / "proj"
+    (proj / "empty" / "ann").mkdir(parents=True)
+    (proj / "meta.json").write_text('{"classes": [], "tags": []}')
+    tar = tmp_path / "t.tar"
+    tar.write_bytes(bytes(10240))  # an empty archive
+    (tmp_path / "t_offsets.pkl").write_bytes(dumps_offsets([]))
+    out = tmp_path / "sheet.png"
+
+    def error(*args: object) -> str:
+        res = CliRunner().invoke(cli, ["preview", *map(str, args), "-o", str(out)])
+        assert res.exit_code == 2 and not out.exists(), res.output
+        return res.output.splitlines()[-1]
+
+    assert error(proj / "empty") == f"blobfs: {proj / 'empty'}: no items to preview"
+    assert error(proj, "empty") == f"blobfs: {proj}: dataset 'empty' has no items to preview"
+    assert error(tar) == f"blobfs: {tar}: no items to preview"
+    assert error(tar, "nope") == f"blobfs: {tar}: no dataset 'nope' (datasets: t)"
+
 @pytest.mark.parametrize("args", [["--columns", "1000", "--thumb", "2048"],
                                   ["--columns", "11", "--thumb", "2048", "--limit", "500"]])
 def test_cli_preview_rows_over_the_memory_budget(tmp_path: Path, args: list[str]) -> None:

@@ -100,8 +100,11 @@ def route_argv(argv: list[str]) -> list[str]:
 def end_interrupted(state: str | None = None, *, newline: bool = True) -> NoReturn:
     """The one line of an interrupted command (with ``state``: what it left), exit 130."""
     exit_on_next_interrupt()  # another Ctrl-C now ends it at once, no traceback over this line
-    # The newline ends a progress bar or a ^C echoed on the terminal's line.
-    with contextlib.suppress(OSError):  # stderr gone: the exit code still says it
+    # The newline ends a progress bar or a ^C echoed on the terminal's line; neither is in a
+    # log file or a pipe, where it would only put an empty line before the one line.
+    with contextlib.suppress(OSError, ValueError):  # stderr gone: the exit code still says it
+        newline = newline and sys.stderr.isatty()
+    with contextlib.suppress(OSError):
         click.echo(("\n" if newline else "") + "blobfs: interrupted"
                    + (f"; {one_line(state)}" if state else ""), err=True)
     streams.silence_failed()

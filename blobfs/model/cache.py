@@ -22,7 +22,7 @@ from blobfs.format.entries import EntryTable
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: problem lines stored without the offsets file's path
 MIN_ENTRIES = 20_000
 _MAGIC = b"blobfs-index\n"
 

@@ -217,6 +217,8 @@ class ItemIndex:
             j = (j + 1) & mask
 
     def name_bytes(self, i: int) -> bytes:
+        if i < 0:
+            raise _negative(i)
         ends = self._name_ends
         return self._names[(ends[i - 1] if i else 0):ends[i]]
 
@@ -236,16 +238,24 @@ class ItemIndex:
             lo = hi
 
     def size(self, i: int) -> int:
+        if i < 0:
+            raise _negative(i)
         return self._ends[i] - self._starts[i]
 
     def is_blob(self, i: int) -> bool:
+        if i < 0:
+            raise _negative(i)
         return self._src[i] != DISK
 
     def source(self, i: int) -> BlobSource | None:
+        if i < 0:
+            raise _negative(i)
         s = self._src[i]
         return None if s == DISK else self.sources[s]
 
     def range(self, i: int) -> tuple[int, int]:
+        if i < 0:
+            raise _negative(i)
         return self._starts[i], self._ends[i]
 
     def arrays(self) -> tuple[bytes, array, array, array, array]:
@@ -265,6 +275,10 @@ class ItemIndex:
         promises (truncated or replaced under us) raises ``ReadError`` (an ``OSError``, EIO)
         rather than serving short or wrong data; a closed project raises ``ValueError``.
         """
+        if i < 0:
+            raise _negative(i)
+        if offset < 0:  # pread at start + offset would serve the bytes before the item
+            raise ValueError(f"negative offset {offset}")
         start, end = self._starts[i], self._ends[i]
         length = end - start
         if offset >= length or size == 0:
@@ -339,6 +353,12 @@ class ItemIndex:
             if len(data) != want:
                 raise self._short_read(i, len(data), want, 0)
             yield path, data
+
+
+def _negative(i: int) -> IndexError:
+    # find() answers -1 for "absent": as an index it must not wrap to the last item, so that
+    # read(find(name)) of a missing name fails instead of serving another image's bytes.
+    return IndexError(f"item number {i} is negative (find() gives -1 for a name not found)")
 
 
 def _hash_table(names: bytes, name_ends: array) -> tuple[array, array, set[int]]:

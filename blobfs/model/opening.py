@@ -76,16 +76,22 @@ class _Opener:
         self.fail(f"{path}: {why}")
         return None
 
-    def offsets(self, pkl: Path, tar: BlobSource) -> tuple[EntryTable, object, str | None] | None:
-        """(entries, cached hash table or None, cache key) of an offsets file; None if refused."""
+    def offsets(self, pkl: Path, tar: BlobSource
+                ) -> tuple[EntryTable, object, str | None, list[str]] | None:
+        """(entries, cached hash table or None, cache key, its problem lines for the cache) of
+        an offsets file; None if refused."""
         from blobfs.format.offsets_read import read_offsets
         from blobfs.model import cache
 
+        # The cache keeps each problem line without its leading "PKL: ": the key is the
+        # file's identity, and the same file opened by another path since (from another
+        # folder, through a link) is named as it is opened now, not as it was then.
+        prefix = f"{pkl}: "
         key = cache.cache_key(pkl, tar.path)
         hit = cache.load(key, tar.size) if key else None
         if hit is not None:
-            self.problems.extend(hit[1])
-            return hit[0], hit[2], None
+            self.problems.extend(prefix + line for line in hit[1])
+            return hit[0], hit[2], None, []
         try:
             result = read_offsets(pkl, tar_size=tar.size)
         except InputError as e:
@@ -95,7 +101,9 @@ class _Opener:
             self.fail(f"{pkl}: cannot read offsets file: {e.strerror}")
             return None
         self.problems.extend(result.problems)
-        return result.table, None, key
+        if not all(line.startswith(prefix) for line in result.problems):
+            key = None  # a line that does not name the file could not be rebuilt
+        return result.table, None, key, [line[len(prefix):] for line in result.problems]
 
     def headers(self, tar: BlobSource) -> EntryTable | None:
         """Entries of a tar without offsets file: its regular members, by their own headers."""
@@ -140,7 +148,7 @@ class _Opener:
     def dataset(self, name: str, relpath: str, path: Path, offsets: tuple[str, ...],
                 blob_dir: Path, root_real: str) -> Dataset:
         parts = []
-        hashed, store_key, store_problems = None, None, len(self.problems)
+        hashed, store_key, store_lines = None, None, []
         for pkl_name in offsets:
             stem = pkl_name[: -len(OFFSETS_SUFFIX)]
             tar = self.tar(blob_dir / f"{stem}.tar")
@@ -149,10 +157,8 @@ class _Opener:
             got = self.offsets(path / pkl_name, tar)
             if got is not None:
                 parts.append((got[0], list(self.sources.values()).index(tar), pkl_name))
-                hashed, store_key = got[1], got[2]
+                hashed, store_key, store_lines = got[1], got[2], got[3]
         img_dir = path / "img"
-        # The cache keeps the offsets file's problems only: those of img/ change without it.
-        offsets_problems = self.problems[store_problems:]
         no_items = Tally()  # what the view's img/ hides, for its log line
         disk = self.disk_images(img_dir, root_real, no_items) if img_dir.is_dir() else []
         items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
@@ -161,7 +167,9 @@ class _Opener:
         if store_key and len(parts) == 1 and not disk and not dups:
             from blobfs.model import cache
 
-            cache.store(store_key, parts[0][0], offsets_problems, items.hashed)
+            # The offsets file's problems only: those of img/ (or of another offsets file
+            # whose tar is refused) change without it.
+            cache.store(store_key, parts[0][0], store_lines, items.hashed)
         self.problems.extend(f"{path}: {d}" for d in dups)
         ann: Path | None = path / "ann"
         if not ann.is_dir():
@@ -290,7 +298,7 @@ def _open_tar(op: _Opener, tar_path: Path, offsets: str | os.PathLike | None,
     if offsets is not None and not pkl.is_file():
         raise ProjectError(f"{pkl}: offsets file is not a regular file" if os.path.lexists(pkl)
                            else f"{pkl}: offsets file not found")
-    got = op.offsets(pkl, tar) if os.path.lexists(pkl) else (op.headers(tar), None, None)
+    got = op.offsets(pkl, tar) if os.path.lexists(pkl) else (op.headers(tar), None, None, [])
     table = got[0] if got is not None else None
     ann_dir = Path(ann) if ann is not None else None
     if ann_dir is not None and not ann_dir.is_dir():

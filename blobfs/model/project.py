@@ -112,6 +112,17 @@ class Project:
             self._view = ClassicView(self)
         return self._view
 
+    @property
+    def source_path(self) -> Path | None:
+        """What was opened, as a report names it: the dataset folder of a single dataset (its
+        ``root`` is the project above it), the tar of a bare tar (which has no root), else
+        the project folder."""
+        if self.kind == "dataset":
+            return self.datasets[0].path
+        if self.kind == "tar":
+            return self.sources[0].path if self.sources else None
+        return self.root
+
     def meta_bytes(self) -> bytes:
         return self.meta_path.read_bytes() if self.meta_path else EMPTY_META
 

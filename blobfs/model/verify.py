@@ -246,14 +246,7 @@ def dataset_summary(ds: Dataset) -> dict:
 
 
 def summary(project: Project) -> dict:
-    # A dataset folder's project root (where its meta.json is) is not what was given: the
-    # report names the dataset folder; a bare tar has no root: the report names the tar.
-    if project.kind == "dataset":
-        source = project.datasets[0].path
-    elif project.kind == "tar":
-        source = project.sources[0].path if project.sources else None
-    else:
-        source = project.root
+    source = project.source_path
     return {
         "source": str(source) if source else None,
         "kind": project.kind,

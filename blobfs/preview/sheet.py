@@ -96,7 +96,7 @@ def pick_datasets(project: Any, dataset: str | None) -> list[Any]:
         if want in (ds.name, ds.relpath):
             return [ds]
     names = ", ".join(ds.name for ds in project.datasets[:10]) or "none"
-    raise InputError(f"{project.root or 'source'}: no dataset {dataset!r} (datasets: {names})")
+    raise InputError(f"{project.source_path}: no dataset {dataset!r} (datasets: {names})")
 
 
 def sample_items(datasets: Sequence[Any], options: PreviewOptions) -> list[tuple[Any, int]]:
@@ -255,7 +255,9 @@ def iter_strips(project: Any, dataset: str | None, options: PreviewOptions) -> t
     datasets = pick_datasets(project, dataset)
     picked = sample_items(datasets, options)
     if not picked:
-        raise InputError(f"{project.root or 'source'}: no items to preview")
+        # Named as given: a dataset folder's root is the project above it, a tar has none.
+        what = f"dataset {dataset!r} has no items" if dataset is not None else "no items"
+        raise InputError(f"{project.source_path}: {what} to preview")
     layout = layout_for(len(picked), options)
     renderer = _Renderer(project, options)
     prefix = len(datasets) > 1

@@ -5,8 +5,9 @@ kept), except the images that go into blobs. Per dataset (found as the SDK finds
 ``blobfs.model.discovery``) the image files of ``img/`` whose size is within
 ``[min_size, max_size]`` become members of ``blob/STEM.tar`` (member name = item name, sorted),
 and ``STEM_offsets.pkl`` is written into the dataset's folder. ``STEM`` is the dataset name with
-``/`` (nested datasets) replaced by ``__``; when that is taken by another dataset, ``_2``,
-``_3``, ... is appended. With ``max_blob_size`` a dataset whose tar would be larger is split
+``/`` (nested datasets) replaced by ``__``, cut to its first bytes and a digest when
+``STEM-NNN_offsets.pkl`` would be too long a file name; when that is taken by another dataset,
+``_2``, ``_3``, ... is appended. With ``max_blob_size`` a dataset whose tar would be larger is split
 into ``STEM-000.tar``, ``STEM-001.tar``, ... (members in order, a new tar when the next member
 would cross the limit; a single image larger than the limit gets a tar of its own). Images
 outside the size range stay ordinary ``img/`` files, and so do images whose name cannot be an
@@ -17,6 +18,7 @@ place at the end.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from blobfs.errors import InputError, one_line
-from blobfs.format.names import is_image_name, new_name_problem, nfc_twins, twins_note
+from blobfs.format.names import NAME_MAX, is_image_name, new_name_problem, nfc_twins, twins_note
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
 from blobfs.model.discovery import is_dir as entry_is_dir, is_file as entry_is_file
@@ -58,13 +60,36 @@ class _Blob:
     members: list[Member] = field(default_factory=list)
 
 
-def _stem(name: str, taken: set[str]) -> str:
-    base = name.replace("/", "__")
+#: Bytes of a tar stem before a "_K" for a taken one: "STEM_K-NNNN_offsets.pkl" must stay a
+#: legal file name (NAME_MAX), also for a dataset folder name that is one, or a nested
+#: dataset's "A__B" made of two.
+_STEM_MAX = NAME_MAX - len("_99-0000_offsets.pkl")
+
+
+def _fitting(base: str) -> str:
+    """``base``, or when too long its first bytes (whole characters) and a digest of it all:
+    the SDK pairs a tar and its offsets file by the stem only, whatever it is."""
+    raw = os.fsencode(base)
+    if len(raw) <= _STEM_MAX:
+        return base
+    cut = raw[: _STEM_MAX - 17].decode("utf-8", "ignore")
+    return f"{cut}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def _stems(name: str, parts: int, taken: set[str]) -> list[str]:
+    """The tar stems of a dataset written as ``parts`` tars: ``STEM``, or ``STEM-000``, ...
+    when split. Each of them must be free, not just ``STEM``: a split ``a__b`` would
+    otherwise take the ``a__b-000`` of a dataset ``a/datasets/b-000`` met before it (and the
+    second tar of that name fails to be created)."""
+    base = _fitting(name.replace("/", "__"))
     stem, k = base, 1
-    while stem in taken:
+    while True:
+        names = [stem] if parts == 1 else [f"{stem}-{i:03d}" for i in range(parts)]
+        if stem not in taken and taken.isdisjoint(names):
+            taken.update([stem, *names])
+            return names
         k += 1
         stem = f"{base}_{k}"
-    return stem
 
 
 def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[str], list[str]]:
@@ -74,6 +99,13 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
     packed: set[str] = set()
     taken: set[str] = set()
     datasets = find_datasets(src)
+    for ds in datasets:
+        if ds.offsets:
+            # Copied as it is, it would give the output's dataset the items of whatever tar
+            # its stem names there (another dataset's), or take the name of the one written.
+            raise InputError(f"{src / ds.relpath / ds.offsets[0]}: an offsets file in a classic "
+                             "project (pack-project writes them; remove it or unpack the blob "
+                             "project first)")
     twins: list[tuple[str, str]] = []
     twins_where = ""
     for ds in datasets:
@@ -101,9 +133,7 @@ def plan_blobs(src: Path, opts: PackProjectOptions) -> tuple[list[_Blob], set[st
         if not chosen:
             continue
         parts = _split(chosen, opts.max_blob_size)
-        stem = _stem(ds.name, taken)
-        names = [stem] if len(parts) == 1 else [f"{stem}-{i:03d}" for i in range(len(parts))]
-        taken.update([stem, *names])
+        names = _stems(ds.name, len(parts), taken)
         for part_stem, members in zip(names, parts):
             blobs.append(_Blob(part_stem, ds.relpath, members))
         packed.update(m[1] for m in chosen)
