@@ -5,6 +5,8 @@ mount, so they must be single, safe path components) and which files count as im
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -30,6 +32,18 @@ _C1_CHARS = re.compile("[\x80-\x9f]")
 #: Characters of a name quoted in a problem line: a member name from a tar's PAX or GNU
 #: extension header may be megabytes long, and the line must stay readable.
 QUOTE_MAX = 100
+
+
+def fit_name(name: str, limit: int) -> str:
+    """``name``, or when its bytes exceed ``limit``, its first whole characters, ``~`` and a
+    16-hex digest of the whole name (at most ``limit`` bytes): names made from a legal name
+    plus a suffix must not fail with "File name too long", and the digest keeps two long
+    names that start alike apart."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    cut = raw[: limit - 17].decode("utf-8", "ignore")
+    return f"{cut}~{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
 def quoted(name: str) -> str:

@@ -6,12 +6,12 @@ that ``blobfs.write.atomic`` and ``blobfs.write.outlock`` use.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from pathlib import Path
 
 from blobfs.errors import InputError
+from blobfs.format.names import fit_name
 from blobfs.write.errors import OutputPathError
 
 
@@ -52,11 +52,7 @@ def hidden_stem(final: Path) -> str:
     """``.NAME``, the start of every hidden sibling of ``final`` (temporary, old tree, lock).
     A name too long to take the suffixes keeps its first bytes and a digest of the whole, so a
     legal output name never fails with "File name too long" for its siblings' sake."""
-    raw = os.fsencode(final.name)
-    if len(raw) <= _KEPT:
-        return "." + final.name
-    cut = raw[: _KEPT - 17].decode("utf-8", "ignore").encode()  # whole characters only
-    return "." + os.fsdecode(cut) + "~" + hashlib.sha256(raw).hexdigest()[:16]
+    return "." + fit_name(final.name, _KEPT)
 
 
 def temp_name(final: Path, tag: str = "tmp") -> Path:

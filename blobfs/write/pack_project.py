@@ -18,7 +18,6 @@ place at the end.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from blobfs.errors import InputError, one_line
-from blobfs.format.names import NAME_MAX, is_image_name, new_name_problem, nfc_twins, twins_note
+from blobfs.format.names import NAME_MAX, fit_name, is_image_name, new_name_problem, nfc_twins, twins_note
 from blobfs.format.offsets_write import offsets_path_for_tar
 from blobfs.model.discovery import find_datasets, list_image_files
 from blobfs.model.discovery import is_dir as entry_is_dir, is_file as entry_is_file
@@ -66,22 +65,13 @@ class _Blob:
 _STEM_MAX = NAME_MAX - len("_99-0000_offsets.pkl")
 
 
-def _fitting(base: str) -> str:
-    """``base``, or when too long its first bytes (whole characters) and a digest of it all:
-    the SDK pairs a tar and its offsets file by the stem only, whatever it is."""
-    raw = os.fsencode(base)
-    if len(raw) <= _STEM_MAX:
-        return base
-    cut = raw[: _STEM_MAX - 17].decode("utf-8", "ignore")
-    return f"{cut}~{hashlib.sha256(raw).hexdigest()[:16]}"
-
-
 def _stems(name: str, parts: int, taken: set[str]) -> list[str]:
     """The tar stems of a dataset written as ``parts`` tars: ``STEM``, or ``STEM-000``, ...
     when split. Each of them must be free, not just ``STEM``: a split ``a__b`` would
     otherwise take the ``a__b-000`` of a dataset ``a/datasets/b-000`` met before it (and the
     second tar of that name fails to be created)."""
-    base = _fitting(name.replace("/", "__"))
+    # The SDK pairs a tar and its offsets file by the stem only, whatever it is.
+    base = fit_name(name.replace("/", "__"), _STEM_MAX)
     stem, k = base, 1
     while True:
         names = [stem] if parts == 1 else [f"{stem}-{i:03d}" for i in range(parts)]
