@@ -95,22 +95,26 @@ def test_interrupted_while_writing_stdout(big_tar: Path, args: list[str], sig: i
 
 # -- an interrupt that landed in an exec() --------------------------------------------------
 
+def run_module(tmp_path: Path, name: str, source: str, **kw) -> subprocess.CompletedProcess:
+    """Run ``source`` as module ``name`` with -m, as blobfs runs (blobfs importable)."""
+    (tmp_path / f"{name}.py").write_text(source)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", name], cwd=tmp_path, env=env, timeout=60, **kw)
+
+
 def test_an_interrupt_caught_from_an_exec_still_exits_130(tmp_path: Path) -> None:
     """A Ctrl-C that lands while a module imports lands in an ``exec`` of a string (every
     dataclass is made so); CPython then ended ``python -m blobfs`` killed by SIGINT (-2, about
     one interrupted ``verify --decode`` in ten) whatever exit code the command asked for. The
     interrupt here is raised in such an ``exec``, deterministically, in a module run with -m as
     blobfs is."""
-    (tmp_path / "interrupted_in_exec.py").write_text(
-        "from blobfs.cli.main import end_interrupted\n"
-        "try:\n"
-        "    exec('raise KeyboardInterrupt')\n"
-        "except KeyboardInterrupt:\n"
-        "    end_interrupted()\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "interrupted_in_exec"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = run_module(tmp_path, "interrupted_in_exec",
+                   "from blobfs.cli.main import end_interrupted\n"
+                   "try:\n"
+                   "    exec('raise KeyboardInterrupt')\n"
+                   "except KeyboardInterrupt:\n"
+                   "    end_interrupted()\n", capture_output=True, text=True)
     assert r.returncode == 130 and r.stderr.strip() == "blobfs: interrupted", (r.returncode, r.stderr)
 
 
@@ -366,18 +370,12 @@ def test_a_prompt_at_the_end_of_its_input_is_aborted_not_interrupted(kind: str) 
 def test_interrupted_line_is_the_only_line_in_a_pipe_or_file(tmp_path: Path) -> None:
     """The newline before "blobfs: interrupted" ends a ^C or a progress bar on a terminal;
     in a pipe or log file it was an empty line before the one line."""
-    (tmp_path / "interrupted_in_pipe.py").write_text(
-        "from blobfs.cli.main import end_interrupted\n"
-        "end_interrupted('no output written')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "interrupted_in_pipe"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    source = "from blobfs.cli.main import end_interrupted\nend_interrupted('no output written')\n"
+    r = run_module(tmp_path, "interrupted_in_pipe", source, capture_output=True, text=True)
     assert (r.returncode, r.stderr) == (130, "blobfs: interrupted; no output written\n")
     master, slave = os.openpty()  # on a terminal the newline stays
     try:
-        r = subprocess.run([sys.executable, "-m", "interrupted_in_pipe"], cwd=tmp_path, env=env,
-                           stderr=slave, timeout=60)
+        r = run_module(tmp_path, "interrupted_in_pipe", source, stderr=slave)
         seen = os.read(master, 4096)
     finally:
         os.close(slave)

@@ -43,6 +43,12 @@ def ann(w: int = 4, h: int = 3) -> bytes:
                        "objects": [], "customBigData": {}}, indent=4).encode()
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
 def make_classic(root: Path) -> dict[str, bytes]:
     """A classic project: nested dataset, unicode and long names, side files, sizes 0..200 KB."""
     files: dict[str, bytes] = {"meta.json": b'{"classes": [], "tags": [], "projectSettings": {}}',
@@ -61,9 +67,7 @@ def make_classic(root: Path) -> dict[str, bytes]:
     files["train/meta/b.jpg.json"] = b'{"k": "v"}'
     files["train/img/notes.txt"] = b"not an image: stays a plain file"
     files["val/README"] = b"other file"
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
+    write_tree(root, files)
     (root / "val" / "empty_folder").mkdir()
     return files
 
@@ -368,9 +372,7 @@ def test_split_stems_do_not_take_the_stem_of_an_earlier_dataset(tmp_path: Path) 
     for rel in ("a__b/img/x1.png", "a__b/img/x2.png", "a/datasets/b-000/img/n.png"):
         files[rel] = os.urandom(8000)
         files[rel.replace("/img/", "/ann/") + ".json"] = ann()
-    for rel, data in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data)
+    write_tree(src, files)
     out = tmp_path / "out"
     res = invoke(pack_project_cmd, src, out, "--max-blob-size", "10K")
     assert res.exit_code == 0, res.output
@@ -410,9 +412,7 @@ def test_dataset_names_too_long_for_a_tar_name(tmp_path: Path) -> None:
         for i in range(n):
             files[f"{ds}/img/x{i}.png"] = os.urandom(6000)
             files[f"{ds}/ann/x{i}.png.json"] = ann()
-    for rel, data in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data)
+    write_tree(src, files)
     out = tmp_path / "out"
     res = invoke(pack_project_cmd, src, out, "--max-blob-size", "10K")
     assert res.exit_code == 0, res.output
