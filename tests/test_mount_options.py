@@ -128,7 +128,7 @@ def test_uring_default_and_values():
                                       ("subtype=other", "fuse.blobfs"),
                                       ("uid=", "'uid' needs a value"), ("gid=", "'gid' needs a value"),
                                       ("umask=", "'umask' needs a value"),
-                                      ("uid=-1", "uid=-1"), ("gid=-1", "gid=-1"), ("uid=+5", "uid=+5"),
+                                      ("uid=-1", "uid=-1"), ("uid=ro\0ot", "uid=ro\\0ot: not a user id or name"), ("gid=-1", "gid=-1"), ("uid=+5", "uid=+5"),
                                       ("uid=4294967295", "uid=4294967295"),
                                       ("uid=no-such-user-here", "no such user"),
                                       ("gid=no-such-group-here", "no such group"),

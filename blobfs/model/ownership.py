@@ -48,8 +48,10 @@ def parse_id(key: str, value: str) -> int:
             raise ValueError(f"mount option {key}={value}: an id is at most {_MAX_ID}")
         return n
     kind, lookup = ("user", pwd.getpwnam) if key == "uid" else ("group", grp.getgrnam)
-    if not value or value.startswith(("-", "+")) or value.isspace():
-        raise ValueError(f"mount option {key}={value}: not a {kind} id or name")
+    if not value or value.startswith(("-", "+")) or value.isspace() or "\0" in value:
+        # A NUL would reach pwd as Python's own "embedded null character".
+        shown = value.replace("\0", "\\0")
+        raise ValueError(f"mount option {key}={shown}: not a {kind} id or name")
     try:
         entry = lookup(value)
     except KeyError:
