@@ -25,7 +25,8 @@ from blobfs.format.tarfields import BLOCK, COMPRESSED_MAGIC, starts_like_tar
 from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
                                     scan_dataset_dir, unlisted_line)
 from blobfs.model.hidden import Tally
-from blobfs.model.items import BlobSource, ItemIndex
+from blobfs.model.blobsource import BlobSource
+from blobfs.model.items import ItemIndex
 from blobfs.model.project import Dataset, Project
 
 class _Opener:
