@@ -204,6 +204,12 @@ class ItemIndex:
                 raise ValueError(f"{self.img_dir}: read from a closed project")
             fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC)
             try:
+                # The range is the size seen when opening: a file rewritten larger since would
+                # read back cut to it (a truncated image, no error); a tar has no such check
+                # per read, but this fstat is on a descriptor that is open anyway.
+                now = os.fstat(fd).st_size
+                if now != length:
+                    raise self._changed(i, now, length)
                 data = os.pread(fd, want, offset)
             finally:
                 os.close(fd)
@@ -231,6 +237,13 @@ class ItemIndex:
                   where, self.name(i), got, want, offset)
         return ReadError(errno.EIO,
                          f"{where}: short read for item {self.name(i)!r}: file changed or truncated")
+
+    def _changed(self, i: int, now: int, was: int) -> OSError:
+        where = self.disk_path(i)
+        log.error("%s: item %r is %d bytes, %d when opened: file changed", where, self.name(i),
+                  now, was)
+        return ReadError(errno.EIO, f"{where}: item {self.name(i)!r} changed since the project "
+                                    f"was opened ({now} bytes, was {was})")
 
     def iter_read(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """(prefix + name, bytes) of every item, in index order — the bulk path.
