@@ -102,7 +102,7 @@ class Project:
         self.virtual_root = virtual_root
         self._view: ClassicView | None = None
         self._closed = False
-        #: open_project's arguments and the tars' identity, for pickling (set by open_project).
+        #: open_project's arguments, for pickling (set by open_project).
         self._reopen: tuple | None = None
 
     @property
@@ -193,9 +193,9 @@ class Project:
     def __reduce__(self) -> object:
         if self._reopen is None or self._closed:
             raise TypeError(f"{self!r} cannot be pickled (closed, or not made by open_project)")
-        from blobfs.model.opening import _reopen
+        from blobfs.model.opening import _identity, _reopen
 
-        return _reopen, self._reopen
+        return _reopen, (*self._reopen, _identity(self))
 
     def __enter__(self) -> "Project":
         return self
