@@ -307,3 +307,20 @@ def test_item_number_minus_one_from_find_is_no_item(blob_project: Path) -> None:
         with pytest.raises(ValueError, match="negative offset"):
             items.read(0, 10, -512)
         assert items.read(0) == items.read(0, -1, 0)  # unchanged for item numbers
+
+
+def test_item_number_out_of_range_or_not_a_number_says_so(blob_project: Path) -> None:
+    """A sampler one past the end said "array index out of range", and a name given for a
+    number "'<' not supported between instances of 'str' and 'int'"."""
+    with blobfs.open_project(blob_project) as p:
+        items = p.datasets[0].items
+        methods = (items.read, items.name, items.name_bytes, items.size, items.range,
+                   items.is_blob, items.source)
+        for method in methods:
+            with pytest.raises(IndexError, match=rf"item number {len(items)} is out of range: "
+                                                 rf"the dataset has {len(items)} items"):
+                method(len(items))
+            with pytest.raises(TypeError, match=r"an item number is an int, not str \(find"):
+                method(items.name(0))
+            with pytest.raises(TypeError, match="an item number is an int, not float"):
+                method(1.0)

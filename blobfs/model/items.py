@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import operator
 import os
 from array import array
 from itertools import chain
@@ -148,12 +149,17 @@ class ItemIndex:
             j = (j + 1) & mask
 
     def name_bytes(self, i: int) -> bytes:
-        if i < 0:
-            raise _negative(i)
-        ends = self._name_ends
-        return self._names[(ends[i - 1] if i else 0):ends[i]]
+        try:
+            if i < 0:
+                raise _negative(i)
+            ends = self._name_ends
+            return self._names[(ends[i - 1] if i else 0):ends[i]]
+        except (IndexError, TypeError):
+            raise self._bad_number(i) from None
 
     def name(self, i: int) -> str:
+        """The file name of item ``i`` (``img/NAME`` in the view; its annotation is
+        ``ann/NAME.json``)."""
         return self.name_bytes(i).decode("utf-8")
 
     @property
@@ -169,25 +175,32 @@ class ItemIndex:
             lo = hi
 
     def size(self, i: int) -> int:
-        if i < 0:
-            raise _negative(i)
-        return self._ends[i] - self._starts[i]
+        """Bytes of item ``i``."""
+        start, end = self.range(i)
+        return end - start
 
     def is_blob(self, i: int) -> bool:
-        if i < 0:
-            raise _negative(i)
-        return self._src[i] != DISK
+        """Whether item ``i``'s bytes are in a tar (else a file in ``img/``)."""
+        return self.source(i) is not None
 
     def source(self, i: int) -> BlobSource | None:
-        if i < 0:
-            raise _negative(i)
-        s = self._src[i]
+        """The tar holding item ``i``, or None for a file in ``img/``."""
+        try:
+            if i < 0:
+                raise _negative(i)
+            s = self._src[i]
+        except (IndexError, TypeError):
+            raise self._bad_number(i) from None
         return None if s == DISK else self.sources[s]
 
     def range(self, i: int) -> tuple[int, int]:
-        if i < 0:
-            raise _negative(i)
-        return self._starts[i], self._ends[i]
+        """[start, end) of item ``i``'s bytes in its tar (0, size for a file in ``img/``)."""
+        try:
+            if i < 0:
+                raise _negative(i)
+            return self._starts[i], self._ends[i]
+        except (IndexError, TypeError):
+            raise self._bad_number(i) from None
 
     def arrays(self) -> tuple[bytes, array, array, array, array]:
         """(UTF-8 names back to back, end of each name, start and end of each item's bytes,
@@ -206,11 +219,14 @@ class ItemIndex:
         promises (truncated or replaced under us) raises ``ReadError`` (an ``OSError``, EIO)
         rather than serving short or wrong data; a closed project raises ``ValueError``.
         """
-        if i < 0:
-            raise _negative(i)
+        try:
+            if i < 0:
+                raise _negative(i)
+            start, end = self._starts[i], self._ends[i]
+        except (IndexError, TypeError):
+            raise self._bad_number(i) from None
         if offset < 0:  # pread at start + offset would serve the bytes before the item
             raise ValueError(f"negative offset {offset}")
-        start, end = self._starts[i], self._ends[i]
         length = end - start
         if offset >= length or size == 0:
             return b""
@@ -241,6 +257,21 @@ class ItemIndex:
         if len(data) != want:
             raise self._short_read(i, len(data), want, offset)
         return data
+
+    def _bad_number(self, i: object) -> Exception:
+        """Why ``i`` is no item number, said in the API's terms: the array lookups behind it
+        said "array index out of range", or "'<' not supported" for a name passed as a number
+        (the hot path checks nothing more; this runs once one of them has failed)."""
+        try:
+            n = operator.index(i)  # type: ignore[arg-type]
+        except TypeError:
+            hint = " (find(name) gives a name's item number)" if isinstance(i, (str, bytes)) else ""
+            return TypeError(f"an item number is an int, not {type(i).__name__}{hint}")
+        if n < 0:
+            return _negative(n)
+        n_items = len(self)
+        has = f"{n_items} items (0 to {n_items - 1})" if n_items else "no items"
+        return IndexError(f"item number {n} is out of range: the dataset has {has}")
 
     def close(self) -> None:
         """Refuse reads of ``img/`` items too (``Project.close`` closes the tars), so that
