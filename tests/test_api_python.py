@@ -324,3 +324,18 @@ def test_item_number_out_of_range_or_not_a_number_says_so(blob_project: Path) ->
                 method(items.name(0))
             with pytest.raises(TypeError, match="an item number is an int, not float"):
                 method(1.0)
+
+
+def test_dataset_repr_and_help_say_what_a_user_needs(blob_project: Path) -> None:
+    """``print(p.datasets)`` gave several lines of internals per dataset (``confine=``, a
+    ``Tally`` object, an ``ItemIndex object at 0x…``); ``help(blobfs.Dataset)`` had no text,
+    and ``help`` of the item index showed a source comment as ``len``'s doc."""
+    import pydoc
+
+    with blobfs.open_project(blob_project) as p:
+        ds = p.datasets[0]
+        assert repr(ds) == f"<blobfs.Dataset {ds.name!r}: {len(ds.items)} items>"
+        assert repr(ds.items) == f"<blobfs item index: {len(ds.items)} items>"
+        assert "relpath" in (blobfs.Dataset.__doc__ or "")
+        text = pydoc.render_doc(type(ds.items), renderer=pydoc.plaintext)
+    assert "# --" not in text

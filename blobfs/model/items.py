@@ -123,8 +123,13 @@ class ItemIndex:
         return self._digest
 
     # -- queries ------------------------------------------------------------------------
+
     def __len__(self) -> int:
+        """The number of items; item numbers are 0 to len - 1."""
         return len(self._starts)
+
+    def __repr__(self) -> str:
+        return f"<blobfs item index: {len(self)} items>"
 
     def find(self, name: str) -> int:
         """Item number of ``name``, or -1."""
@@ -135,6 +140,7 @@ class ItemIndex:
         return self.find_bytes(raw)
 
     def find_bytes(self, raw: bytes) -> int:
+        """Item number of the UTF-8 name ``raw``, or -1."""
         h = crc32(raw)
         table, crcs, mask = self._table, self._crcs, self._mask
         j = h & mask
@@ -168,6 +174,7 @@ class ItemIndex:
         return self._names.isascii()
 
     def names(self) -> Iterator[str]:
+        """Every item's name, in item order."""
         names, ends = self._names, self._name_ends
         lo = 0
         for hi in ends:

@@ -45,6 +45,14 @@ class SourceSpec:
 
 @dataclass
 class Dataset:
+    """One dataset of a project: ``items`` (``len``, ``name(i)``, ``read(i)``, ``find(name)``).
+
+    ``name`` is the SDK's name (``A/B`` for a nested ``A/datasets/B``); view paths start with
+    ``relpath`` (``A/datasets/B``; the same as ``name`` unless nested): item ``i`` is
+    ``f"{ds.relpath}/img/{ds.items.name(i)}"``, its annotation ``.../ann/NAME.json`` (or an
+    old-style ``STEM.json``: ``ds.ann_path(name)`` finds either on disk).
+    """
+
     name: str                 # SDK name ("A/B" for A/datasets/B)
     relpath: str              # folder in the view, relative to its root
     path: Path | None         # the real dataset folder (None for a bare tar)
@@ -68,6 +76,10 @@ class Dataset:
                 except OSError:  # ann/ not searchable (EACCES): no annotation a reader can use
                     continue
         return None
+
+    def __repr__(self) -> str:
+        # The dataclass's own repr listed every field, internals and all (several lines).
+        return f"<blobfs.Dataset {self.name!r}: {len(self.items)} items>"
 
     def __reduce__(self) -> object:
         raise TypeError(f"dataset {self.name!r} of an open project cannot be pickled: pickle "
