@@ -223,7 +223,7 @@ class ItemIndex:
         """Bytes of item ``i`` from ``offset`` (at most ``size``; -1 = to the end).
 
         Never reads outside the item's range; a tar that returns fewer bytes than the range
-        promises (truncated or replaced under us) raises ``ReadError`` (an ``OSError``, EIO)
+        promises (truncated under us) raises ``ReadError`` (an ``OSError``, EIO)
         rather than serving short or wrong data; a closed project raises ``ValueError``.
         """
         try:
