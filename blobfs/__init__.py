@@ -13,8 +13,9 @@ Python API (no FUSE needed)::
 Paths are those of the classic view the mount shows (``ds1/img/x.png``,
 ``ds1/ann/x.png.json``, ``meta.json``). Errors: ``BlobfsError`` subclasses for input that
 cannot be opened (one line naming the file), ``FileNotFoundError`` for a path not in the
-view, ``ReadError`` (an ``OSError``) for a tar changed on disk while open, ``ValueError``
-after ``close()``. See ``help(blobfs.Project)``.
+view, ``ReadError`` (an ``OSError``) for a tar cut short (or an ``img/`` file resized) while
+open, ``ValueError`` after ``close()``. A tar overwritten in place while open is not detected:
+replace tars by rename. See ``help(blobfs.Project)``, ``help(blobfs.Dataset)``.
 """
 from __future__ import annotations
 

@@ -307,3 +307,35 @@ def test_item_number_minus_one_from_find_is_no_item(blob_project: Path) -> None:
         with pytest.raises(ValueError, match="negative offset"):
             items.read(0, 10, -512)
         assert items.read(0) == items.read(0, -1, 0)  # unchanged for item numbers
+
+
+def test_item_number_out_of_range_or_not_a_number_says_so(blob_project: Path) -> None:
+    """A sampler one past the end said "array index out of range", and a name given for a
+    number "'<' not supported between instances of 'str' and 'int'"."""
+    with blobfs.open_project(blob_project) as p:
+        items = p.datasets[0].items
+        methods = (items.read, items.name, items.name_bytes, items.size, items.range,
+                   items.is_blob, items.source)
+        for method in methods:
+            with pytest.raises(IndexError, match=rf"item number {len(items)} is out of range: "
+                                                 rf"the dataset has {len(items)} items"):
+                method(len(items))
+            with pytest.raises(TypeError, match=r"an item number is an int, not str \(find"):
+                method(items.name(0))
+            with pytest.raises(TypeError, match="an item number is an int, not float"):
+                method(1.0)
+
+
+def test_dataset_repr_and_help_say_what_a_user_needs(blob_project: Path) -> None:
+    """``print(p.datasets)`` gave several lines of internals per dataset (``confine=``, a
+    ``Tally`` object, an ``ItemIndex object at 0x…``); ``help(blobfs.Dataset)`` had no text,
+    and ``help`` of the item index showed a source comment as ``len``'s doc."""
+    import pydoc
+
+    with blobfs.open_project(blob_project) as p:
+        ds = p.datasets[0]
+        assert repr(ds) == f"<blobfs.Dataset {ds.name!r}: {len(ds.items)} items>"
+        assert repr(ds.items) == f"<blobfs item index: {len(ds.items)} items>"
+        assert "relpath" in (blobfs.Dataset.__doc__ or "")
+        text = pydoc.render_doc(type(ds.items), renderer=pydoc.plaintext)
+    assert "# --" not in text

@@ -25,7 +25,8 @@ from blobfs.format.tarfields import BLOCK, COMPRESSED_MAGIC, starts_like_tar
 from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
                                     scan_dataset_dir, unlisted_line)
 from blobfs.model.hidden import Tally
-from blobfs.model.items import BlobSource, ItemIndex
+from blobfs.model.blobsource import BlobSource
+from blobfs.model.items import ItemIndex
 from blobfs.model.project import Dataset, Project
 
 class _Opener:
@@ -225,16 +226,18 @@ def open_project(source: str | os.PathLike, *, offsets: str | os.PathLike | None
             s.close()
         raise
     args = tuple(None if a is None else os.path.abspath(a) for a in (source, offsets, ann))
-    project._reopen = (*args, synthesize_ann, lenient, _identity(project))
+    project._reopen = (*args, synthesize_ann, lenient)
     return project
 
 
 def _identity(project: Project) -> tuple:
-    """What must be unchanged for a project reopened elsewhere to show the same items."""
+    """What must be unchanged for a project reopened elsewhere to show the same items: its
+    tars as they were when opened, and every dataset's names and ranges in item order.
+    Computed when pickled (not for every open), from the sender's index."""
     # Absolute paths: the receiver reopens from the absolute source, so a project opened by a
     # relative path would otherwise never match its own reopened self.
     return (tuple((os.path.abspath(s.path), s.size, s.mtime_ns) for s in project.sources),
-            tuple(len(ds.items) for ds in project.datasets))
+            tuple((ds.relpath, ds.items.digest()) for ds in project.datasets))
 
 
 def _reopen(source: str, offsets: str | None, ann: str | None, synthesize_ann: bool,

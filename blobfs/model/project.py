@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Iterator
 
 from blobfs.format.names import ann_names
 from blobfs.model.hidden import Tally
-from blobfs.model.items import BlobSource, ItemIndex
+from blobfs.model.blobsource import BlobSource
+from blobfs.model.items import ItemIndex
 from blobfs.model.projectfile import ProjectFile
 
 if TYPE_CHECKING:
@@ -44,6 +45,14 @@ class SourceSpec:
 
 @dataclass
 class Dataset:
+    """One dataset of a project: ``items`` (``len``, ``name(i)``, ``read(i)``, ``find(name)``).
+
+    ``name`` is the SDK's name (``A/B`` for a nested ``A/datasets/B``); view paths start with
+    ``relpath`` (``A/datasets/B``; the same as ``name`` unless nested): item ``i`` is
+    ``f"{ds.relpath}/img/{ds.items.name(i)}"``, its annotation ``.../ann/NAME.json`` (or an
+    old-style ``STEM.json``: ``ds.ann_path(name)`` finds either on disk).
+    """
+
     name: str                 # SDK name ("A/B" for A/datasets/B)
     relpath: str              # folder in the view, relative to its root
     path: Path | None         # the real dataset folder (None for a bare tar)
@@ -67,6 +76,10 @@ class Dataset:
                 except OSError:  # ann/ not searchable (EACCES): no annotation a reader can use
                     continue
         return None
+
+    def __repr__(self) -> str:
+        # The dataclass's own repr listed every field, internals and all (several lines).
+        return f"<blobfs.Dataset {self.name!r}: {len(self.items)} items>"
 
     def __reduce__(self) -> object:
         raise TypeError(f"dataset {self.name!r} of an open project cannot be pickled: pickle "
@@ -101,7 +114,7 @@ class Project:
         self.virtual_root = virtual_root
         self._view: ClassicView | None = None
         self._closed = False
-        #: open_project's arguments and the tars' identity, for pickling (set by open_project).
+        #: open_project's arguments, for pickling (set by open_project).
         self._reopen: tuple | None = None
 
     @property
@@ -177,7 +190,7 @@ class Project:
     def close(self) -> None:
         """Close the tars; every read started after this raises ``ValueError``. A read that
         is already running in another thread still returns its own bytes: its tar's
-        descriptor is released when that read ends (``blobfs.model.items._Descriptor``),
+        descriptor is released when that read ends (``blobfs.model.blobsource._Descriptor``),
         never under it, where another file opened meanwhile could take its number."""
         self._closed = True
         for ds in self.datasets:
@@ -192,9 +205,9 @@ class Project:
     def __reduce__(self) -> object:
         if self._reopen is None or self._closed:
             raise TypeError(f"{self!r} cannot be pickled (closed, or not made by open_project)")
-        from blobfs.model.opening import _reopen
+        from blobfs.model.opening import _identity, _reopen
 
-        return _reopen, self._reopen
+        return _reopen, (*self._reopen, _identity(self))
 
     def __enter__(self) -> "Project":
         return self
