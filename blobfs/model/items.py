@@ -19,9 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import warnings
 from array import array
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,96 +27,12 @@ from zlib import crc32
 
 from blobfs.errors import ReadError
 from blobfs.format.entries import EntryTable
+from blobfs.model.blobsource import BlobSource
 
 log = logging.getLogger(__name__)
 
 #: ``src`` value of an item whose bytes are a file in the dataset's ``img/`` folder.
 DISK = -1
-
-
-class _Descriptor(int):
-    """An open descriptor number that closes itself when its last reference goes.
-
-    Why: a read takes the number from ``BlobSource.fd`` and then calls ``os.pread``; if
-    ``close()`` in another thread released the number in between, an ``open`` anywhere in the
-    process could take it and the read would serve that file's bytes as an image (or fail
-    with EBADF). A read holds this object (an argument of ``os.pread``) until the call
-    returns, so the interpreter's own reference count is the in-flight count: ``close()``
-    only drops the source's reference, and the number is released when the last read using
-    it ends. The hot path pays nothing for it — no lock, no counter to update.
-    """
-
-    __slots__ = ()
-
-    def __del__(self, _close=os.close) -> None:  # bound now: os may be gone at exit
-        try:
-            _close(int(self))
-        except OSError:
-            pass
-
-    def __reduce_ex__(self, protocol: object) -> object:
-        # A copy (copy.copy, pickle) would be a second owner closing the same number.
-        raise TypeError("an open blob tar descriptor cannot be copied or pickled")
-
-
-#: ``BlobSource.fd`` of a closed source: ``os.pread`` on it fails (EBADF) at once, and the
-#: reader turns that into the API's ``ValueError`` (``BlobSource.closed_error``).
-CLOSED = -1
-
-
-@dataclass
-class BlobSource:
-    """An open tar: one read-only descriptor shared by every reader (``os.pread`` needs no lock).
-
-    ``fd`` stays open while anyone holds it, even past ``close()`` (see ``_Descriptor``):
-    a reader takes it once per read (``os.pread(src.fd, ...)``) and never keeps it in a
-    variable that outlives the read (a suspended generator or a traceback would keep the
-    tar open after ``close()``).
-    """
-
-    path: Path
-    fd: int
-    size: int
-    mtime_ns: int
-    uid: int
-    gid: int
-
-    @classmethod
-    def open(cls, path: Path) -> "BlobSource":
-        fd = _Descriptor(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        st = os.fstat(fd)
-        return cls(path, fd, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
-
-    def close(self) -> None:
-        """Drop the descriptor: closed now, or when the last read in flight ends. Idempotent
-        and safe against concurrent reads and closes (one attribute store)."""
-        self.fd = CLOSED
-
-    def __del__(self) -> None:
-        # A project dropped without close() must not keep its tars open until the process
-        # ends (a notebook reopening a project leaks one descriptor per tar each time); say
-        # so the way an unclosed file does.
-        if getattr(self, "fd", CLOSED) >= 0:
-            warnings.warn(f"unclosed blob tar {self.path}: close the project (or use 'with')",
-                          ResourceWarning, stacklevel=2, source=self)
-            self.close()
-
-    def __reduce__(self) -> object:
-        # The descriptor is a number valid in this process only: in another one it names some
-        # other file (or none), so a copy would read the wrong bytes.
-        raise TypeError(f"an open blob tar ({self.path}) cannot be pickled: pickle the Project "
-                        "(it reopens itself) or open the project in each process")
-
-    def fileno(self) -> int:
-        """The descriptor to ``pread``, valid for as long as the caller holds it (even if the
-        project is closed meanwhile); a closed source is a clear error, not EBADF."""
-        fd = self.fd
-        if fd < 0:
-            raise self.closed_error()
-        return fd
-
-    def closed_error(self) -> ValueError:
-        return ValueError(f"{self.path}: read from a closed project")
 
 
 class ItemIndex:
@@ -272,8 +186,9 @@ class ItemIndex:
         """Bytes of item ``i`` from ``offset`` (at most ``size``; -1 = to the end).
 
         Never reads outside the item's range; a tar that returns fewer bytes than the range
-        promises (truncated or replaced under us) raises ``ReadError`` (an ``OSError``, EIO)
-        rather than serving short or wrong data; a closed project raises ``ValueError``.
+        promises, or was written over since it was opened (``BlobSource.check``), raises
+        ``ReadError`` (an ``OSError``, EIO) rather than serving short or wrong data; a closed
+        project raises ``ValueError``.
         """
         if i < 0:
             raise _negative(i)
@@ -301,6 +216,7 @@ class ItemIndex:
                 if src.fd < 0:
                     raise src.closed_error() from None
                 raise
+            src.check()  # a tar written over in place: EIO, never its new bytes
         if len(data) != want:
             raise self._short_read(i, len(data), want, offset)
         return data
@@ -341,18 +257,48 @@ class ItemIndex:
     def _reads(self, paths: list[str], src: BlobSource) -> Iterator[tuple[str, bytes]]:
         # ``src.fd`` is taken per item and held only by the call, never by a local across
         # ``yield``: a suspended iterator must not keep the tar open after ``close()``.
+        # One ``check`` (an fstat costs more than a small pread) covers every pread made
+        # before it, so items are read, checked and yielded in small batches.
         pread = os.pread
+        batch: list[tuple[str, bytes]] = []
+        held = 0
         for i, (path, start, end) in enumerate(zip(paths, self._starts, self._ends)):
             want = end - start
             try:
                 data = pread(src.fd, want, start)
             except OSError:
                 if src.fd < 0:
-                    raise src.closed_error() from None
+                    break  # closed during this batch: what it read first, then the error
                 raise
             if len(data) != want:
+                src.check()  # a tar cut short has changed: say that (once) first
                 raise self._short_read(i, len(data), want, 0)
-            yield path, data
+            batch.append((path, data))
+            held += want
+            if len(batch) == _BATCH_ITEMS or held >= _BATCH_BYTES:
+                yield from _checked(batch, src)
+                batch, held = [], 0
+        yield from _checked(batch, src)
+        if src.fd < 0:
+            raise src.closed_error()
+
+
+def _checked(batch: list[tuple[str, bytes]], src: BlobSource) -> Iterator[tuple[str, bytes]]:
+    """``batch`` (read by the ``next()`` now running) once the tar is found unchanged. The
+    first item is that call's answer even if ``close()`` came meanwhile (the pread was in
+    flight), the rest answer later calls, which a closed project refuses."""
+    if not batch:
+        return
+    src.check()
+    for k, item in enumerate(batch):
+        if k and src.fd < 0:
+            raise src.closed_error()
+        yield item
+
+
+#: ``iter_read`` checks the tar (``BlobSource.check``) once per this many items or bytes.
+_BATCH_ITEMS = 32
+_BATCH_BYTES = 1 << 20
 
 
 def _negative(i: int) -> IndexError:

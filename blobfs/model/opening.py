@@ -22,10 +22,11 @@ from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_problem, quoted
 from blobfs.format.regular import open_regular
 from blobfs.format.tarfields import BLOCK, COMPRESSED_MAGIC, starts_like_tar
+from blobfs.model.blobsource import BlobSource
 from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
                                     scan_dataset_dir, unlisted_line)
 from blobfs.model.hidden import Tally
-from blobfs.model.items import BlobSource, ItemIndex
+from blobfs.model.items import ItemIndex
 from blobfs.model.project import Dataset, Project
 
 class _Opener:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from blobfs.format.names import ann_names
+from blobfs.model.blobsource import BlobSource
 from blobfs.model.hidden import Tally
-from blobfs.model.items import BlobSource, ItemIndex
+from blobfs.model.items import ItemIndex
 from blobfs.model.projectfile import ProjectFile
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Project:
     def close(self) -> None:
         """Close the tars; every read started after this raises ``ValueError``. A read that
         is already running in another thread still returns its own bytes: its tar's
-        descriptor is released when that read ends (``blobfs.model.items._Descriptor``),
+        descriptor is released when that read ends (``blobfs.model.blobsource._Descriptor``),
         never under it, where another file opened meanwhile could take its number."""
         self._closed = True
         for ds in self.datasets:

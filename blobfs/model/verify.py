@@ -17,7 +17,7 @@ from blobfs.format.names import ann_names, nfc_twins, quoted, shown, twins_note
 from blobfs.model.discovery import unlisted_line
 from blobfs.model.jsonfile import JsonTooLarge, load_json
 from blobfs.model.project import Dataset, Project
-from blobfs.model.items import BlobSource
+from blobfs.model.blobsource import BlobSource
 
 log = logging.getLogger(__name__)
 

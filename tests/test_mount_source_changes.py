@@ -1,0 +1,109 @@
+"""The source changed under a running mount: each read gives the bytes the mount promised at
+mount time or EIO (with one log line), never other bytes, and the daemon lives on.
+
+README ("unmount before changing it") asks users not to do this; these tests pin what happens
+when they do anyway: a tar truncated, written over in place, or replaced by rename.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mount_helpers import Mount, daemon_pids, libfuse_params, mounted, requires_fuse
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(90), requires_fuse]
+CHANGED = "changed on disk since it was opened"
+
+
+def _expected(fixtures_dir: Path, tar: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(files of the mount whose bytes come from ``tar``, every other file of the mount)."""
+    files = json.loads((fixtures_dir / "expected_mount.json").read_text())["files"]
+    mine = {rel: w for rel, w in files.items() if w["source"] == f"blob:{tar}"}
+    return mine, {rel: w for rel, w in files.items() if rel not in mine}
+
+
+def _read_all(m: Mount, files: dict[str, dict]) -> tuple[int, int]:
+    """Read each file once: (how many gave the expected bytes, how many EIO); anything else
+    (other bytes, another errno) fails the test."""
+    good = eio = 0
+    for rel, want in files.items():
+        try:
+            data = m.path(rel).read_bytes()
+        except OSError as e:
+            assert e.errno == errno.EIO, (rel, e)
+            eio += 1
+            continue
+        assert hashlib.sha256(data).hexdigest() == want["sha256"], f"{rel}: wrong bytes"
+        good += 1
+    return good, eio
+
+
+def _said_once(m: Mount, tar: Path) -> None:
+    """The daemon said it once per process (its per-CPU workers each serve reads), not per read."""
+    lines = [ln for ln in m.stderr().splitlines() if CHANGED in ln]
+    assert lines and all(str(tar) in ln for ln in lines), m.stderr()
+    assert len(lines) <= len(daemon_pids(m.mountpoint)), lines
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_tar_written_over_in_place_gives_eio_not_its_new_bytes(blob_project, tmp_path, fixtures_dir, libfuse):
+    """`dd conv=notrunc` (or a tool rewriting the tar in place) keeps the daemon's descriptor:
+    pread then returned the new bytes under the old ranges, as if they were the images."""
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    mine, others = _expected(fixtures_dir, "small_images.tar")
+    tar = proj / "blob" / "small_images.tar"
+    with tarfile.open(tar) as t:
+        members = [mb for mb in t.getmembers() if mb.isfile()]
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        with open(tar, "r+b") as f:  # every member's data, same size, other bytes
+            for mb in members:
+                f.seek(mb.offset_data)
+                old = f.read(mb.size)
+                f.seek(mb.offset_data)
+                f.write(bytes(b ^ 0x5A for b in old))
+        good, eio = _read_all(m, mine)
+        assert eio == len(mine) and good == 0  # nothing was cached: every read reached the tar
+        _said_once(m, tar)
+        assert _read_all(m, others) == (len(others), 0)  # the other tar and ann/ are unaffected
+        assert m.proc.poll() is None
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_tar_truncated_under_the_mount_gives_eio(blob_project, tmp_path, fixtures_dir, libfuse):
+    """Even the members still inside the cut tar fail: a truncate is how a rewrite in place
+    (`tar cf` of the same name) starts, so what is left may already be other bytes."""
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    mine, others = _expected(fixtures_dir, "small_images.tar")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        tar = proj / "blob" / "small_images.tar"
+        os.truncate(tar, tar.stat().st_size // 2)
+        assert _read_all(m, mine) == (0, len(mine))
+        _said_once(m, tar)
+        assert _read_all(m, others) == (len(others), 0)
+        assert m.proc.poll() is None  # the daemon survives
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_tar_replaced_under_the_mount_keeps_serving_the_opened_one(blob_project, tmp_path, fixtures_dir, libfuse):
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    mine, _ = _expected(fixtures_dir, "more_images.tar")
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        tar = proj / "blob" / "more_images.tar"
+        junk = tar.with_suffix(".new")
+        junk.write_bytes(b"\xff" * tar.stat().st_size)
+        os.replace(junk, tar)  # the daemon holds an fd to the old inode
+        assert _read_all(m, mine) == (len(mine), 0)
+        assert CHANGED not in m.stderr()
