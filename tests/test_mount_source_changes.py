@@ -107,3 +107,25 @@ def test_tar_replaced_under_the_mount_keeps_serving_the_opened_one(blob_project,
         os.replace(junk, tar)  # the daemon holds an fd to the old inode
         assert _read_all(m, mine) == (len(mine), 0)
         assert CHANGED not in m.stderr()
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+@pytest.mark.parametrize("grow", [True, False])
+def test_img_file_written_over_with_another_size_gives_eio(blob_project, tmp_path, libfuse, grow):
+    """An item kept as a file in img/ (not in a tar) keeps the size seen at mount in the view:
+    written over with more bytes it read as the new bytes cut at that size, a broken image."""
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    disk = proj / "ds1" / "img" / "photo_b.jpeg"
+    os.chmod(disk, 0o644)
+    old = disk.read_bytes()
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        assert os.stat(m.path("ds1/img/photo_b.jpeg")).st_size == len(old)
+        disk.write_bytes(b"\xff\xd8" + b"x" * (2 * len(old) if grow else len(old) // 2))
+        with pytest.raises(OSError) as e:
+            m.path("ds1/img/photo_b.jpeg").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert "photo_b.jpeg" in m.stderr() and CHANGED in m.stderr()
+        assert m.path("ds1/img/photo_a.png").read_bytes() == (proj / "ds1/img/photo_a.png").read_bytes()
+        assert m.proc.poll() is None

@@ -205,6 +205,11 @@ class ItemIndex:
                 raise ValueError(f"{self.img_dir}: read from a closed project")
             fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC)
             try:
+                # The item's size was fixed at open (the mount's stat shows it): a file since
+                # written over with more bytes would read as the new bytes cut at the old size.
+                now = os.fstat(fd).st_size
+                if now != length:
+                    raise self._resized(i, length, now)
                 data = os.pread(fd, want, offset)
             finally:
                 os.close(fd)
@@ -225,6 +230,13 @@ class ItemIndex:
         """Refuse reads of ``img/`` items too (``Project.close`` closes the tars), so that
         every read after close raises ``ValueError``, not just those of tar items."""
         self._closed = True
+
+    def _resized(self, i: int, was: int, now: int) -> OSError:
+        where = self.disk_path(i)
+        log.error("%s: item %r changed on disk since it was opened (size %d -> %d bytes)",
+                  where, self.name(i), was, now)
+        return ReadError(errno.EIO, f"{where}: changed on disk since it was opened "
+                                    f"(size {was:,} -> {now:,} bytes)")
 
     def _short_read(self, i: int, got: int, want: int, offset: int) -> OSError:
         s = self._src[i]
