@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -128,4 +129,47 @@ def test_img_file_written_over_with_another_size_gives_eio(blob_project, tmp_pat
         assert e.value.errno == errno.EIO
         assert "photo_b.jpeg" in m.stderr() and CHANGED in m.stderr()
         assert m.path("ds1/img/photo_a.png").read_bytes() == (proj / "ds1/img/photo_a.png").read_bytes()
+        assert m.proc.poll() is None
+
+
+# -- entries swapped under the mount ---------------------------------------------------------
+def _read_with_timeout(path: Path, fifo: Path | None = None, timeout: float = 10) -> bytes | OSError:
+    """Read ``path`` in a thread; a read still blocked after ``timeout`` is released (by a writer
+    opening ``fifo``) and fails the test instead of hanging it."""
+    got: list[bytes | OSError] = []
+
+    def read() -> None:
+        try:
+            got.append(path.read_bytes())
+        except OSError as e:
+            got.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        # The kernel retries a failed page read, and the daemon then waits in open(2) again:
+        # keep opening the FIFO for writing (which lets that open return) until the reader is done.
+        while fifo is not None and t.is_alive():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # ENXIO: no one waiting in open(2) at this moment
+            t.join(0.05)
+        pytest.fail(f"read of {path} blocked for {timeout} s")
+    return got[0]
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_img_file_swapped_for_a_fifo_does_not_block_the_daemon(blob_project, tmp_path, libfuse):
+    """open(2) of a FIFO waits for a writer: the daemon's worker hung in it, and its reader too."""
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    disk = proj / "ds1" / "img" / "photo_b.jpeg"
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        os.unlink(disk)
+        os.mkfifo(disk)
+        got = _read_with_timeout(m.path("ds1/img/photo_b.jpeg"), fifo=disk)
+        assert isinstance(got, OSError) and got.errno == errno.EIO, got
         assert m.proc.poll() is None

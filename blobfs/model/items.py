@@ -203,7 +203,9 @@ class ItemIndex:
         if s == DISK:
             if self._closed:
                 raise ValueError(f"{self.img_dir}: read from a closed project")
-            fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: an img/ file replaced by a FIFO since the project was opened would
+            # hold open(2) until some writer came (fifo(7)), and the mount's worker with it.
+            fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
                 # The item's size was fixed at open (the mount's stat shows it): a file since
                 # written over with more bytes would read as the new bytes cut at the old size.
