@@ -9,10 +9,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,25 @@ def _read_with_timeout(path: Path, fifo: Path | None = None, timeout: float = 10
 
 
 @pytest.mark.parametrize("libfuse", libfuse_params())
+def test_img_file_swapped_for_a_link_leading_out_is_not_read(blob_project, tmp_path, libfuse):
+    """img/ files are checked for links leading out when the project is opened; the read
+    opened the path again and followed whatever link stood there by then."""
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    disk = proj / "ds1" / "img" / "photo_b.jpeg"
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"S" * disk.stat().st_size)  # the size the mount shows: no size check helps
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        os.unlink(disk)
+        os.symlink(secret, disk)
+        got = _read_with_timeout(m.path("ds1/img/photo_b.jpeg"))
+        assert isinstance(got, OSError) and got.errno == errno.EIO, got
+        assert "link leading out of the project" in m.stderr()
+        assert m.proc.poll() is None
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
 def test_img_file_swapped_for_a_fifo_does_not_block_the_daemon(blob_project, tmp_path, libfuse):
     """open(2) of a FIFO waits for a writer: the daemon's worker hung in it, and its reader too."""
     proj = shutil.copytree(blob_project, tmp_path / "proj")
@@ -172,4 +193,56 @@ def test_img_file_swapped_for_a_fifo_does_not_block_the_daemon(blob_project, tmp
         os.mkfifo(disk)
         got = _read_with_timeout(m.path("ds1/img/photo_b.jpeg"), fifo=disk)
         assert isinstance(got, OSError) and got.errno == errno.EIO, got
+        assert m.proc.poll() is None
+
+
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_annotation_swapped_for_a_link_leading_out_is_never_served(blob_project, tmp_path, libfuse):
+    """A file passed through is checked when it is looked up, then opened by path: a writer
+    swapping it for a link to a secret outside the project (rename(2) of a link over it, and of
+    a file back, in a loop) got the secret served between the two. Each read bypasses the page
+    cache (O_DIRECT), so every one reaches the daemon."""
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    ann = proj / "ds1" / "ann"
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SECRET" * 10)
+    (ann / "race.json").write_bytes(b"{}")
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.symlink(secret, ann / ".link")
+            os.rename(ann / ".link", ann / "race.json")
+            (ann / ".file").write_bytes(b"{}")
+            os.rename(ann / ".file", ann / "race.json")
+
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    buf = mmap.mmap(-1, 1 << 16)  # page-aligned, as O_DIRECT wants
+    with mounted(proj, mp, libfuse=libfuse) as m:
+        # Looked up once as a file: the kernel keeps that entry, and each read below reaches
+        # the daemon, which looks the path up again (a first lookup that met the link would
+        # leave a negative entry, and no open would reach the daemon at all).
+        os.stat(m.path("ds1/ann/race.json"))
+        swapper = threading.Thread(target=swap, daemon=True)
+        swapper.start()
+        reads, deadline = 0, time.monotonic() + 2
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    fd = os.open(m.path("ds1/ann/race.json"), os.O_RDONLY | os.O_DIRECT)
+                except OSError:
+                    continue  # between the two renames, or hidden as a link leading out
+                try:
+                    n = os.preadv(fd, [buf], 0)
+                    reads += 1
+                    assert b"SECRET" not in buf[:n], "a file outside the project was served"
+                except OSError:
+                    pass  # ENOENT: found replaced (the kernel may also refuse a read, EINVAL)
+                finally:
+                    os.close(fd)
+        finally:
+            stop.set()
+            swapper.join()
+        assert reads > 0
         assert m.proc.poll() is None

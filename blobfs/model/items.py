@@ -28,6 +28,7 @@ from zlib import crc32
 from blobfs.errors import ReadError
 from blobfs.format.entries import EntryTable
 from blobfs.model.blobsource import BlobSource
+from blobfs.model.confine import opened_inside
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ItemIndex:
     """Immutable index of a dataset's items; item numbers are 0..len-1 in merge order."""
 
     __slots__ = ("_names", "_name_ends", "_starts", "_ends", "_src", "_crcs", "_table", "_mask",
-                 "_dead", "_joined", "_closed", "sources", "img_dir")
+                 "_dead", "_joined", "_closed", "sources", "img_dir", "confine")
 
     def __init__(self, table: EntryTable, src: array, sources: Sequence[BlobSource],
                  img_dir: Path | None, hashed: tuple[array, array, set[int]] | None = None) -> None:
@@ -54,6 +55,9 @@ class ItemIndex:
         self._mask = len(self._table) - 1
         self._joined: str | None = None
         self._closed = False  # set by close(): img/ items have no descriptor to say so
+        #: The real project folder ``img/`` files must be read from (None: not checked), set
+        #: by whoever opened the project: it was checked at open, and the file may change.
+        self.confine: str | None = None
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -207,6 +211,8 @@ class ItemIndex:
             # hold open(2) until some writer came (fifo(7)), and the mount's worker with it.
             fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
+                if self.confine is not None and not opened_inside(fd, self.disk_path(i), self.confine):
+                    raise self._led_out(i)
                 # The item's size was fixed at open (the mount's stat shows it): a file since
                 # written over with more bytes would read as the new bytes cut at the old size.
                 now = os.fstat(fd).st_size
@@ -232,6 +238,11 @@ class ItemIndex:
         """Refuse reads of ``img/`` items too (``Project.close`` closes the tars), so that
         every read after close raises ``ValueError``, not just those of tar items."""
         self._closed = True
+
+    def _led_out(self, i: int) -> OSError:
+        where = self.disk_path(i)
+        log.error("%s: item %r is now a link leading out of the project: not read", where, self.name(i))
+        return ReadError(errno.EIO, f"{where}: now a link leading out of the project (not read)")
 
     def _resized(self, i: int, was: int, now: int) -> OSError:
         where = self.disk_path(i)

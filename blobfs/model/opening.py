@@ -163,6 +163,7 @@ class _Opener:
         no_items = Tally()  # what the view's img/ hides, for its log line
         disk = self.disk_images(img_dir, root_real, no_items) if img_dir.is_dir() else []
         items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
+        items.confine = root_real  # disk_images checked the links of img/ against it
         # Not with duplicates: ``items.hashed`` then describes the deduplicated index, not
         # ``parts[0][0]``, and such a cache file could never be loaded back.
         if store_key and len(parts) == 1 and not disk and not dups:
