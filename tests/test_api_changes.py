@@ -27,7 +27,7 @@ def test_img_file_rewritten_larger_while_open_is_a_read_error(blob_project: Path
         path = f"ds1/img/{small.name}"
         assert p.read(path) == small.read_bytes()
         shutil.copyfile(large, small)
-        with pytest.raises(blobfs.ReadError, match="changed since the project was opened") as e:
+        with pytest.raises(blobfs.ReadError, match="changed on disk since it was opened") as e:
             p.read(path)
         assert e.value.errno == 5 and str(small) in str(e.value)
         with pytest.raises(blobfs.ReadError):

@@ -52,15 +52,15 @@ def _drop_cache(path: Path) -> None:
 
 
 @pytest.mark.parametrize("libfuse", libfuse_params())
-def test_range_cut_in_the_middle_is_eio_whole_ranges_before_it_are_right(blob_project, tmp_path, libfuse):
+def test_range_cut_in_the_middle_is_eio_and_so_are_ranges_before_it(blob_project, tmp_path, libfuse):
     """The kernel reads whole pages (and reads ahead), so even a read of the first bytes of a
     partly cut item asks the daemon for bytes past the cut: EIO, never a short or zero-filled
-    page. Items that end before the cut are served unchanged."""
+    page. Items that end before the cut are EIO too (a tar rewritten in place starts as a cut
+    one, so its first bytes may be new ones); the daemon says once why."""
     proj = _copy(blob_project, tmp_path / "proj")
     tar = proj / "blob" / "more_images.tar"
     members = regular_members(tar)
-    data = tar.read_bytes()
-    cut_item, whole_item = members[6], members[5]  # never read before the cut
+    cut_item = members[6]  # never read before the cut
     mp = tmp_path / "mp"
     mp.mkdir()
     with mounted(proj, mp, libfuse=libfuse) as mnt:
@@ -74,10 +74,11 @@ def test_range_cut_in_the_middle_is_eio_whole_ranges_before_it_are_right(blob_pr
                 assert e.value.errno == errno.EIO
         finally:
             os.close(fd)
-        got = mnt.path("ds2/img/scan 05.png").read_bytes()
-        assert got == data[whole_item.offset_data:whole_item.offset_data + whole_item.size]
+        with pytest.raises(OSError) as e:
+            mnt.path("ds2/img/scan 05.png").read_bytes()  # ends before the cut
+        assert e.value.errno == errno.EIO
         assert mnt.proc.poll() is None
-        assert "Traceback" not in mnt.stderr() and "short read" in mnt.stderr()
+        assert "Traceback" not in mnt.stderr() and "changed on disk since it was opened" in mnt.stderr()
 
 
 @pytest.mark.parametrize("libfuse", libfuse_params())

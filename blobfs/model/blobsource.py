@@ -1,11 +1,25 @@
-"""An open blob tar: one read-only descriptor that every reader shares through ``os.pread``
-(no seek position, so no lock), and that ``close()`` never pulls from under a read in flight."""
+"""An open blob tar: one read-only descriptor shared by every reader, and the promise it keeps.
+
+The index of a tar's items (byte ranges from its offsets file or headers) holds for the file
+as it was when opened. A tar written over in place (``dd conv=notrunc``, ``tar cf`` or
+``cp`` onto the same name) keeps its descriptor, so ``pread`` would serve the new bytes under
+the old ranges: another image's bytes, or half of one, as if nothing happened.
+``BlobSource.check`` compares the file's size and mtime with those seen at open after every
+read, so such a read fails with EIO (and one log line) instead. A tar replaced by rename is
+no concern: the descriptor still names the old file, whose bytes are served unchanged.
+"""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from blobfs.errors import ReadError
+
+log = logging.getLogger(__name__)
 
 
 class _Descriptor(int):
@@ -54,12 +68,41 @@ class BlobSource:
     mtime_ns: int
     uid: int
     gid: int
+    #: Whether this process has logged that the tar changed (one line per tar, not per read).
+    said_changed: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def open(cls, path: Path) -> "BlobSource":
         fd = _Descriptor(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
         st = os.fstat(fd)
         return cls(path, fd, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
+
+    def check(self) -> None:
+        """Raise ``ReadError`` (EIO) if the tar is no longer the file indexed at open.
+
+        Called after each ``pread`` (any later fstat covers it): a write updates the mtime
+        before it copies its bytes (``file_modified()``/``file_update_time()`` in the write
+        checks of mm/filemap.c's ``__generic_file_write_iter`` and of ext4's and xfs's write
+        paths), and a truncate sets the size, so a read that saw any new byte is caught. Size and mtime are what ``make`` and
+        ``rsync`` trust; a writer that also puts the old mtime back is not caught. A source
+        closed meanwhile passes: its reads in flight were made while it was open, and the
+        next read says it is closed.
+        """
+        fd = self.fd  # held for the fstat only, as a read holds it for its pread
+        if fd < 0:
+            return
+        s = os.fstat(fd)
+        if s.st_mtime_ns != self.mtime_ns or s.st_size != self.size:
+            raise self._changed(s.st_size)
+
+    def _changed(self, size: int) -> ReadError:
+        what = (f"size {self.size:,} -> {size:,} bytes" if size != self.size
+                else "modified in place")
+        if not self.said_changed:
+            self.said_changed = True
+            log.error("%s: changed on disk since it was opened (%s): its items fail with EIO "
+                      "until the project is opened again (unmount and mount)", self.path, what)
+        return ReadError(errno.EIO, f"{self.path}: changed on disk since it was opened ({what})")
 
     def close(self) -> None:
         """Drop the descriptor: closed now, or when the last read in flight ends. Idempotent

@@ -30,6 +30,8 @@ from zlib import crc32
 from blobfs.errors import ReadError
 from blobfs.format.entries import EntryTable
 from blobfs.model.blobsource import BlobSource
+from blobfs.model.confine import opened_inside
+from blobfs.model.namehash import hash_table
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class ItemIndex:
     """Immutable index of a dataset's items; item numbers are 0..len-1 in merge order."""
 
     __slots__ = ("_names", "_name_ends", "_starts", "_ends", "_src", "_crcs", "_table", "_mask",
-                 "_dead", "_joined", "_closed", "_digest", "sources", "img_dir")
+                 "_dead", "_joined", "_closed", "_digest", "sources", "img_dir", "confine")
 
     def __init__(self, table: EntryTable, src: array, sources: Sequence[BlobSource],
                  img_dir: Path | None, hashed: tuple[array, array, set[int]] | None = None) -> None:
@@ -52,11 +54,14 @@ class ItemIndex:
         self._src = src
         self.sources = list(sources)
         self.img_dir = img_dir
-        self._crcs, self._table, self._dead = hashed or _hash_table(self._names, self._name_ends)
+        self._crcs, self._table, self._dead = hashed or hash_table(self._names, self._name_ends)
         self._mask = len(self._table) - 1
         self._joined: str | None = None
         self._closed = False  # set by close(): img/ items have no descriptor to say so
         self._digest: bytes | None = None
+        #: The real project folder ``img/`` files must be read from (None: not checked), set
+        #: by whoever opened the project: it was checked at open, and the file may change.
+        self.confine: str | None = None
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -223,8 +228,9 @@ class ItemIndex:
         """Bytes of item ``i`` from ``offset`` (at most ``size``; -1 = to the end).
 
         Never reads outside the item's range; a tar that returns fewer bytes than the range
-        promises (truncated under us) raises ``ReadError`` (an ``OSError``, EIO)
-        rather than serving short or wrong data; a closed project raises ``ValueError``.
+        promises, or was written over since it was opened (``BlobSource.check``), raises
+        ``ReadError`` (an ``OSError``, EIO) rather than serving short or wrong data; a closed
+        project raises ``ValueError``.
         """
         try:
             if i < 0:
@@ -242,14 +248,17 @@ class ItemIndex:
         if s == DISK:
             if self._closed:
                 raise ValueError(f"{self.img_dir}: read from a closed project")
-            fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: an img/ file replaced by a FIFO since the project was opened would
+            # hold open(2) until some writer came (fifo(7)), and the mount's worker with it.
+            fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
-                # The range is the size seen when opening: a file rewritten larger since would
-                # read back cut to it (a truncated image, no error); a tar has no such check
-                # per read, but this fstat is on a descriptor that is open anyway.
+                if self.confine is not None and not opened_inside(fd, self.disk_path(i), self.confine):
+                    raise self._led_out(i)
+                # The item's size was fixed at open (the mount's stat shows it): a file since
+                # written over with more bytes would read as the new bytes cut at the old size.
                 now = os.fstat(fd).st_size
                 if now != length:
-                    raise self._changed(i, now, length)
+                    raise self._resized(i, length, now)
                 data = os.pread(fd, want, offset)
             finally:
                 os.close(fd)
@@ -261,6 +270,7 @@ class ItemIndex:
                 if src.fd < 0:
                     raise src.closed_error() from None
                 raise
+            src.check()  # a tar written over in place: EIO, never its new bytes
         if len(data) != want:
             raise self._short_read(i, len(data), want, offset)
         return data
@@ -285,6 +295,18 @@ class ItemIndex:
         every read after close raises ``ValueError``, not just those of tar items."""
         self._closed = True
 
+    def _led_out(self, i: int) -> OSError:
+        where = self.disk_path(i)
+        log.error("%s: item %r is now a link leading out of the project: not read", where, self.name(i))
+        return ReadError(errno.EIO, f"{where}: now a link leading out of the project (not read)")
+
+    def _resized(self, i: int, was: int, now: int) -> OSError:
+        where = self.disk_path(i)
+        log.error("%s: item %r changed on disk since it was opened (size %d -> %d bytes)",
+                  where, self.name(i), was, now)
+        return ReadError(errno.EIO, f"{where}: changed on disk since it was opened "
+                                    f"(size {was:,} -> {now:,} bytes)")
+
     def _short_read(self, i: int, got: int, want: int, offset: int) -> OSError:
         s = self._src[i]
         where = self.disk_path(i) if s == DISK else self.sources[s].path
@@ -292,13 +314,6 @@ class ItemIndex:
                   where, self.name(i), got, want, offset)
         return ReadError(errno.EIO,
                          f"{where}: short read for item {self.name(i)!r}: file changed or truncated")
-
-    def _changed(self, i: int, now: int, was: int) -> OSError:
-        where = self.disk_path(i)
-        log.error("%s: item %r is %d bytes, %d when opened: file changed", where, self.name(i),
-                  now, was)
-        return ReadError(errno.EIO, f"{where}: item {self.name(i)!r} changed since the project "
-                                    f"was opened ({now} bytes, was {was})")
 
     def iter_read(self, prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """(prefix + name, bytes) of every item, in index order — the bulk path.
@@ -323,51 +338,51 @@ class ItemIndex:
     def _reads(self, paths: list[str], src: BlobSource) -> Iterator[tuple[str, bytes]]:
         # ``src.fd`` is taken per item and held only by the call, never by a local across
         # ``yield``: a suspended iterator must not keep the tar open after ``close()``.
+        # One ``check`` (an fstat costs more than a small pread) covers every pread made
+        # before it, so items are read, checked and yielded in small batches.
         pread = os.pread
+        batch: list[tuple[str, bytes]] = []
+        held = 0
         for i, (path, start, end) in enumerate(zip(paths, self._starts, self._ends)):
             want = end - start
             try:
                 data = pread(src.fd, want, start)
             except OSError:
                 if src.fd < 0:
-                    raise src.closed_error() from None
+                    break  # closed during this batch: what it read first, then the error
                 raise
             if len(data) != want:
+                src.check()  # a tar cut short has changed: say that (once) first
                 raise self._short_read(i, len(data), want, 0)
-            yield path, data
+            batch.append((path, data))
+            held += want
+            if len(batch) == _BATCH_ITEMS or held >= _BATCH_BYTES:
+                yield from _checked(batch, src)
+                batch, held = [], 0
+        yield from _checked(batch, src)
+        if src.fd < 0:
+            raise src.closed_error()
+
+
+def _checked(batch: list[tuple[str, bytes]], src: BlobSource) -> Iterator[tuple[str, bytes]]:
+    """``batch`` (read by the ``next()`` now running) once the tar is found unchanged. The
+    first item is that call's answer even if ``close()`` came meanwhile (the pread was in
+    flight), the rest answer later calls, which a closed project refuses."""
+    if not batch:
+        return
+    src.check()
+    for k, item in enumerate(batch):
+        if k and src.fd < 0:
+            raise src.closed_error()
+        yield item
+
+
+#: ``iter_read`` checks the tar (``BlobSource.check``) once per this many items or bytes.
+_BATCH_ITEMS = 32
+_BATCH_BYTES = 1 << 20
 
 
 def _negative(i: int) -> IndexError:
     # find() answers -1 for "absent": as an index it must not wrap to the last item, so that
     # read(find(name)) of a missing name fails instead of serving another image's bytes.
     return IndexError(f"item number {i} is negative (find() gives -1 for a name not found)")
-
-
-def _hash_table(names: bytes, name_ends: array) -> tuple[array, array, set[int]]:
-    """crc32 of every name, an open-addressing table (linear probing, load ≤ 1/2) of item
-    numbers, and the items shadowed by a later item of the same name (last wins)."""
-    n = len(name_ends)
-    starts = array("Q", [0])
-    if n:
-        starts.extend(name_ends[:-1])
-    # map/slice keep the per-name loop in C: ~0.3 s and no per-name objects kept for 1M names.
-    crcs = array("I", map(crc32, map(names.__getitem__, map(slice, starts, name_ends))))
-    size = 8
-    while size < 2 * n:
-        size *= 2
-    mask = size - 1
-    table = array("i", [-1]) * size
-    dead: set[int] = set()
-    for i, h in enumerate(crcs):
-        j = h & mask
-        while True:
-            k = table[j]
-            if k < 0:
-                table[j] = i
-                break
-            if crcs[k] == h and names[starts[k]:name_ends[k]] == names[starts[i]:name_ends[i]]:
-                table[j] = i  # a later item of the same name wins
-                dead.add(k)
-                break
-            j = (j + 1) & mask
-    return crcs, table, dead

@@ -22,10 +22,10 @@ from blobfs.format.entries import EntryTable
 from blobfs.format.names import name_problem, quoted
 from blobfs.format.regular import open_regular
 from blobfs.format.tarfields import BLOCK, COMPRESSED_MAGIC, starts_like_tar
+from blobfs.model.blobsource import BlobSource
 from blobfs.model.discovery import (OFFSETS_SUFFIX, find_datasets, list_image_files,
                                     scan_dataset_dir, unlisted_line)
 from blobfs.model.hidden import Tally
-from blobfs.model.blobsource import BlobSource
 from blobfs.model.items import ItemIndex
 from blobfs.model.project import Dataset, Project
 
@@ -163,6 +163,7 @@ class _Opener:
         no_items = Tally()  # what the view's img/ hides, for its log line
         disk = self.disk_images(img_dir, root_real, no_items) if img_dir.is_dir() else []
         items, dups = ItemIndex.build(parts, list(self.sources.values()), img_dir, disk, hashed)
+        items.confine = root_real  # disk_images checked the links of img/ against it
         # Not with duplicates: ``items.hashed`` then describes the deduplicated index, not
         # ``parts[0][0]``, and such a cache file could never be loaded back.
         if store_key and len(parts) == 1 and not disk and not dups:

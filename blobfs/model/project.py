@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from blobfs.format.names import ann_names
-from blobfs.model.hidden import Tally
 from blobfs.model.blobsource import BlobSource
+from blobfs.model.hidden import Tally
 from blobfs.model.items import ItemIndex
 from blobfs.model.projectfile import ProjectFile
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from blobfs.model.confine import opened_inside, same_file
 from blobfs.model.discovery import OFFSETS_SUFFIX
 from blobfs.model.hidden import HiddenLog
 from blobfs.model.listing import (DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, Around,
@@ -364,6 +365,10 @@ class ClassicView(OutsideTheView):
                 raise _err(errno.EISDIR, rel)
             fd = os.open(node[1], os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
+                if not (same_file(fd, node[2]) if self._root_real is None  # links never followed
+                        else opened_inside(fd, node[1], self._root_real)):
+                    self._hidden.looked_up(rel, "link leading out of the project, swapped in")
+                    raise _err(errno.ENOENT, rel)
                 return os.pread(fd, size, offset)
             finally:
                 os.close(fd)
