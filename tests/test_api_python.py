@@ -339,3 +339,15 @@ def test_dataset_repr_and_help_say_what_a_user_needs(blob_project: Path) -> None
         assert "relpath" in (blobfs.Dataset.__doc__ or "")
         text = pydoc.render_doc(type(ds.items), renderer=pydoc.plaintext)
     assert "# --" not in text
+
+
+def test_an_open_file_cannot_be_pickled_and_says_why(blob_project) -> None:
+    import pickle
+
+    import blobfs
+
+    with blobfs.open_project(blob_project) as p:
+        with p.open("meta.json") as f:
+            with pytest.raises(TypeError, match=r"cannot pickle an open blobfs file \(meta.json\): pickle the project"):
+                pickle.dumps(f)
+            assert f.read(1) == b"{"  # still usable after the refusal

@@ -35,6 +35,13 @@ class ProjectFile(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def __reduce_ex__(self, protocol: object) -> object:
+        # Pickling walked into the view's internals and failed on "cannot pickle
+        # 'mmap.mmap' object", naming nothing the caller holds. An open file of the local
+        # filesystem cannot be pickled either; the project can (it reopens itself).
+        raise TypeError(f"cannot pickle an open blobfs file ({self.name}): pickle the project "
+                        "and open the path again where it is unpickled")
+
     def write(self, b: object) -> int:
         # io.RawIOBase leaves write() unimplemented (NotImplementedError); a read-only file
         # says io.UnsupportedOperation, which callers catch as an OSError or a ValueError.
