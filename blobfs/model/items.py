@@ -250,9 +250,10 @@ class ItemIndex:
                 raise ValueError(f"{self.img_dir}: read from a closed project")
             # O_NONBLOCK: an img/ file replaced by a FIFO since the project was opened would
             # hold open(2) until some writer came (fifo(7)), and the mount's worker with it.
-            fd = os.open(self.disk_path(i), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            path = self.disk_path(i)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
-                if self.confine is not None and not opened_inside(fd, self.disk_path(i), self.confine):
+                if self.confine is not None and not opened_inside(fd, path, self.confine):
                     raise self._led_out(i)
                 # The item's size was fixed at open (the mount's stat shows it): a file since
                 # written over with more bytes would read as the new bytes cut at the old size.
