@@ -8,12 +8,15 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import struct
 import subprocess
 import tarfile
 import unicodedata
+import zlib
 from pathlib import Path
 
 from blobfs.format.tarheaders import TarMember, iter_members
+from blobfs.write.tarwriter import archive_size, member_header
 
 BLOCK = 512
 GNU_TAR = shutil.which("tar")
@@ -162,3 +165,25 @@ def big_tar(dst: Path, member_size: int) -> Path:
         info.size = 2_000_000
         t.addfile(info, io.BytesIO(os.urandom(info.size)))
     return dst
+
+
+def tiny_png(width: int, height: int) -> bytes:
+    """The smallest PNG whose header gives a size: signature, IHDR, IEND (no pixels)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def blob_of(tar: Path, members: list[tuple[str, bytes]]) -> list[tuple[str, int, int]]:
+    """Write ``members`` as a blob tar the way ``blobfs pack`` does; return the offsets
+    entries (name, start, end) for ``write_offsets``."""
+    entries, pos = [], 0
+    with open(tar, "wb") as f:
+        for name, data in members:
+            head = member_header(name, len(data), 1700000000)
+            f.write(head + pad(data))
+            entries.append((name, pos + len(head), pos + len(head) + len(data)))
+            pos += len(head) + len(pad(data))
+        f.write(b"\0" * (archive_size(pos) - pos))
+    return entries

@@ -5,6 +5,11 @@ annotation only needs the image size, which the image header gives, so such item
 exact JSON the SDK writes for an empty annotation. Real annotation files always win: an item
 gets one only when neither ``NAME.json`` nor the old-style ``STEM.json`` exists. Sizes are read
 lazily, on first access, and kept.
+
+Memory: a mount of 1,000,000 items reads every one of them, in every worker process, so the
+state is per item number, not per name: one byte says "synthesized", four bytes place it in
+the listing, sixteen keep its size once read (21 bytes an item; the set of names and dict of
+JSON bytes this replaces cost ~550). The JSON is rebuilt from the size on each call, which costs less than a lookup.
 """
 from __future__ import annotations
 
@@ -12,15 +17,19 @@ import errno
 import logging
 import os
 import threading
+from array import array
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from blobfs.errors import BlobfsError
+from blobfs.format.emptyann import empty_ann_json as synthesize_ann
 from blobfs.format.names import ann_names
 
 if TYPE_CHECKING:
     from blobfs.model.project import Dataset
 
 log = logging.getLogger(__name__)
+
+_UNREAD = -1
 
 
 class SynthError(OSError):
@@ -32,45 +41,88 @@ class SynthError(OSError):
         self.reason = reason
 
 
+class _Gaps:
+    """One dataset's items that get a synthesized annotation."""
+
+    __slots__ = ("order", "flags", "sizes")
+
+    def __init__(self, n: int) -> None:
+        self.order = array("I")          # their item numbers, in item order: the listing
+        self.flags = bytearray(n)        # 1 where item i gets one
+        self.sizes: array | None = None  # width, height of item i at 2i, 2i+1 (or _UNREAD)
+
+
 class AnnSynthesizer:
     def __init__(self, datasets: list["Dataset"], *, log_failures: bool = True) -> None:
         self._datasets = datasets
         # The mount's log line for an EIO; off where the caller reports SynthError itself.
         self._log_failures = log_failures
         self._lock = threading.Lock()
-        self._missing: dict[int, set[str]] = {}
-        self._cache: dict[tuple[int, str], bytes] = {}
+        self._gaps: dict[int, _Gaps] = {}
 
-    def missing(self, k: int, present: Callable[[], Iterable[str]]) -> set[str]:
-        """``ann/`` names to synthesize in dataset ``k``; ``present()`` lists the real ones."""
+    def gaps(self, k: int, present: Callable[[], Iterable[str]]) -> _Gaps:
+        """Dataset ``k``'s items without annotation; ``present()`` lists the real ``ann/``
+        names (called once per dataset)."""
         with self._lock:
-            if k in self._missing:
-                return self._missing[k]
+            gaps = self._gaps.get(k)
+        if gaps is not None:
+            return gaps
+        items = self._datasets[k].items
         have = set(present())
-        out = set()
-        for name in self._datasets[k].items.names():
+        gaps = _Gaps(len(items))
+        for i, name in enumerate(items.names()):
             new, old = ann_names(name)
             if new not in have and (old is None or old not in have):
-                out.add(new)
+                gaps.order.append(i)
+                gaps.flags[i] = 1
+        del have
         with self._lock:
-            self._missing[k] = out
-        return out
+            return self._gaps.setdefault(k, gaps)
+
+    def listing(self, k: int, present: Callable[[], Iterable[str]], start: int
+                ) -> Iterable[tuple[int, str, int]]:
+        """(position, ``ann/`` name, item number) of each synthesized file from ``start`` on;
+        positions are stable, so a listing resumes without a rescan."""
+        gaps = self.gaps(k, present)
+        items = self._datasets[k].items
+        for j in range(max(start, 0), len(gaps.order)):
+            i = gaps.order[j]
+            yield j, items.name(i) + ".json", i
+
+    def has(self, k: int, ann_name: str, present: Callable[[], Iterable[str]]) -> bool:
+        """Whether ``ann/<ann_name>`` is a synthesized file of dataset ``k``."""
+        i = self.item(k, ann_name)
+        return i >= 0 and self.gaps(k, present).flags[i] == 1
 
     def item(self, k: int, ann_name: str) -> int:
+        """The item number ``ann/<ann_name>`` annotates, or -1."""
+        if not ann_name.endswith(".json"):
+            return -1
         return self._datasets[k].items.find(ann_name[: -len(".json")])
 
     def data(self, k: int, ann_name: str) -> bytes:
-        """The JSON for ``ann/<ann_name>``; ``SynthError`` (EIO) when the image header is
-        unreadable."""
-        with self._lock:
-            data = self._cache.get((k, ann_name))
-        if data is not None:
-            return data
+        """The JSON for ``ann/<ann_name>`` (one of ``listing``'s names); ``SynthError`` (EIO)
+        when the image header is unreadable."""
+        gaps = self._gaps[k]  # a name reaches here only through has() or listing()
+        i = self.item(k, ann_name)
+        sizes = gaps.sizes
+        if sizes is None:
+            with self._lock:
+                if gaps.sizes is None:
+                    gaps.sizes = array("q", [_UNREAD]) * (2 * len(gaps.flags))
+                sizes = gaps.sizes
+        if sizes[2 * i] == _UNREAD:
+            width, height = self._read_size(k, i, ann_name)
+            if not (0 <= width < 1 << 62 and 0 <= height < 1 << 62):
+                return synthesize_ann(width, height)  # not kept (Pillow refuses such sizes)
+            sizes[2 * i + 1] = height
+            sizes[2 * i] = width  # last: whoever sees the width set sees the height too
+        return synthesize_ann(sizes[2 * i], sizes[2 * i + 1])
+
+    def _read_size(self, k: int, i: int, ann_name: str) -> tuple[int, int]:
         from blobfs.preview.imagefacts import HEADER_PREFIX, facts_from_prefix
-        from blobfs.preview.synth import synthesize_ann
 
         items = self._datasets[k].items
-        i = self.item(k, ann_name)
         try:
             facts = facts_from_prefix(items.read(i, HEADER_PREFIX), lambda: items.read(i),
                                       items.name(i))
@@ -78,9 +130,4 @@ class AnnSynthesizer:
             if self._log_failures:
                 log.warning("cannot synthesize %s: %s", ann_name, e)
             raise SynthError(ann_name, str(e)) from None
-        data = synthesize_ann(facts.width, facts.height)
-        with self._lock:
-            self._cache[(k, ann_name)] = data
-        return data
-
-
+        return facts.width, facts.height

@@ -23,7 +23,7 @@ import os
 import stat as st
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from blobfs.model.confine import opened_inside, same_file
 from blobfs.model.discovery import OFFSETS_SUFFIX
@@ -193,7 +193,7 @@ class ClassicView(OutsideTheView):
             except OSError as e:
                 if e.errno != errno.ENOENT or parent.ann_of is None:
                     raise
-        if parent.ann_of is not None and name in self._missing_ann(parent):
+        if parent.ann_of is not None and self._synth.has(parent.ds_index, name, self._present(parent)):
             return ("synth", parent.ds_index, name)
         raise _err(errno.ENOENT, rel)
 
@@ -335,9 +335,9 @@ class ClassicView(OutsideTheView):
         if d is not None and d.ann_of is not None:
             # Synthesized names get offsets of their own, far above any real entry's, so
             # resuming never has to count the real folder again.
-            for j, name in enumerate(sorted(self._missing_ann(d))):
-                if _SYNTH_OFF + j + 1 > offset:
-                    yield name, _FILE_MODE, self._synth_ino(d.ds_index, name), _SYNTH_OFF + j + 1
+            k = d.ds_index
+            for j, name, i in self._synth.listing(k, self._present(d), offset - _SYNTH_OFF):
+                yield name, _FILE_MODE, number(VFILE, k, i), _SYNTH_OFF + j + 1
 
     def listdir(self, path: str) -> list[tuple[str, int]]:
         """All (name, mode) of a folder, without "." and "..", sorted by name."""
@@ -390,7 +390,7 @@ class ClassicView(OutsideTheView):
                 "f_bfree": 0, "f_bavail": 0, "f_files": files, "f_ffree": 0, "f_favail": 0,
                 "f_namemax": 255}
 
-    def _missing_ann(self, d: _DirNode) -> set[str]:
+    def _present(self, d: _DirNode) -> Callable[[], Iterable[str]]:
+        """The names of ``d``'s real folder, which synthesized names never shadow."""
         real, around = d.real, Around(d.rel, self._dirs)
-        return self._synth.missing(d.ds_index, lambda: (
-            e[0] for e in self._lister.scan(real, None, None, around)) if real else ())
+        return lambda: (e[0] for e in self._lister.scan(real, None, None, around)) if real else ()

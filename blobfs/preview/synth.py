@@ -2,29 +2,16 @@
 
 The SDK drops a whole dataset when one item lacks its annotation (FORMAT.md §7). An empty
 annotation only needs the image size, which the image header gives; so blobfs can fill the
-gap with exactly the bytes the SDK itself writes for an empty annotation:
-``json.dump(sly.Annotation(...).to_json(), f, indent=4)`` — no trailing newline, keys in the
-SDK's order (checked byte for byte against ``sdk_blob_project/ds1/ann/img_000.png.json``).
+gap with exactly the bytes the SDK itself writes for an empty annotation
+(``blobfs.format.emptyann``).
 """
 from __future__ import annotations
 
-import json
-
+from blobfs.format.emptyann import empty_ann_json
 from blobfs.preview.imagefacts import ImageSource, image_facts
 
-
-def synthesize_ann(width: int, height: int) -> bytes:
-    """The SDK's JSON for an empty annotation of a ``width`` x ``height`` image."""
-    if width < 0 or height < 0:
-        raise ValueError(f"image size {width}x{height} is negative")
-    ann = {
-        "description": "",
-        "size": {"height": int(height), "width": int(width)},
-        "tags": [],
-        "objects": [],
-        "customBigData": {},
-    }
-    return json.dumps(ann, indent=4).encode("ascii")
+#: The SDK's JSON for an empty annotation of a ``width`` x ``height`` image.
+synthesize_ann = empty_ann_json
 
 
 def synth_ann_bytes(image: ImageSource, name: str = "") -> bytes:
