@@ -192,3 +192,15 @@ def test_synthesized_annotations_read_from_sizes_kept_compactly(tmp_path: Path) 
         finally:
             tracemalloc.stop()
     assert kept / n < 64, f"{kept / n:.0f} bytes kept per item"
+
+
+def test_no_ann_folder_synthesizes_every_item_in_item_order(tmp_path: Path) -> None:
+    sizes, _real = _png_project(tmp_path / "p", 300)
+    shutil.rmtree(tmp_path / "p" / "ds" / "ann")
+    with blobfs.open_project(tmp_path / "p", synthesize_ann=True) as p:
+        listed = [e[0] for e in p.view.readdir("/ds/ann", 0)][2:]
+        assert listed == [f"{name}.json" for name in sizes]
+        for name, (width, height) in sizes.items():
+            assert p.read(f"ds/ann/{name}.json") == synthesize_ann(width, height)
+        with pytest.raises(FileNotFoundError):
+            p.read("ds/ann/img_00000.png")  # an item name without ".json" is no annotation

@@ -70,7 +70,10 @@ class AnnSynthesizer:
         items = self._datasets[k].items
         have = set(present())
         gaps = _Gaps(len(items))
-        for i, name in enumerate(items.names()):
+        if not have:  # no ann/ folder at all, the usual reason for the option: every item
+            gaps.order = array("I", range(len(items)))
+            gaps.flags = bytearray(b"\1") * len(items)
+        for i, name in enumerate(items.names() if have else ()):
             new, old = ann_names(name)
             if new not in have and (old is None or old not in have):
                 gaps.order.append(i)
