@@ -89,7 +89,7 @@ class RealLister:
 
     def __init__(self, root_real: str | None) -> None:
         self._root_real = root_real
-        self._scans: OrderedDict[str, tuple[int, Iterator[Entry], Entry | None]] = OrderedDict()
+        self._scans: OrderedDict[str, tuple[int, Iterator[Entry] | None, Entry | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def inside(self, path: str) -> bool:
@@ -260,25 +260,37 @@ class RealLister:
             cached = self._scans.pop(key, None)
         if cached is not None and cached[0] == offset:
             pos, it, pending = cached
+            if it is None:  # the kernel's last call, past the end: no second scan for it
+                return
         else:
             it, pos, pending = self.scan(real, hide, hidden, around), base, None
             while pos < offset:
                 if next(it, None) is None:
                     return
                 pos += 1
-        while True:
-            entry = pending if pending is not None else next(it, None)
-            pending = None
-            if entry is None:
-                return
-            with self._lock:  # if the consumer stops after this yield, resume right here
-                self._scans[key] = (pos, it, entry)
-                while len(self._scans) > self.MAX_OPEN_SCANS:
-                    self._scans.popitem(last=False)
-            yield entry[0], entry[1], entry[2], pos + 1
-            with self._lock:
-                self._scans.pop(key, None)
-            pos += 1
+        entry = None
+        try:
+            while True:
+                entry = pending if pending is not None else next(it, None)
+                pending = None
+                if entry is None:
+                    self._keep(key, (pos, None, None))
+                    return
+                yield entry[0], entry[1], entry[2], pos + 1
+                pos += 1
+        except GeneratorExit:
+            # The consumer filled its reply and dropped this generator at the yield (CPython
+            # closes it at once): the kernel asks again from the offset of the last entry it
+            # kept, so resume there, with the entry that did not fit.
+            if entry is not None:
+                self._keep(key, (pos, it, entry))
+            raise
+
+    def _keep(self, key: str, state: tuple[int, Iterator[Entry] | None, Entry | None]) -> None:
+        with self._lock:
+            self._scans[key] = state
+            while len(self._scans) > self.MAX_OPEN_SCANS:
+                self._scans.popitem(last=False)
 
 
 def not_items(img: Path | None) -> list[tuple[Path, str, bool]]:
