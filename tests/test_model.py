@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -129,6 +130,67 @@ def test_listing_a_big_real_folder_in_replies_scans_it_once(tmp_path: Path, blob
     assert got[:2] == [".", ".."] and sorted(got[2:]) == sorted(names) and len(got) == 2002
     assert replies > 20
     assert [str(s) for s in scans] == [str(proj / "ds1/extra")]
+
+
+def test_another_process_resumes_a_real_folder_listing_where_it_stopped(tmp_path: Path,
+                                                                         blob_project: Path) -> None:
+    """Each daemon worker process has its own scans; READDIR calls of one listing go to any of
+    them. One that has not scanned the folder resumes from the offset alone, with the same
+    entries (hidden ones among them: links out of the project, a FIFO), none twice."""
+    proj = tmp_path / "p"
+    shutil.copytree(blob_project, proj)
+    extra = proj / "ds1/extra"
+    extra.mkdir()
+    for i in range(500):
+        (extra / f"m{i:04d}.json").write_text("{}")
+        if i % 50 == 0:
+            (extra / f"out{i:04d}").symlink_to("/etc/hostname")
+    os.mkfifo(extra / "pipe")
+    with open_project(proj) as a:
+        whole = list(a.view.readdir("/ds1/extra", 0))
+    assert sorted(e[0] for e in whole[2:]) == sorted(f"m{i:04d}.json" for i in range(500))
+    for cut in (1, 2, 3, 77, 251, 501):
+        with open_project(proj) as a, open_project(proj) as b:
+            first = list(itertools.islice(a.view.readdir("/ds1/extra", 0), cut))
+            rest = list(b.view.readdir("/ds1/extra", first[-1][3]))
+        assert first + rest == whole, cut
+
+
+def test_replies_alternating_between_processes_scan_once_in_each(tmp_path: Path, blob_project: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The READDIR calls of one listing land on the daemon's worker processes in any order.
+    Each keeps its scan and moves it forward to wherever the next call it gets resumes, so a
+    listing opens the folder once per process, not once per call that the other answered."""
+    from blobfs.fuse.lowlevel import pack_dirents
+
+    proj = tmp_path / "p"
+    shutil.copytree(blob_project, proj)
+    extra = proj / "ds1/extra"
+    extra.mkdir()
+    for i in range(3000):
+        (extra / f"m{i:05d}.json").write_text("{}")
+    scans = []
+    real_scandir = os.scandir
+
+    def counted(path: object = ".") -> object:
+        scans.append(str(path))
+        return real_scandir(path)
+
+    with open_project(proj) as a, open_project(proj) as b:
+        workers = itertools.cycle([a.view, a.view, b.view, a.view, b.view, b.view, b.view])
+        monkeypatch.setattr(os, "scandir", counted)
+        got, offset, replies = [], 0, 0
+        while (reply := pack_dirents(next(workers).readdir("/ds1/extra", offset), 2048)):
+            replies += 1
+            pos = 0
+            while pos < len(reply):
+                _ino, offset, size, _kind = struct.unpack_from("<QQII", reply, pos)
+                got.append(reply[pos + 24 : pos + 24 + size].decode())
+                pos += (24 + size + 7) & ~7
+        monkeypatch.undo()
+    assert replies > 50
+    assert sorted(got[2:]) == sorted(f"m{i:05d}.json" for i in range(3000)) and len(got) == 3002
+    assert scans == [str(extra)] * 2
 
 
 def test_file_object_api(blob_project: Path) -> None:

@@ -9,6 +9,7 @@ entry it could not fit is yielded again).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat as st
 import threading
@@ -18,8 +19,11 @@ from typing import Callable, Iterator, Mapping, Protocol
 
 from blobfs.format.names import is_image_name, name_problem
 from blobfs.model.discovery import entry_kind, file_kind, is_dir, is_file, leads_round, not_regular_why
+from blobfs.model.folderscan import FolderScan
 from blobfs.model.hidden import Tally
 from blobfs.model.numbering import real_ino
+
+log = logging.getLogger(__name__)
 
 DIR_MODE = st.S_IFDIR | 0o555
 FILE_MODE = st.S_IFREG | 0o444
@@ -89,7 +93,10 @@ class RealLister:
 
     def __init__(self, root_real: str | None) -> None:
         self._root_real = root_real
-        self._scans: OrderedDict[str, tuple[int, Iterator[Entry] | None, Entry | None]] = OrderedDict()
+        # view folder -> (a listing's scan, the offset it stopped at, the entry read after it;
+        # None: the scan is at the folder's end)
+        self._scans: OrderedDict[str, tuple[FolderScan[Entry], int, tuple[int, Entry] | None]] = (
+            OrderedDict())
         self._lock = threading.Lock()
 
     def inside(self, path: str) -> bool:
@@ -174,23 +181,19 @@ class RealLister:
         """The entries of ``real`` (the view folder ``around`` stands for) the view shows. With
         ``hidden``, a scan that lists the whole folder reports to it what it left out by the
         view's rules, if anything."""
-        tally = None
         try:
-            with os.scandir(real) as it:
-                for entry in it:
-                    if hide is not None and hide(entry.name):
-                        continue
-                    e = self._entry(entry, around)
-                    if e is not None:
-                        yield e
-                    elif hidden is not None:  # only what is dropped anyway costs anything
-                        if tally is None:
-                            tally = Tally()
-                        tally.add(entry.name, lambda: self.kind(entry))
+            scan = self._scan(real, hide, hidden, around)
         except OSError:
             return
-        if tally is not None and hidden is not None:
-            hidden(tally)
+        try:
+            while (item := scan.next()) is not None:
+                yield item[1]
+        finally:
+            scan.close()
+
+    def _scan(self, real: Path, hide: Hide | None, hidden: Callable[[Tally], None] | None,
+              around: Around | None) -> FolderScan[Entry]:
+        return FolderScan(real, lambda entry: self._entry(entry, around), hide, hidden, self.kind)
 
     def subfolders(self, real: Path, hide: Hide | None, around: Around | None) -> int:
         """How many folders :meth:`scan` lists in ``real`` (a view folder's link count)."""
@@ -253,44 +256,67 @@ class RealLister:
     def entries(self, key: str, real: Path, hide: Hide | None, offset: int, base: int,
                 hidden: Callable[[Tally], None] | None = None, around: Around | None = None,
                 ) -> Iterator[tuple[str, int, int, int]]:
-        """(name, mode, ino, next offset) of ``real``'s entries numbered from ``base`` + 1,
-        starting after ``offset``; ``hidden`` and ``around`` as in :meth:`scan`, for a scan
-        started here."""
-        with self._lock:
-            cached = self._scans.pop(key, None)
-        if cached is not None and cached[0] == offset:
-            pos, it, pending = cached
-            if it is None:  # the kernel's last call, past the end: no second scan for it
-                return
-        else:
-            it, pos, pending = self.scan(real, hide, hidden, around), base, None
-            while pos < offset:
-                if next(it, None) is None:
+        """(name, mode, ino, next offset) of ``real``'s entries, the one in place k at offset
+        ``base`` + k + 1 (places count hidden entries too: see ``folderscan``), starting after
+        ``offset``; ``hidden`` and ``around`` as in :meth:`scan`, for a scan started here."""
+        scan, pending = None, None
+        if offset > base:  # a listing resumed, not started again
+            with self._lock:
+                cached = self._scans.pop(key, None)
+            if cached is not None:
+                scan, at, pending = cached
+                if offset < at:  # a listing going back: only a new scan knows what was there
+                    scan.close()
+                    scan, pending = None, None
+                elif pending is None:  # the kernel's last call, past the end: no new scan
                     return
-                pos += 1
-        entry = None
+                elif offset - base > pending[0]:
+                    pending = None  # the consumer kept it (or hidden ones after it), then stopped
+        if scan is None:
+            if offset > base:
+                log.debug("listing %s resumes at entry %d with a new scan", key, offset - base)
+            try:
+                scan = self._scan(real, hide, hidden, around)
+            except OSError:
+                return
+        if pending is None:
+            scan.skip_to(offset - base)
+        item = None
         try:
             while True:
-                entry = pending if pending is not None else next(it, None)
+                item = pending if pending is not None else scan.next()
                 pending = None
-                if entry is None:
-                    self._keep(key, (pos, None, None))
+                if item is None:
+                    if offset > base:
+                        self._keep(key, (scan, offset, None))
                     return
-                yield entry[0], entry[1], entry[2], pos + 1
-                pos += 1
+                yield item[1][0], item[1][1], item[1][2], base + item[0] + 1
+                offset = base + item[0] + 1
         except GeneratorExit:
             # The consumer filled its reply and dropped this generator at the yield (CPython
             # closes it at once): the kernel asks again from the offset of the last entry it
-            # kept, so resume there, with the entry that did not fit.
-            if entry is not None:
-                self._keep(key, (pos, it, entry))
+            # kept, maybe in another process; here it resumes with the entry that did not fit.
+            if item is not None:
+                self._keep(key, (scan, offset, item))
+            else:
+                scan.close()
             raise
 
-    def _keep(self, key: str, state: tuple[int, Iterator[Entry] | None, Entry | None]) -> None:
+    def close(self) -> None:
+        """Close every scan kept for a listing to resume."""
         with self._lock:
+            scans, self._scans = list(self._scans.values()), OrderedDict()
+        for scan in scans:
+            scan[0].close()
+
+    def _keep(self, key: str, state: tuple[FolderScan[Entry], int, tuple[int, Entry] | None]) -> None:
+        with self._lock:
+            old = self._scans.pop(key, None)
             self._scans[key] = state
             while len(self._scans) > self.MAX_OPEN_SCANS:
-                self._scans.popitem(last=False)
+                self._scans.popitem(last=False)[1][0].close()
+        if old is not None:
+            old[0].close()
 
 
 def not_items(img: Path | None) -> list[tuple[Path, str, bool]]:

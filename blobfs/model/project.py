@@ -193,6 +193,8 @@ class Project:
         descriptor is released when that read ends (``blobfs.model.blobsource._Descriptor``),
         never under it, where another file opened meanwhile could take its number."""
         self._closed = True
+        if self._view is not None:
+            self._view.close()
         for ds in self.datasets:
             ds.items.close()
         for s in self.sources:

@@ -383,6 +383,10 @@ class ClassicView(OutsideTheView):
             return node[1].items.read(node[2])
         return self.read(path, self.getattr(path).size, 0)
 
+    def close(self) -> None:
+        """Let go of the folders that listings left open for their next READDIR."""
+        self._lister.close()
+
     def statfs(self) -> dict[str, int]:
         total = sum(s.size for s in self.project.sources)
         files = self.project.item_count

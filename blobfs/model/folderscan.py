@@ -1,0 +1,77 @@
+"""One pass over a real folder that a listing can resume at any later place.
+
+The kernel lists a folder in READDIR calls of up to 128 KiB each (a few thousand names),
+every call resuming at the offset of the last entry it kept (fs/fuse/readdir.c). An entry's
+offset here is its place among all the folder's entries, shown or not, so any scan can go
+on from it: the daemon's worker processes each keep scans of their own, and the calls of one
+listing land on any of them. A worker that has not scanned that far passes over entries in C
+(``islice`` over ``os.scandir``, ~0.2 us a name) instead of judging each one in Python, and
+keeps its scan: a listing's later calls that reach it move the same scan forward, so each
+worker reads a folder once per listing however the calls alternate. (With a new scan per
+missed call, a 1,000,000-name folder took 7.5-9.5 s to list with two workers, 2.2 s with one.)
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Generic, TypeVar
+
+from blobfs.model.hidden import Tally
+
+E = TypeVar("E")
+
+
+class FolderScan(Generic[E]):
+    """The entries ``judge`` shows of folder ``real``, numbered by place; ``hidden`` hears
+    of what it hid once a scan has judged every entry of the folder (not after a skip)."""
+
+    __slots__ = ("_it", "_judge", "_hide", "_hidden", "_kind", "_tally", "place")
+
+    def __init__(self, real: Path, judge: Callable[[os.DirEntry], E | None],
+                 hide: Callable[[str], bool] | None = None,
+                 hidden: Callable[[Tally], None] | None = None,
+                 kind: Callable[[os.DirEntry], str] | None = None) -> None:
+        self._it = os.scandir(real)  # OSError: the caller's (a folder gone is an empty one)
+        self._judge, self._hide, self._hidden, self._kind = judge, hide, hidden, kind
+        self._tally: Tally | None = None
+        self.place = 0  # of the next entry to read
+
+    def skip_to(self, place: int) -> None:
+        """Pass over entries up to ``place`` without judging them."""
+        if place > self.place:
+            self._hidden = None  # the skipped ones are not counted
+            try:
+                deque(islice(self._it, place - self.place), maxlen=0)
+            except OSError:
+                self.close()
+            self.place = place
+
+    def next(self) -> tuple[int, E] | None:
+        """(place, shown entry) of the next entry shown; None at the end (then closed)."""
+        hide, judge = self._hide, self._judge
+        try:
+            for entry in self._it:
+                place = self.place
+                self.place = place + 1
+                if hide is not None and hide(entry.name):
+                    continue
+                shown = judge(entry)
+                if shown is not None:
+                    return place, shown
+                if self._hidden is not None:  # only what is dropped anyway costs anything
+                    if self._tally is None:
+                        self._tally = Tally()
+                    kind = self._kind
+                    self._tally.add(entry.name, lambda: kind(entry) if kind else "")
+        except OSError:
+            self._hidden = None
+        self.close()
+        if self._tally is not None and self._hidden is not None:
+            self._hidden(self._tally)
+            self._hidden = None
+        return None
+
+    def close(self) -> None:
+        self._it.close()
