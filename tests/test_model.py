@@ -12,6 +12,7 @@ import struct
 import tarfile
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -92,44 +93,57 @@ def test_readdir_resumes_at_any_offset(blob_project: Path) -> None:
                 assert [e[0] for e in first + rest] == [e[0] for e in full]
 
 
-def test_listing_a_big_real_folder_in_replies_scans_it_once(tmp_path: Path, blob_project: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kernel lists a folder in 4 KB READDIR replies, each resuming at the offset of the
-    last entry it kept, then asks once more past the end. Each reply resumes the same scan,
-    and that last call needs none: a new scan per call is a second pass over the folder (at
-    300,000 entries, a listing took three times as long)."""
-    from blobfs.fuse.lowlevel import pack_dirents
-
+def _with_extra_folder(tmp_path: Path, blob_project: Path, n: int) -> Path:
+    """A copy of the SDK project whose ``ds1/extra`` holds ``n`` files (passed through)."""
     proj = tmp_path / "p"
     shutil.copytree(blob_project, proj)
     (proj / "ds1/extra").mkdir()
-    names = {f"m{i:05d}.json" for i in range(2000)}
-    for name in names:
-        (proj / "ds1/extra" / name).write_text("{}")
-    scans = []
+    for i in range(n):
+        (proj / "ds1/extra" / f"m{i:05d}.json").write_text("{}")
+    return proj
+
+
+def _list_in_replies(views: Iterator, path: str, size: int,
+                     monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], int, list[str]]:
+    """List ``path`` as the low-level driver answers the kernel: READDIR replies of ``size``
+    bytes, each call (answered by the next of ``views``) resuming at the last offset it got.
+    Returns the names, the number of replies and every folder ``os.scandir`` opened."""
+    from blobfs.fuse.lowlevel import pack_dirents
+
+    scans: list[str] = []
     real_scandir = os.scandir
 
-    def counted(path: object = ".") -> object:
-        scans.append(path)
-        return real_scandir(path)
+    def counted(folder: object = ".") -> object:
+        scans.append(str(folder))
+        return real_scandir(folder)
 
-    with open_project(proj) as p:
-        monkeypatch.setattr(os, "scandir", counted)
+    monkeypatch.setattr(os, "scandir", counted)
+    try:
         got, offset, replies = [], 0, 0
-        while True:
-            reply = pack_dirents(p.view.readdir("/ds1/extra", offset), 4096)
+        while (reply := pack_dirents(next(views).readdir(path, offset), size)):
             replies += 1
-            if not reply:
-                break
             pos = 0
             while pos < len(reply):
-                _ino, offset, size, _kind = struct.unpack_from("<QQII", reply, pos)
-                got.append(reply[pos + 24 : pos + 24 + size].decode())
-                pos += (24 + size + 7) & ~7
+                _ino, offset, length, _kind = struct.unpack_from("<QQII", reply, pos)
+                got.append(reply[pos + 24 : pos + 24 + length].decode())
+                pos += (24 + length + 7) & ~7
+    finally:
         monkeypatch.undo()
-    assert got[:2] == [".", ".."] and sorted(got[2:]) == sorted(names) and len(got) == 2002
-    assert replies > 20
-    assert [str(s) for s in scans] == [str(proj / "ds1/extra")]
+    return got, replies, scans
+
+
+def test_listing_a_big_real_folder_in_replies_scans_it_once(tmp_path: Path, blob_project: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel lists a folder in READDIR replies, each resuming at the offset of the last
+    entry it kept, then asks once more past the end. Each reply resumes the same scan, and
+    that last call needs none: a new scan per call is a second pass over the folder (at
+    300,000 entries, a listing took three times as long)."""
+    proj = _with_extra_folder(tmp_path, blob_project, 2000)
+    with open_project(proj) as p:
+        got, replies, scans = _list_in_replies(itertools.repeat(p.view), "/ds1/extra", 4096, monkeypatch)
+    assert got[:2] == [".", ".."] and sorted(got[2:]) == [f"m{i:05d}.json" for i in range(2000)]
+    assert replies > 10
+    assert scans == [str(proj / "ds1/extra")]
 
 
 def test_another_process_resumes_a_real_folder_listing_where_it_stopped(tmp_path: Path,
@@ -161,36 +175,13 @@ def test_replies_alternating_between_processes_scan_once_in_each(tmp_path: Path,
     """The READDIR calls of one listing land on the daemon's worker processes in any order.
     Each keeps its scan and moves it forward to wherever the next call it gets resumes, so a
     listing opens the folder once per process, not once per call that the other answered."""
-    from blobfs.fuse.lowlevel import pack_dirents
-
-    proj = tmp_path / "p"
-    shutil.copytree(blob_project, proj)
-    extra = proj / "ds1/extra"
-    extra.mkdir()
-    for i in range(3000):
-        (extra / f"m{i:05d}.json").write_text("{}")
-    scans = []
-    real_scandir = os.scandir
-
-    def counted(path: object = ".") -> object:
-        scans.append(str(path))
-        return real_scandir(path)
-
+    proj = _with_extra_folder(tmp_path, blob_project, 3000)
     with open_project(proj) as a, open_project(proj) as b:
-        workers = itertools.cycle([a.view, a.view, b.view, a.view, b.view, b.view, b.view])
-        monkeypatch.setattr(os, "scandir", counted)
-        got, offset, replies = [], 0, 0
-        while (reply := pack_dirents(next(workers).readdir("/ds1/extra", offset), 2048)):
-            replies += 1
-            pos = 0
-            while pos < len(reply):
-                _ino, offset, size, _kind = struct.unpack_from("<QQII", reply, pos)
-                got.append(reply[pos + 24 : pos + 24 + size].decode())
-                pos += (24 + size + 7) & ~7
-        monkeypatch.undo()
+        views = itertools.cycle([a.view, a.view, b.view, a.view, b.view, b.view, b.view])
+        got, replies, scans = _list_in_replies(views, "/ds1/extra", 2048, monkeypatch)
     assert replies > 50
-    assert sorted(got[2:]) == sorted(f"m{i:05d}.json" for i in range(3000)) and len(got) == 3002
-    assert scans == [str(extra)] * 2
+    assert sorted(got[2:]) == [f"m{i:05d}.json" for i in range(3000)] and len(got) == 3002
+    assert scans == [str(proj / "ds1/extra")] * 2
 
 
 def test_file_object_api(blob_project: Path) -> None:
