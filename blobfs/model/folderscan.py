@@ -25,14 +25,14 @@ E = TypeVar("E")
 
 class FolderScan(Generic[E]):
     """The entries ``judge`` shows of folder ``real``, numbered by place; ``hidden`` hears
-    of what it hid once a scan has judged every entry of the folder (not after a skip)."""
+    of what it hid (``kind`` names it) once a scan has judged every entry of the folder (not
+    after a skip)."""
 
     __slots__ = ("_it", "_judge", "_hide", "_hidden", "_kind", "_tally", "place")
 
     def __init__(self, real: Path, judge: Callable[[os.DirEntry], E | None],
-                 hide: Callable[[str], bool] | None = None,
-                 hidden: Callable[[Tally], None] | None = None,
-                 kind: Callable[[os.DirEntry], str] | None = None) -> None:
+                 kind: Callable[[os.DirEntry], str], hide: Callable[[str], bool] | None = None,
+                 hidden: Callable[[Tally], None] | None = None) -> None:
         self._it = os.scandir(real)  # OSError: the caller's (a folder gone is an empty one)
         self._judge, self._hide, self._hidden, self._kind = judge, hide, hidden, kind
         self._tally: Tally | None = None
@@ -63,8 +63,7 @@ class FolderScan(Generic[E]):
                 if self._hidden is not None:  # only what is dropped anyway costs anything
                     if self._tally is None:
                         self._tally = Tally()
-                    kind = self._kind
-                    self._tally.add(entry.name, lambda: kind(entry) if kind else "")
+                    self._tally.add(entry.name, lambda: self._kind(entry))
         except OSError:
             self._hidden = None
         self.close()

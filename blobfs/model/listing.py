@@ -193,7 +193,7 @@ class RealLister:
 
     def _scan(self, real: Path, hide: Hide | None, hidden: Callable[[Tally], None] | None,
               around: Around | None) -> FolderScan[Entry]:
-        return FolderScan(real, lambda entry: self._entry(entry, around), hide, hidden, self.kind)
+        return FolderScan(real, lambda entry: self._entry(entry, around), self.kind, hide, hidden)
 
     def subfolders(self, real: Path, hide: Hide | None, around: Around | None) -> int:
         """How many folders :meth:`scan` lists in ``real`` (a view folder's link count)."""

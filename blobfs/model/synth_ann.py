@@ -9,7 +9,8 @@ lazily, on first access, and kept.
 Memory: a mount of 1,000,000 items reads every one of them, in every worker process, so the
 state is per item number, not per name: one byte says "synthesized", four bytes place it in
 the listing, sixteen keep its size once read (21 bytes an item; the set of names and dict of
-JSON bytes this replaces cost ~550). The JSON is rebuilt from the size on each call, which costs less than a lookup.
+JSON bytes this replaces cost ~550). The JSON is rebuilt from the size on each call, which
+costs less than the lookup before it.
 """
 from __future__ import annotations
 
@@ -73,12 +74,12 @@ class AnnSynthesizer:
         if not have:  # no ann/ folder at all, the usual reason for the option: every item
             gaps.order = array("I", range(len(items)))
             gaps.flags = bytearray(b"\1") * len(items)
-        for i, name in enumerate(items.names() if have else ()):
-            new, old = ann_names(name)
-            if new not in have and (old is None or old not in have):
-                gaps.order.append(i)
-                gaps.flags[i] = 1
-        del have
+        else:
+            for i, name in enumerate(items.names()):
+                new, old = ann_names(name)
+                if new not in have and (old is None or old not in have):
+                    gaps.order.append(i)
+                    gaps.flags[i] = 1
         with self._lock:
             return self._gaps.setdefault(k, gaps)
 
