@@ -6,8 +6,8 @@ exact JSON the SDK writes for an empty annotation. Real annotation files always 
 gets one only when neither ``NAME.json`` nor the old-style ``STEM.json`` exists. Sizes are read
 lazily, on first access, and kept.
 
-Memory: a mount of 1,000,000 items reads every one of them, in every worker process, so the
-state is per item number, not per name: one byte says "synthesized", four bytes place it in
+Memory: a training job reads every annotation of a 1,000,000-item mount, and each daemon
+worker process keeps its own state, so it is per item number, not per name: one byte says "synthesized", four bytes place it in
 the listing, sixteen keep its size once read (21 bytes an item; the set of names and dict of
 JSON bytes this replaces cost ~450). The JSON is rebuilt from the size on each call, which
 costs less than the lookup before it.
