@@ -26,10 +26,11 @@ class BusyError(UnmountError):
     """Files are open or a process has its cwd inside the mount."""
 
 
-#: What a mount whose daemon is gone answers: ENOTCONN, or ECONNABORTED for a request that
-#: arrives while the kernel is still tearing down a dead daemon's FUSE io_uring queues
-#: (fs/fuse/dev_uring.c ``fuse_uring_abort_end_queue_requests``); both mean "stale".
-STALE_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
+#: What a mount whose daemon is gone answers: ENOTCONN, or, while the kernel is still tearing
+#: down a dead daemon's FUSE io_uring queues, ECONNABORTED (fs/fuse/dev_uring.c
+#: ``fuse_uring_abort_end_queue_requests``) or ECANCELED (a request handed to a queue whose
+#: task is dead: ``fuse_uring_send_in_task``); all mean "stale".
+STALE_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED)
 
 #: The source (in /proc/self/mountinfo) of the overlay ``-o overlay`` stacks on a mount point
 #: (:mod:`blobfs.fuse.overlay`) starts with this: the fstype alone, "overlay", is Docker's too.
