@@ -25,6 +25,13 @@ pytestmark = [pytest.mark.mount, pytest.mark.timeout(90), requires_fuse]
 CHANGED = "changed on disk since it was opened"
 
 
+def _copy_to_change(blob_project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the SDK project, for the test to change under its mount, and a mount point."""
+    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    (tmp_path / "mp").mkdir()
+    return proj, tmp_path / "mp"
+
+
 def _expected(fixtures_dir: Path, tar: str) -> tuple[dict[str, dict], dict[str, dict]]:
     """(files of the mount whose bytes come from ``tar``, every other file of the mount)."""
     files = json.loads((fixtures_dir / "expected_mount.json").read_text())["files"]
@@ -59,13 +66,11 @@ def _said_once(m: Mount, tar: Path) -> None:
 def test_tar_written_over_in_place_gives_eio_not_its_new_bytes(blob_project, tmp_path, fixtures_dir, libfuse):
     """`dd conv=notrunc` (or a tool rewriting the tar in place) keeps the daemon's descriptor:
     pread then returned the new bytes under the old ranges, as if they were the images."""
-    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    proj, mp = _copy_to_change(blob_project, tmp_path)
     mine, others = _expected(fixtures_dir, "small_images.tar")
     tar = proj / "blob" / "small_images.tar"
     with tarfile.open(tar) as t:
         members = [mb for mb in t.getmembers() if mb.isfile()]
-    mp = tmp_path / "mp"
-    mp.mkdir()
     with mounted(proj, mp, libfuse=libfuse) as m:
         with open(tar, "r+b") as f:  # every member's data, same size, other bytes
             for mb in members:
@@ -84,10 +89,8 @@ def test_tar_written_over_in_place_gives_eio_not_its_new_bytes(blob_project, tmp
 def test_tar_truncated_under_the_mount_gives_eio(blob_project, tmp_path, fixtures_dir, libfuse):
     """Even the members still inside the cut tar fail: a truncate is how a rewrite in place
     (`tar cf` of the same name) starts, so what is left may already be other bytes."""
-    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    proj, mp = _copy_to_change(blob_project, tmp_path)
     mine, others = _expected(fixtures_dir, "small_images.tar")
-    mp = tmp_path / "mp"
-    mp.mkdir()
     with mounted(proj, mp, libfuse=libfuse) as m:
         tar = proj / "blob" / "small_images.tar"
         os.truncate(tar, tar.stat().st_size // 2)
@@ -99,10 +102,8 @@ def test_tar_truncated_under_the_mount_gives_eio(blob_project, tmp_path, fixture
 
 @pytest.mark.parametrize("libfuse", libfuse_params())
 def test_tar_replaced_under_the_mount_keeps_serving_the_opened_one(blob_project, tmp_path, fixtures_dir, libfuse):
-    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    proj, mp = _copy_to_change(blob_project, tmp_path)
     mine, _ = _expected(fixtures_dir, "more_images.tar")
-    mp = tmp_path / "mp"
-    mp.mkdir()
     with mounted(proj, mp, libfuse=libfuse) as m:
         tar = proj / "blob" / "more_images.tar"
         junk = tar.with_suffix(".new")
@@ -117,12 +118,10 @@ def test_tar_replaced_under_the_mount_keeps_serving_the_opened_one(blob_project,
 def test_img_file_written_over_with_another_size_gives_eio(blob_project, tmp_path, libfuse, grow):
     """An item kept as a file in img/ (not in a tar) keeps the size seen at mount in the view:
     written over with more bytes it read as the new bytes cut at that size, a broken image."""
-    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    proj, mp = _copy_to_change(blob_project, tmp_path)
     disk = proj / "ds1" / "img" / "photo_b.jpeg"
     os.chmod(disk, 0o644)
     old = disk.read_bytes()
-    mp = tmp_path / "mp"
-    mp.mkdir()
     with mounted(proj, mp, libfuse=libfuse) as m:
         assert os.stat(m.path("ds1/img/photo_b.jpeg")).st_size == len(old)
         disk.write_bytes(b"\xff\xd8" + b"x" * (2 * len(old) if grow else len(old) // 2))
@@ -166,12 +165,10 @@ def _read_with_timeout(path: Path, fifo: Path | None = None, timeout: float = 10
 def test_img_file_swapped_for_a_link_leading_out_is_not_read(blob_project, tmp_path, libfuse):
     """img/ files are checked for links leading out when the project is opened; the read
     opened the path again and followed whatever link stood there by then."""
-    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    proj, mp = _copy_to_change(blob_project, tmp_path)
     disk = proj / "ds1" / "img" / "photo_b.jpeg"
     secret = tmp_path / "secret"
     secret.write_bytes(b"S" * disk.stat().st_size)  # the size the mount shows: no size check helps
-    mp = tmp_path / "mp"
-    mp.mkdir()
     with mounted(proj, mp, libfuse=libfuse) as m:
         os.unlink(disk)
         os.symlink(secret, disk)
@@ -184,10 +181,8 @@ def test_img_file_swapped_for_a_link_leading_out_is_not_read(blob_project, tmp_p
 @pytest.mark.parametrize("libfuse", libfuse_params())
 def test_img_file_swapped_for_a_fifo_does_not_block_the_daemon(blob_project, tmp_path, libfuse):
     """open(2) of a FIFO waits for a writer: the daemon's worker hung in it, and its reader too."""
-    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    proj, mp = _copy_to_change(blob_project, tmp_path)
     disk = proj / "ds1" / "img" / "photo_b.jpeg"
-    mp = tmp_path / "mp"
-    mp.mkdir()
     with mounted(proj, mp, libfuse=libfuse) as m:
         os.unlink(disk)
         os.mkfifo(disk)
@@ -202,7 +197,7 @@ def test_annotation_swapped_for_a_link_leading_out_is_never_served(blob_project,
     swapping it for a link to a secret outside the project (rename(2) of a link over it, and of
     a file back, in a loop) got the secret served between the two. Each read bypasses the page
     cache (O_DIRECT), so every one reaches the daemon."""
-    proj = shutil.copytree(blob_project, tmp_path / "proj")
+    proj, mp = _copy_to_change(blob_project, tmp_path)
     ann = proj / "ds1" / "ann"
     secret = tmp_path / "secret"
     secret.write_bytes(b"SECRET" * 10)
@@ -216,8 +211,6 @@ def test_annotation_swapped_for_a_link_leading_out_is_never_served(blob_project,
             (ann / ".file").write_bytes(b"{}")
             os.rename(ann / ".file", ann / "race.json")
 
-    mp = tmp_path / "mp"
-    mp.mkdir()
     buf = mmap.mmap(-1, 1 << 16)  # page-aligned, as O_DIRECT wants
     with mounted(proj, mp, libfuse=libfuse) as m:
         # Looked up once as a file: the kernel keeps that entry, and each read below reaches
