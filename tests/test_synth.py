@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 import json
 import shutil
 import tracemalloc
@@ -204,3 +205,37 @@ def test_no_ann_folder_synthesizes_every_item_in_item_order(tmp_path: Path) -> N
             assert p.read(f"ds/ann/{name}.json") == synthesize_ann(width, height)
         with pytest.raises(FileNotFoundError):
             p.read("ds/ann/img_00000.png")  # an item name without ".json" is no annotation
+
+
+@pytest.fixture(scope="module")
+def big_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[int, int]], set[str]]:
+    """12,000 items, every fifth with a real annotation, and a passed-through folder of 12,000
+    files: each listing takes the kernel several READDIR calls."""
+    root = tmp_path_factory.mktemp("big") / "p"
+    sizes, real = _png_project(root, 12_000)
+    (root / "ds" / "extra").mkdir()
+    for i in range(12_000):
+        (root / "ds" / "extra" / f"a_longer_name_to_fill_replies_{i:06d}.txt").write_bytes(b"")
+    return root, sizes, real
+
+
+@pytest.mark.mount
+@requires_fuse
+@pytest.mark.parametrize("libfuse", libfuse_params())
+def test_big_folders_list_whole_through_the_kernel(tmp_path: Path, big_folders, libfuse: int) -> None:
+    """Through a real mount (with its worker processes, whichever answers each READDIR): every
+    name once, real and synthesized annotations alike, and the bytes behind them."""
+    root, sizes, real = big_folders
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounted(root, mnt, libfuse=libfuse, args=("--synthesize-ann",)) as m:
+        for _ in range(2):  # the second listing may come from the kernel's cache
+            ann = os.listdir(m.path("ds/ann"))
+            assert len(ann) == len(set(ann)) == len(sizes)
+            assert set(ann) == {f"{name}.json" for name in sizes}
+            extra = os.listdir(m.path("ds/extra"))
+            assert len(extra) == len(set(extra)) == 12_000
+            assert set(extra) == set(os.listdir(root / "ds" / "extra"))
+        for name in list(sizes)[::997]:
+            raw = m.path(f"ds/ann/{name}.json").read_bytes()
+            assert raw == (b'{"real": true}' if name in real else synthesize_ann(*sizes[name])), name
