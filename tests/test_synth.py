@@ -216,6 +216,7 @@ def big_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     (root / "ds" / "extra").mkdir()
     for i in range(12_000):
         (root / "ds" / "extra" / f"a_longer_name_to_fill_replies_{i:06d}.txt").write_bytes(b"")
+    os.mkfifo(root / "ds" / "extra" / "pipe")  # hidden: said in one log line
     return root, sizes, real
 
 
@@ -224,7 +225,8 @@ def big_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 @pytest.mark.parametrize("libfuse", libfuse_params())
 def test_big_folders_list_whole_through_the_kernel(tmp_path: Path, big_folders, libfuse: int) -> None:
     """Through a real mount (with its worker processes, whichever answers each READDIR): every
-    name once, real and synthesized annotations alike, and the bytes behind them."""
+    name once, real and synthesized annotations alike, and the bytes behind them; one log
+    line for the FIFO the real folder hides, whichever worker judged it."""
     root, sizes, real = big_folders
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -235,7 +237,10 @@ def test_big_folders_list_whole_through_the_kernel(tmp_path: Path, big_folders, 
             assert set(ann) == {f"{name}.json" for name in sizes}
             extra = os.listdir(m.path("ds/extra"))
             assert len(extra) == len(set(extra)) == 12_000
-            assert set(extra) == set(os.listdir(root / "ds" / "extra"))
+            assert set(extra) == set(os.listdir(root / "ds" / "extra")) - {"pipe"}
         for name in list(sizes)[::997]:
             raw = m.path(f"ds/ann/{name}.json").read_bytes()
             assert raw == (b'{"real": true}' if name in real else synthesize_ann(*sizes[name])), name
+        err = m.stderr()
+    lines = [x for x in err.splitlines() if "ds/extra: the mount hides" in x]
+    assert len(lines) == 1 and lines[0].endswith(" 1 entry of this folder: 'pipe' (FIFO)"), err

@@ -3,6 +3,7 @@ only clue for an operator whose file "is missing"), and ``verify``'s problem lin
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import shutil
@@ -124,6 +125,42 @@ def test_listing_in_chunks_logs_once_when_the_folder_is_listed(
         list(view.readdir("ds1/meta", 0))
         list(view.readdir("ds1/meta", offset))
         assert len(_lines(caplog)) == 1
+
+
+def _list_alternating(views: list, path: str, chunk: int) -> list[str]:
+    """List ``path`` in chunks of ``chunk`` entries, each resumed by the next of ``views`` (as
+    the daemon's worker processes take a listing's READDIR calls in turn)."""
+    names: list[str] = []
+    offset = 0
+    for view in itertools.cycle(views):
+        part = list(itertools.islice(view.readdir(path, offset), chunk))
+        if not part:
+            return names
+        names += [e[0] for e in part]
+        offset = part[-1][3]
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 999])
+def test_a_listing_split_between_processes_still_says_what_it_hides(
+        blob_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, chunk: int) -> None:
+    """With two worker processes, a big folder's READDIR calls alternate between them, and a
+    process resuming where the other stopped passes over the entries before without judging
+    them: no scan sees the whole folder. The one that judged the hidden entry still says it
+    ("at least", as it cannot know the rest), once."""
+    proj = _copy(blob_project, tmp_path / "proj")
+    extra = proj / "ds1/extra"
+    extra.mkdir()
+    for i in range(2000):
+        (extra / f"f{i:04d}.json").write_bytes(b"{}")
+    os.mkfifo(extra / "pipe")
+    caplog.set_level(logging.WARNING, LOGGER)
+    with open_project(proj) as a, open_project(proj) as b:
+        names = _list_alternating([a.view, b.view], "ds1/extra", chunk)
+    assert sorted(names[2:]) == [f"f{i:04d}.json" for i in range(2000)]
+    lines = [ln for ln in _lines(caplog) if ln.startswith("ds1/extra:")]
+    assert lines in (["ds1/extra: the mount hides at least 1 entry of this folder: 'pipe' (FIFO)"],
+                     ["ds1/extra: the mount hides 1 entry of this folder: 'pipe' (FIFO)"]), lines
 
 
 def test_lookup_of_a_hidden_name_logs_once_per_folder(

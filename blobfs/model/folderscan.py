@@ -9,6 +9,12 @@ listing land on any of them. A worker that has not scanned that far passes over 
 keeps its scan: a listing's later calls that reach it move the same scan forward, so each
 worker reads a folder once per listing however the calls alternate. (With a new scan per
 missed call, a 1,000,000-name folder took 7.5-9.5 s to list with two workers, 2.2 s with one.)
+
+What a scan hides it reports (``hidden``) once it has judged every entry of the folder. A scan
+that passed over entries cannot know how many the folder hides, only that it hides at least
+what the scan judged: it reports that as soon as it stops (``flush``: a skip, the end of a
+reply, the folder's end), because on a listing split between workers no scan judges them all,
+and the one that judged the hidden entries may never be resumed.
 """
 from __future__ import annotations
 
@@ -18,30 +24,32 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
-from blobfs.model.hidden import Tally
+from blobfs.model.hidden import Report, Tally
 
 E = TypeVar("E")
 
 
 class FolderScan(Generic[E]):
     """The entries ``judge`` shows of folder ``real``, numbered by place; ``hidden`` hears
-    of what it hid (``kind`` names it) once a scan has judged every entry of the folder (not
-    after a skip)."""
+    of what it hid (``kind`` names it): once, when the scan has judged every entry of the
+    folder, or, after a skip, as "at least" as soon as there is something to say."""
 
-    __slots__ = ("_it", "_judge", "_hide", "_hidden", "_kind", "_tally", "place")
+    __slots__ = ("_it", "_judge", "_hide", "_hidden", "_kind", "_tally", "_partial", "place")
 
     def __init__(self, real: Path, judge: Callable[[os.DirEntry], E | None],
                  kind: Callable[[os.DirEntry], str], hide: Callable[[str], bool] | None = None,
-                 hidden: Callable[[Tally], None] | None = None) -> None:
+                 hidden: Report | None = None) -> None:
         self._it = os.scandir(real)  # OSError: the caller's (a folder gone is an empty one)
         self._judge, self._hide, self._hidden, self._kind = judge, hide, hidden, kind
         self._tally: Tally | None = None
+        self._partial = False  # entries passed over: the tally is a lower bound
         self.place = 0  # of the next entry to read
 
     def skip_to(self, place: int) -> None:
         """Pass over entries up to ``place`` without judging them."""
         if place > self.place:
-            self._hidden = None  # the skipped ones are not counted
+            self._partial = True  # the skipped ones are not judged
+            self.flush()
             try:
                 deque(islice(self._it, place - self.place), maxlen=0)
             except OSError:
@@ -65,12 +73,18 @@ class FolderScan(Generic[E]):
                         self._tally = Tally()
                     self._tally.add(entry.name, lambda: self._kind(entry))
         except OSError:
-            self._hidden = None
+            self._partial = True  # the rest of the folder is not judged
         self.close()
         if self._tally is not None and self._hidden is not None:
-            self._hidden(self._tally)
+            self._hidden(self._tally, self._partial)
             self._hidden = None
         return None
+
+    def flush(self) -> None:
+        """Report what a scan that passed over entries has hidden so far, if anything."""
+        if self._partial and self._tally is not None and self._hidden is not None:
+            self._hidden(self._tally, True)
+            self._hidden = None
 
     def close(self) -> None:
         self._it.close()

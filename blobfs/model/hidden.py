@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 #: Example names in a line; the count says how many more.
 EXAMPLES = 3
 
+#: How a scan reports what it hid: (tally, partial). ``partial``: the scan passed over some of
+#: the folder's entries without judging them, so the folder hides at least that many.
+Report = Callable[["Tally", bool], None]
+
 
 class Tally:
     """How many entries a scan of one folder hid, with the name and kind of the first few."""
@@ -104,18 +108,19 @@ class HiddenLog:
         caller counts once more, ``_say`` decides under the lock)."""
         return self._said is not None and rel not in self._said
 
-    def listing(self, rel: str) -> Callable[[Tally], None] | None:
-        """The callback a scan of ``rel`` reports its tally to when it has listed the whole
-        folder; None when nothing is to be said any more (the scan then counts nothing)."""
+    def listing(self, rel: str) -> Report | None:
+        """The callback a scan of ``rel`` reports its tally to (see ``folderscan``); None when
+        nothing is to be said any more (the scan then counts nothing)."""
         if not self.pending(rel):
             return None
-        return lambda tally: self.listed(rel, tally)
+        return lambda tally, partial: self.listed(rel, tally, partial)
 
-    def listed(self, rel: str, tally: Tally) -> None:
+    def listed(self, rel: str, tally: Tally, partial: bool = False) -> None:
         more = ", ..." if tally.count > len(tally.examples) else ""
         entries = "entry" if tally.count == 1 else "entries"
-        self._say(rel, f"{_folder(rel)}: the mount hides {tally.count} {entries} of this folder: "
-                       f"{_named(tally.examples)}{more}")
+        least = "at least " if partial else ""
+        self._say(rel, f"{_folder(rel)}: the mount hides {least}{tally.count} {entries} of this "
+                       f"folder: {_named(tally.examples)}{more}")
 
     def looked_up(self, rel: str, kind: str) -> None:
         """A lookup of view path ``rel`` found a real entry of this ``kind`` and hides it."""

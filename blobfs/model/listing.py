@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Mapping, Protocol
 from blobfs.format.names import is_image_name, name_problem
 from blobfs.model.discovery import entry_kind, file_kind, is_dir, is_file, leads_round, not_regular_why
 from blobfs.model.folderscan import FolderScan
-from blobfs.model.hidden import Tally
+from blobfs.model.hidden import Report
 from blobfs.model.numbering import real_ino
 
 log = logging.getLogger(__name__)
@@ -176,11 +176,11 @@ class RealLister:
         return "no item" if is_image_name(name) else "no image file name"
 
     def scan(self, real: Path, hide: Hide | None = None,
-             hidden: Callable[[Tally], None] | None = None,
+             hidden: Report | None = None,
              around: Around | None = None) -> Iterator[Entry]:
         """The entries of ``real`` (the view folder ``around`` stands for) the view shows. With
-        ``hidden``, a scan that lists the whole folder reports to it what it left out by the
-        view's rules, if anything."""
+        ``hidden``, the scan reports to it what it left out by the view's rules, if anything
+        (``FolderScan``)."""
         try:
             scan = self._scan(real, hide, hidden, around)
         except OSError:
@@ -191,7 +191,7 @@ class RealLister:
         finally:
             scan.close()
 
-    def _scan(self, real: Path, hide: Hide | None, hidden: Callable[[Tally], None] | None,
+    def _scan(self, real: Path, hide: Hide | None, hidden: Report | None,
               around: Around | None) -> FolderScan[Entry]:
         return FolderScan(real, lambda entry: self._entry(entry, around), self.kind, hide, hidden)
 
@@ -254,7 +254,7 @@ class RealLister:
         return name_problem(name) or "no item (added since the project was opened?)"
 
     def entries(self, key: str, real: Path, hide: Hide | None, offset: int, base: int,
-                hidden: Callable[[Tally], None] | None = None, around: Around | None = None,
+                hidden: Report | None = None, around: Around | None = None,
                 ) -> Iterator[tuple[str, int, int, int]]:
         """(name, mode, ino, next offset) of ``real``'s entries, the one in place k at offset
         ``base`` + k + 1 (places count hidden entries too: see ``folderscan``), starting after
@@ -297,6 +297,7 @@ class RealLister:
             # closes it at once): the kernel asks again from the offset of the last entry it
             # kept, maybe in another process; here it resumes with the entry that did not fit.
             if item is not None:
+                scan.flush()
                 self._keep(key, (scan, offset, item))
             else:
                 scan.close()
