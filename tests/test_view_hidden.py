@@ -99,10 +99,10 @@ def test_listing_logs_one_line_per_folder_that_hides_something(
         assert len(_lines(caplog)) == 4
 
 
-def test_listing_in_chunks_logs_once_when_the_folder_is_listed(
-        odd_project: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The kernel lists a big folder in chunks, resuming at offsets: the line comes once, when
-    the scan has seen the whole folder, whatever the chunks."""
+def test_listing_in_chunks_logs_once(odd_project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The kernel lists a big folder in chunks, resuming at offsets: the line comes once,
+    whatever the chunks; exact when one scan judged the whole folder without stopping, "at
+    least" when a chunk ended after a hidden entry (its scan may never be resumed)."""
     caplog.set_level(logging.WARNING, LOGGER)
     with open_project(odd_project) as p:
         view = p.view
@@ -116,12 +116,15 @@ def test_listing_in_chunks_logs_once_when_the_folder_is_listed(
             first.append(entry)
             if len(first) == 3:
                 break
-        assert _lines(caplog) == []  # the scan has not seen the folder yet
+        early = _lines(caplog)  # what the first chunk's scan met before it stopped, if any
+        assert early == [] or (len(early) == 1 and early[0].startswith(
+            "ds1/meta: the mount hides at least ")), early
         offset = first[-1][3]
         rest = list(view.readdir("ds1/meta", offset))
         assert len(first) + len(rest) == total + 2  # "." and ".."
         assert [ln.partition(":")[0] for ln in _lines(caplog)] == ["ds1/meta"]
-        assert "4 entries" in _lines(caplog)[0]
+        if not early:  # the resumed scan judged every entry
+            assert "hides 4 entries" in _lines(caplog)[0]
         list(view.readdir("ds1/meta", 0))
         list(view.readdir("ds1/meta", offset))
         assert len(_lines(caplog)) == 1

@@ -10,11 +10,10 @@ keeps its scan: a listing's later calls that reach it move the same scan forward
 worker reads a folder once per listing however the calls alternate. (With a new scan per
 missed call, a 1,000,000-name folder took 7.5-9.5 s to list with two workers, 2.2 s with one.)
 
-What a scan hides it reports (``hidden``) once it has judged every entry of the folder. A scan
-that passed over entries cannot know how many the folder hides, only that it hides at least
-what the scan judged: it reports that as soon as it stops (``flush``: a skip, the end of a
-reply, the folder's end), because on a listing split between workers no scan judges them all,
-and the one that judged the hidden entries may never be resumed.
+What a scan hides it reports (``hidden``) when it has judged every entry of the folder, or,
+as "at least" that many, when it stops short (``flush``: a reply full, a skip): on a listing
+split between workers no scan judges every entry, and the scan that judged a hidden one may
+never be resumed (a worker that polls takes a run of calls, the other one the rest).
 """
 from __future__ import annotations
 
@@ -31,8 +30,7 @@ E = TypeVar("E")
 
 class FolderScan(Generic[E]):
     """The entries ``judge`` shows of folder ``real``, numbered by place; ``hidden`` hears
-    of what it hid (``kind`` names it): once, when the scan has judged every entry of the
-    folder, or, after a skip, as "at least" as soon as there is something to say."""
+    once of what it hid (``kind`` names it): at the folder's end, or at a ``flush``."""
 
     __slots__ = ("_it", "_judge", "_hide", "_hidden", "_kind", "_tally", "_partial", "place")
 
@@ -42,14 +40,13 @@ class FolderScan(Generic[E]):
         self._it = os.scandir(real)  # OSError: the caller's (a folder gone is an empty one)
         self._judge, self._hide, self._hidden, self._kind = judge, hide, hidden, kind
         self._tally: Tally | None = None
-        self._partial = False  # entries passed over: the tally is a lower bound
+        self._partial = False  # entries passed over without judging them
         self.place = 0  # of the next entry to read
 
     def skip_to(self, place: int) -> None:
         """Pass over entries up to ``place`` without judging them."""
         if place > self.place:
             self._partial = True  # the skipped ones are not judged
-            self.flush()
             try:
                 deque(islice(self._it, place - self.place), maxlen=0)
             except OSError:
@@ -81,8 +78,9 @@ class FolderScan(Generic[E]):
         return None
 
     def flush(self) -> None:
-        """Report what a scan that passed over entries has hidden so far, if anything."""
-        if self._partial and self._tally is not None and self._hidden is not None:
+        """Report what the scan has hidden so far, if anything, as a lower bound for the
+        folder (it has not judged every entry)."""
+        if self._tally is not None and self._hidden is not None:
             self._hidden(self._tally, True)
             self._hidden = None
 
