@@ -27,16 +27,33 @@ from blobfs.model.hidden import Report, Tally
 
 E = TypeVar("E")
 
+Stamp = tuple[int, int, int, int]
+
+
+def folder_stamp(real: Path) -> Stamp | None:
+    """What changes when a folder's entries do: a name added, removed or renamed sets the
+    folder's mtime and ctime, a folder renamed in over it has another inode (None: no folder).
+    Caveat: ext4 takes timestamps from the coarse clock (one tick, 1-4 ms), so a change in the
+    same tick as the one before it leaves the stamp as it was."""
+    try:
+        s = os.stat(real)
+    except OSError:
+        return None
+    return s.st_dev, s.st_ino, s.st_mtime_ns, s.st_ctime_ns
+
 
 class FolderScan(Generic[E]):
     """The entries ``judge`` shows of folder ``real``, numbered by place; ``hidden`` hears
     once of what it hid (``kind`` names it): at the folder's end, or at a ``flush``."""
 
-    __slots__ = ("_it", "_judge", "_hide", "_hidden", "_kind", "_tally", "_partial", "place")
+    __slots__ = ("_it", "_judge", "_hide", "_hidden", "_kind", "_tally", "_partial", "place",
+                 "stamp")
 
     def __init__(self, real: Path, judge: Callable[[os.DirEntry], E | None],
                  kind: Callable[[os.DirEntry], str], hide: Callable[[str], bool] | None = None,
                  hidden: Report | None = None) -> None:
+        # Stamped before it is read: a change after the stamp shows as a new stamp later.
+        self.stamp = folder_stamp(real)
         self._it = os.scandir(real)  # OSError: the caller's (a folder gone is an empty one)
         self._judge, self._hide, self._hidden, self._kind = judge, hide, hidden, kind
         self._tally: Tally | None = None

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Mapping, Protocol
 
 from blobfs.format.names import is_image_name, name_problem
 from blobfs.model.discovery import entry_kind, file_kind, is_dir, is_file, leads_round, not_regular_why
-from blobfs.model.folderscan import FolderScan
+from blobfs.model.folderscan import FolderScan, folder_stamp
 from blobfs.model.hidden import Report
 from blobfs.model.numbering import real_ino
 
@@ -265,7 +265,13 @@ class RealLister:
                 cached = self._scans.pop(key, None)
             if cached is not None:
                 scan, at, pending = cached
-                if offset < at:  # a listing going back: only a new scan knows what was there
+                # Going back, or going on from elsewhere in a folder changed since the scan
+                # began (a scan is kept per folder, so it may be an earlier listing's, and
+                # places have moved): only a new scan knows what is there now. Going on
+                # exactly where the scan stopped keeps it, changed or not: that is the same
+                # listing, and one scan gives each entry that stayed exactly once.
+                going_on = offset == at or (pending is not None and offset == base + pending[0] + 1)
+                if offset < at or (not going_on and scan.stamp != folder_stamp(real)):
                     scan.close()
                     scan, pending = None, None
                 elif pending is None:  # the kernel's last call, past the end: no new scan

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from array import array
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from blobfs.errors import BlobfsError
@@ -42,15 +43,25 @@ class SynthError(OSError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class RealAnn:
+    """A dataset's real ``ann/`` as the view shows it: its names, and a stamp that changes
+    when they may have (``folderscan.folder_stamp``)."""
+
+    names: Callable[[], Iterable[str]]
+    stamp: Callable[[], object]
+
+
 class _Gaps:
     """One dataset's items that get a synthesized annotation."""
 
-    __slots__ = ("order", "flags", "sizes")
+    __slots__ = ("order", "flags", "sizes", "stamp")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, stamp: object) -> None:
         self.order = array("I")          # their item numbers, in item order: the listing
         self.flags = bytearray(n)        # 1 where item i gets one
         self.sizes: array | None = None  # width, height of item i at 2i, 2i+1 (or _UNREAD)
+        self.stamp = stamp               # of the real ann/ they were worked out from
 
 
 class AnnSynthesizer:
@@ -61,16 +72,19 @@ class AnnSynthesizer:
         self._lock = threading.Lock()
         self._gaps: dict[int, _Gaps] = {}
 
-    def gaps(self, k: int, present: Callable[[], Iterable[str]]) -> _Gaps:
-        """Dataset ``k``'s items without annotation; ``present()`` lists the real ``ann/``
-        names (called once per dataset)."""
+    def gaps(self, k: int, present: RealAnn) -> _Gaps:
+        """Dataset ``k``'s items without annotation, worked out from the real ``ann/`` once,
+        and again whenever its stamp changed: an annotation added while mounted would
+        otherwise be listed twice (real, and synthesized), one removed would be missing."""
+        stamp = present.stamp()  # before the names: a change after it shows next time
         with self._lock:
-            gaps = self._gaps.get(k)
-        if gaps is not None:
-            return gaps
+            old = self._gaps.get(k)
+        if old is not None and old.stamp == stamp:
+            return old
         items = self._datasets[k].items
-        have = set(present())
-        gaps = _Gaps(len(items))
+        have = set(present.names())
+        gaps = _Gaps(len(items), stamp)
+        gaps.sizes = old.sizes if old is not None else None  # image sizes do not change
         if not have:  # no ann/ folder at all, the usual reason for the option: every item
             gaps.order = array("I", range(len(items)))
             gaps.flags = bytearray(b"\1") * len(items)
@@ -81,10 +95,13 @@ class AnnSynthesizer:
                     gaps.order.append(i)
                     gaps.flags[i] = 1
         with self._lock:
-            return self._gaps.setdefault(k, gaps)
+            cur = self._gaps.get(k)
+            if cur is not None and cur.stamp == stamp:
+                return cur  # another thread was first
+            self._gaps[k] = gaps
+            return gaps
 
-    def listing(self, k: int, present: Callable[[], Iterable[str]], start: int
-                ) -> Iterable[tuple[int, str, int]]:
+    def listing(self, k: int, present: RealAnn, start: int) -> Iterable[tuple[int, str, int]]:
         """(position, ``ann/`` name, item number) of each synthesized file from ``start`` on;
         positions are stable, so a listing resumes without a rescan."""
         gaps = self.gaps(k, present)
@@ -93,7 +110,7 @@ class AnnSynthesizer:
             i = gaps.order[j]
             yield j, items.name(i) + ".json", i
 
-    def has(self, k: int, ann_name: str, present: Callable[[], Iterable[str]]) -> bool:
+    def has(self, k: int, ann_name: str, present: RealAnn) -> bool:
         """Whether ``ann/<ann_name>`` is a synthesized file of dataset ``k``."""
         i = self.item(k, ann_name)
         return i >= 0 and self.gaps(k, present).flags[i] == 1

@@ -23,16 +23,17 @@ import os
 import stat as st
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from blobfs.model.confine import opened_inside, same_file
 from blobfs.model.discovery import OFFSETS_SUFFIX
+from blobfs.model.folderscan import folder_stamp
 from blobfs.model.hidden import HiddenLog
 from blobfs.model.listing import (DIR_MODE as _DIR_MODE, FILE_MODE as _FILE_MODE, Around,
                                   HiddenEntry, RealLister)
 from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
 from blobfs.model.ownership import Ownership
-from blobfs.model.synth_ann import AnnSynthesizer
+from blobfs.model.synth_ann import AnnSynthesizer, RealAnn
 from blobfs.model.view_reports import OutsideTheView
 
 if TYPE_CHECKING:
@@ -394,7 +395,8 @@ class ClassicView(OutsideTheView):
                 "f_bfree": 0, "f_bavail": 0, "f_files": files, "f_ffree": 0, "f_favail": 0,
                 "f_namemax": 255}
 
-    def _present(self, d: _DirNode) -> Callable[[], Iterable[str]]:
+    def _present(self, d: _DirNode) -> RealAnn:
         """The names of ``d``'s real folder, which synthesized names never shadow."""
         real, around = d.real, Around(d.rel, self._dirs)
-        return lambda: (e[0] for e in self._lister.scan(real, None, None, around)) if real else ()
+        return RealAnn(lambda: (e[0] for e in self._lister.scan(real, None, None, around)) if real
+                       else (), lambda: folder_stamp(real) if real else None)
