@@ -93,7 +93,7 @@ def test_readdir_resumes_at_any_offset(blob_project: Path) -> None:
                 assert [e[0] for e in first + rest] == [e[0] for e in full]
 
 
-def _with_extra_folder(tmp_path: Path, blob_project: Path, n: int) -> Path:
+def with_extra_folder(tmp_path: Path, blob_project: Path, n: int) -> Path:
     """A copy of the SDK project whose ``ds1/extra`` holds ``n`` files (passed through)."""
     proj = tmp_path / "p"
     shutil.copytree(blob_project, proj)
@@ -138,7 +138,7 @@ def test_listing_a_big_real_folder_in_replies_scans_it_once(tmp_path: Path, blob
     entry it kept, then asks once more past the end. Each reply resumes the same scan, and
     that last call needs none: a new scan per call is a second pass over the folder (at
     300,000 entries, a listing took three times as long)."""
-    proj = _with_extra_folder(tmp_path, blob_project, 2000)
+    proj = with_extra_folder(tmp_path, blob_project, 2000)
     with open_project(proj) as p:
         got, replies, scans = _list_in_replies(itertools.repeat(p.view), "/ds1/extra", 4096, monkeypatch)
     assert got[:2] == [".", ".."] and sorted(got[2:]) == [f"m{i:05d}.json" for i in range(2000)]
@@ -175,7 +175,7 @@ def test_replies_alternating_between_processes_scan_once_in_each(tmp_path: Path,
     """The READDIR calls of one listing land on the daemon's worker processes in any order.
     Each keeps its scan and moves it forward to wherever the next call it gets resumes, so a
     listing opens the folder once per process, not once per call that the other answered."""
-    proj = _with_extra_folder(tmp_path, blob_project, 3000)
+    proj = with_extra_folder(tmp_path, blob_project, 3000)
     with open_project(proj) as a, open_project(proj) as b:
         views = itertools.cycle([a.view, a.view, b.view, a.view, b.view, b.view, b.view])
         got, replies, scans = _list_in_replies(views, "/ds1/extra", 2048, monkeypatch)

@@ -19,16 +19,9 @@ import pytest
 
 from blobfs.format.emptyann import empty_ann_json
 from blobfs.model.opening import open_project
+from test_model import with_extra_folder
 
 TICK = 0.02  # more than one coarse clock tick (1-4 ms)
-
-
-def _with_extra(tmp_path: Path, blob_project: Path, n: int) -> Path:
-    proj = shutil.copytree(blob_project, tmp_path / "p")
-    (proj / "ds1/extra").mkdir()
-    for i in range(n):
-        (proj / "ds1/extra" / f"m{i:05d}.json").write_bytes(b"{}")
-    return proj
 
 
 def _change(folder: Path, how: str) -> None:
@@ -59,7 +52,7 @@ def test_a_listing_after_a_change_does_not_go_on_with_an_earlier_listings_scan(
     changed; a new listing's first calls go to the other process, the rest to this one. The
     kept scan reads the folder as it was (a replaced one is another folder), and its places
     are not the new listing's: the new listing must get the folder as it is, each name once."""
-    proj = _with_extra(tmp_path, blob_project, 3000)
+    proj = with_extra_folder(tmp_path, blob_project, 3000)
     extra = proj / "ds1/extra"
     with open_project(proj) as a, open_project(proj) as b:
         assert len(list(itertools.islice(a.view.readdir("/ds1/extra", 0), 500))) == 500
@@ -77,7 +70,7 @@ def test_the_same_listing_going_on_across_a_change_keeps_its_scan(
     """A listing that goes on exactly where it stopped is the same listing, folder changed or
     not: it keeps its scan, which gives every entry that stayed exactly once (as a plain
     ``readdir`` of the folder would), whatever it makes of the ones added meanwhile."""
-    proj = _with_extra(tmp_path, blob_project, 3000)
+    proj = with_extra_folder(tmp_path, blob_project, 3000)
     extra = proj / "ds1/extra"
     before = set(os.listdir(extra))
     with open_project(proj) as a:
