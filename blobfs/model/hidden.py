@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 #: Example names in a line; the count says how many more.
 EXAMPLES = 3
 
-#: How a scan reports what it hid: (tally, partial). ``partial``: the scan passed over some of
-#: the folder's entries without judging them, so the folder hides at least that many.
+#: How a scan reports what it hid: (tally, partial). ``partial``: the scan has not judged every
+#: entry of the folder (it passed over some, or stopped short), so it hides at least that many.
 Report = Callable[["Tally", bool], None]
 
 

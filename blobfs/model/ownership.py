@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from blobfs.model.view import Stat
+    from blobfs.model.viewstat import Stat
 
 #: (uid_t)-1 means "no change" to chown(2) and is no owner a file can have.
 _MAX_ID = 2**32 - 2

@@ -35,35 +35,15 @@ from blobfs.model.numbering import ITEM, VDIR, VFILE, NodeIds, number, real_ino
 from blobfs.model.ownership import Ownership
 from blobfs.model.synth_ann import AnnSynthesizer, RealAnn
 from blobfs.model.view_reports import OutsideTheView
+from blobfs.model.viewstat import BLKSIZE, Stat
 
 if TYPE_CHECKING:
     from blobfs.model.project import Dataset, Project
 
 log = logging.getLogger(__name__)
 
-#: Large enough that readers (cp, Python's buffered open) make big reads; 128 KiB is the
-#: default FUSE max_read, so larger buys nothing.
-BLKSIZE = 128 * 1024
-
 _WRITE_BITS = 0o222
 _SYNTH_OFF = 1 << 48
-
-
-@dataclass(frozen=True, slots=True)
-class Stat:
-    mode: int
-    ino: int
-    nlink: int
-    size: int
-    mtime_ns: int
-    uid: int
-    gid: int
-    blksize: int = BLKSIZE
-
-    @property
-    def blocks(self) -> int:
-        """st_blocks: du and ls -s count 512-byte blocks, not st_size."""
-        return (self.size + 511) >> 9
 
 
 def _err(code: int, path: str) -> OSError:
